@@ -1,0 +1,286 @@
+"""Model configuration: the field names every part of labkit relies on, validation, and presets.
+
+`ModelConfig` is the contract of DESIGN.md ("Model contract"). The trainer's TrainConfig/DataConfig
+join this module when the trainer lands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+ATTENTION_KINDS = ("gqa", "mla")
+# "auto": the fused path (SDPA now; the Triton kernel on CUDA once it lands) unless a hook needs the
+# attention pattern; "sdpa" forces SDPA; "eager" always materialises scores and pattern.
+ATTENTION_IMPLS = ("auto", "sdpa", "eager")
+
+
+@dataclass
+class ModelConfig:
+    """Shape of a LabModel. GQA reads `n_kv_heads`/`head_dim`; MLA reads the LoRA ranks and the
+    nope/rope/v head dims. Invalid combinations raise `ValueError` naming the field."""
+
+    vocab_size: int = 4096
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 512
+    attention: str = "mla"
+    # GQA: 1 = multi-query, n_heads = multi-head. head_dim None means d_model // n_heads.
+    n_kv_heads: int = 2
+    head_dim: int | None = None
+    # MLA (DeepSeek-V2/V3). q_lora_rank 0 = full-rank query; kv_lora_rank is d_c, the cached latent.
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 32
+    qk_nope_head_dim: int = 24
+    qk_rope_head_dim: int = 8
+    v_head_dim: int = 32
+    max_seq_len: int = 256
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    attn_impl: str = "auto"
+    init_std: float = 0.02
+    name: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None and isinstance(self.n_heads, int) and self.n_heads > 0:
+            self.head_dim = self.d_model // self.n_heads
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        positive = ["vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"]
+        if self.attention == "gqa":
+            positive += ["n_kv_heads", "head_dim"]
+        elif self.attention == "mla":
+            positive += ["kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"]
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(
+                f"ModelConfig.attention must be one of {ATTENTION_KINDS}, got {self.attention!r}"
+            )
+        if self.attn_impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"ModelConfig.attn_impl must be one of {ATTENTION_IMPLS}, got {self.attn_impl!r}"
+            )
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"ModelConfig.d_model ({self.d_model}) must be divisible by "
+                f"n_heads ({self.n_heads})"
+            )
+        if self.attention == "gqa":
+            if self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads:
+                raise ValueError(
+                    f"ModelConfig.n_kv_heads ({self.n_kv_heads}) must divide n_heads "
+                    f"({self.n_heads}) and be at most n_heads"
+                )
+            if self.head_dim % 2:
+                raise ValueError(
+                    f"ModelConfig.head_dim ({self.head_dim}) must be even: RoPE rotates pairs"
+                )
+        else:
+            if not isinstance(self.q_lora_rank, int) or self.q_lora_rank < 0:
+                raise ValueError(
+                    f"ModelConfig.q_lora_rank must be 0 (full-rank query) or a positive integer, "
+                    f"got {self.q_lora_rank!r}"
+                )
+            if self.qk_rope_head_dim % 2:
+                raise ValueError(
+                    f"ModelConfig.qk_rope_head_dim ({self.qk_rope_head_dim}) must be even: "
+                    "RoPE rotates pairs"
+                )
+        if not (self.rope_theta > 0):
+            raise ValueError(f"ModelConfig.rope_theta must be positive, got {self.rope_theta!r}")
+        if not (self.norm_eps > 0):
+            raise ValueError(f"ModelConfig.norm_eps must be positive, got {self.norm_eps!r}")
+        if not (self.init_std > 0):
+            raise ValueError(f"ModelConfig.init_std must be positive, got {self.init_std!r}")
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ValueError(
+                f"unknown ModelConfig field(s) {unknown}; allowed fields: {sorted(allowed)}"
+            )
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with some fields changed (validated); head_dim is re-derived unless given."""
+        data = self.to_dict()
+        if "head_dim" not in changes and ("d_model" in changes or "n_heads" in changes):
+            data["head_dim"] = None
+        data.update(changes)
+        return ModelConfig.from_dict(data)
+
+    # ------------------------------------------------------------------ derived shapes
+    @property
+    def qk_head_dim(self) -> int:
+        """Width of each head's query/key dot product."""
+        if self.attention == "mla":
+            return self.qk_nope_head_dim + self.qk_rope_head_dim
+        return self.head_dim
+
+    @property
+    def value_head_dim(self) -> int:
+        return self.v_head_dim if self.attention == "mla" else self.head_dim
+
+    @property
+    def rope_dim(self) -> int:
+        """Number of dimensions RoPE rotates per query/key head."""
+        return self.qk_rope_head_dim if self.attention == "mla" else self.head_dim
+
+    def attention_params(self) -> int:
+        d, h = self.d_model, self.n_heads
+        if self.attention == "gqa":
+            return (
+                d * h * self.head_dim
+                + 2 * d * self.n_kv_heads * self.head_dim
+                + h * self.head_dim * d
+            )
+        q = (
+            d * self.q_lora_rank + self.q_lora_rank + self.q_lora_rank * h * self.qk_head_dim
+            if self.q_lora_rank
+            else d * h * self.qk_head_dim
+        )
+        kv_down = d * (self.kv_lora_rank + self.qk_rope_head_dim) + self.kv_lora_rank  # + its norm
+        kv_up = self.kv_lora_rank * h * (self.qk_nope_head_dim + self.v_head_dim)
+        return q + kv_down + kv_up + h * self.v_head_dim * d
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count, analytic (tests check it against the built model). Non-embedding
+        excludes the token embedding and the unembedding, as in Kaplan et al. (2020)."""
+        per_layer = self.attention_params() + 3 * self.d_model * self.d_ff + 2 * self.d_model
+        body = self.n_layers * per_layer + self.d_model  # + final norm
+        if non_embedding:
+            return body
+        embed = self.vocab_size * self.d_model
+        return body + embed + (0 if self.tie_embeddings else embed)
+
+    def kv_cache_values_per_token(self) -> int:
+        """Values cached per token over all layers: MLA caches c_kv and the shared RoPE key only."""
+        if self.attention == "mla":
+            per_layer = self.kv_lora_rank + self.qk_rope_head_dim
+        else:
+            per_layer = 2 * self.n_kv_heads * self.head_dim
+        return self.n_layers * per_layer
+
+    def kv_cache_bytes_per_token(self, bytes_per_value: int = 2) -> int:
+        """KV-cache bytes per token (default bf16)."""
+        return self.kv_cache_values_per_token() * bytes_per_value
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward = 3x forward).
+
+        Matmuls: 6 x (non-embedding matmul parameters + unembedding). Attention: QK^T and PV over
+        the causal half of a `seq_len` context (FlashAttention skips the masked half, so counting
+        it would inflate MFU)."""
+        seq_len = seq_len or self.max_seq_len
+        norm_params = self.n_layers * 2 * self.d_model + self.d_model
+        if self.attention == "mla":
+            norm_params += self.n_layers * (self.kv_lora_rank + self.q_lora_rank)
+        matmul_params = self.num_params(non_embedding=True) - norm_params
+        matmul_params += self.vocab_size * self.d_model
+        attn_per_layer = 2 * self.n_heads * (self.qk_head_dim + self.value_head_dim) * seq_len / 2
+        return 6.0 * matmul_params + 3.0 * self.n_layers * attn_per_layer
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def preset(cls, name: str) -> ModelConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; available presets: {sorted(PRESETS)}")
+        return PRESETS[name].replace(name=name)
+
+    @staticmethod
+    def preset_names() -> list[str]:
+        return list(PRESETS)
+
+
+def _mla(name: str, d_model: int, n_layers: int, n_heads: int, d_ff: int, **kw: Any) -> ModelConfig:
+    """MLA preset by seed 000's rules: d_c = d_model/4, RoPE dim = head/4, nope = head - rope."""
+    head = d_model // n_heads
+    rope = kw.pop("qk_rope_head_dim", head // 4)
+    return ModelConfig(
+        name=name,
+        attention="mla",
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        d_ff=d_ff,
+        kv_lora_rank=kw.pop("kv_lora_rank", d_model // 4),
+        qk_rope_head_dim=rope,
+        qk_nope_head_dim=head - rope,
+        v_head_dim=head,
+        **kw,
+    )
+
+
+def matched_d_ff(target: ModelConfig, twin: ModelConfig, multiple_of: int = 8) -> int:
+    """The d_ff (a multiple of `multiple_of`) that brings `twin`'s parameter count closest to
+    `target`'s: how each GQA preset is made a fair twin of its MLA sibling."""
+    per_unit = 3 * twin.d_model * twin.n_layers  # SwiGLU: three d_model x d_ff matrices per layer
+    gap = target.num_params() - twin.replace(d_ff=multiple_of).num_params()
+    units = max(1, round(gap / (per_unit * multiple_of)) + 1)
+    return units * multiple_of
+
+
+def _gqa_twin(mla: ModelConfig, name: str, n_kv_heads: int, multiple_of: int) -> ModelConfig:
+    twin = mla.replace(name=name, attention="gqa", n_kv_heads=n_kv_heads)
+    return twin.replace(d_ff=matched_d_ff(mla, twin, multiple_of))
+
+
+def _build_presets() -> dict[str, ModelConfig]:
+    presets: dict[str, ModelConfig] = {}
+    # (MLA name, GQA twin name), d_model, n_layers, n_heads, d_ff, vocab, max_seq_len, tied,
+    # the twin's KV heads, and the multiple its matched d_ff is rounded to.
+    table = [
+        (("tiny-mla", "tiny-gqa"), 128, 4, 4, 512, 4096, 256, True, 2, 8),
+        # seed 002's four architectures
+        (("small-mla", "small-gqa"), 256, 4, 4, 1024, 8192, 512, True, 2, 8),
+        (("medium-mla", "medium-gqa"), 384, 6, 8, 1536, 8192, 512, True, 2, 8),
+        (("large-mla", "large-gqa"), 512, 8, 8, 2048, 8192, 512, True, 2, 8),
+        (("xlarge-mla", "xlarge-gqa"), 768, 12, 12, 3072, 8192, 512, True, 4, 8),
+        # seed 000 section 3.2: d_c 512, RoPE 32, nope 96, v 128; 4096 allows the seq-len curriculum
+        (("mla-1.3b", "gqa-1.3b"), 2048, 26, 16, 8192, 32000, 4096, False, 4, 64),
+    ]
+    for (mla_name, gqa_name), d, n_layers, n_heads, d_ff, vocab, seq, tied, kv_heads, mult in table:
+        mla = _mla(
+            mla_name,
+            d,
+            n_layers,
+            n_heads,
+            d_ff,
+            vocab_size=vocab,
+            max_seq_len=seq,
+            tie_embeddings=tied,
+        )
+        presets[mla_name] = mla
+        presets[gqa_name] = _gqa_twin(mla, gqa_name, kv_heads, mult)
+    return presets
+
+
+PRESETS: dict[str, ModelConfig] = _build_presets()
+
+
+def params_gap(a: ModelConfig, b: ModelConfig) -> float:
+    """Relative difference of two parameter counts, |a - b| / max(a, b)."""
+    na, nb = a.num_params(), b.num_params()
+    return abs(na - nb) / max(na, nb)
+
+
+def human(n: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
