@@ -31,6 +31,8 @@ from transformer_lens.HookedRootModule import HookedRootModule
 
 from labkit.config import ModelConfig
 
+__all__ = ["KVCache", "LabModel", "ModelConfig"]
+
 # DeepSeek's latent norms (q_a_layernorm, kv_a_layernorm) use a fixed epsilon, whatever the config.
 LATENT_NORM_EPS = 1e-6
 
@@ -389,6 +391,14 @@ class LabModel(HookedRootModule):
                 p.normal_(0.0, std / math.sqrt(2 * self.cfg.n_layers))
             else:
                 p.normal_(0.0, std)
+
+    def set_attn_impl(self, impl: str) -> None:
+        """Switch attention between "auto", "sdpa" and "eager" at run time. Use "eager" when a
+        tool that does not register TransformerLens hooks (nnsight) must read the pattern."""
+        self.cfg = self.cfg.replace(attn_impl=impl)
+        for module in self.modules():
+            if isinstance(module, AttentionCore):
+                module.cfg = self.cfg
 
     def _compile_out_hook_points(self) -> None:
         for name, module in list(self.named_modules()):

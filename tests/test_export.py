@@ -1,0 +1,122 @@
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import odd_config
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+from labkit.export import from_hf, to_hf
+from labkit.model import LabModel
+
+CASES = {
+    "gqa": odd_config("gqa"),
+    "gqa-tied-mqa": odd_config("gqa", n_kv_heads=1, tie_embeddings=True),
+    "mla": odd_config("mla"),
+    "mla-fullq-tied": odd_config("mla", q_lora_rank=0, v_head_dim=9, tie_embeddings=True),
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=301,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(["the latent cache of layer seven holds 512 values"] * 20, trainer)
+    return tok
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def exported(request, tmp_path_factory, tokenizer):
+    torch.manual_seed(1)
+    model = LabModel(CASES[request.param]).eval()
+    out = to_hf(model, tmp_path_factory.mktemp(request.param), tokenizer=tokenizer)
+    return model, out
+
+
+def test_transformers_gives_the_same_logits(exported):
+    model, out = exported
+    hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    expected_class = "LlamaForCausalLM" if model.cfg.attention == "gqa" else "DeepseekV3ForCausalLM"
+    assert type(hf).__name__ == expected_class
+    if model.cfg.attention == "mla":
+        assert all(type(layer.mlp).__name__ == "DeepseekV3MLP" for layer in hf.model.layers)
+    toks = torch.randint(0, model.cfg.vocab_size, (2, 23))
+    with torch.no_grad():
+        ours, theirs = model(toks), hf(toks).logits
+    assert ((ours - theirs).abs().max() / theirs.abs().max()).item() <= 1e-4
+
+
+def test_round_trip_through_from_hf(exported):
+    model, out = exported
+    back = from_hf(out)
+    common = ["vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "attention", "max_seq_len"]
+    common += ["rope_theta", "norm_eps", "tie_embeddings"]
+    if model.cfg.attention == "gqa":
+        common += ["n_kv_heads", "head_dim"]
+    else:
+        common += ["q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim"]
+        common += ["v_head_dim"]
+    assert {k: getattr(back.cfg, k) for k in common} == {k: getattr(model.cfg, k) for k in common}
+    for (name, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_tokenizer_is_exported(exported, tokenizer):
+    _, out = exported
+    loaded = PreTrainedTokenizerFast.from_pretrained(out)
+    text = "the latent cache"
+    assert loaded(text)["input_ids"] == tokenizer.encode(text).ids
+    assert loaded.eos_token == "<|endoftext|>"
+
+
+def test_transformer_bridge_hooks_equal_ours(exported):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    model, out = exported
+    bridge = TransformerBridge.boot_transformers(str(out), device="cpu")
+    toks = torch.randint(0, model.cfg.vocab_size, (2, 17))
+    with torch.no_grad():
+        bridge_logits, theirs = bridge.run_with_cache(toks)
+        our_logits, ours = model.run_with_cache(toks)
+    torch.testing.assert_close(bridge_logits, our_logits, rtol=1e-4, atol=1e-5)
+    for i in range(model.cfg.n_layers):
+        name = f"blocks.{i}.attn.hook_pattern"
+        torch.testing.assert_close(theirs[name], ours[name], rtol=1e-4, atol=1e-6)
+        if model.cfg.attention == "mla":
+            name = f"blocks.{i}.attn.hook_kv_latent"
+            torch.testing.assert_close(theirs[name], ours[name], rtol=1e-5, atol=1e-6)
+
+
+def test_export_config_is_dense_deepseek(exported):
+    model, out = exported
+    hf = json.loads((Path(out) / "config.json").read_text())
+    if model.cfg.attention == "mla":
+        assert hf["first_k_dense_replace"] == model.cfg.n_layers
+        assert hf["rope_interleave"] is False
+
+
+def test_from_hf_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        from_hf(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="model_type 'gpt2'"):
+        from_hf(tmp_path)
+
+
+def test_no_unsafe_torch_load():
+    """Weights are safetensors; any torch.load in the code base must pass weights_only=True."""
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for path in list(root.glob("labkit/**/*.py")) + list(root.glob("pretrain/**/*.py")):
+        for call in re.findall(r"torch\.load\([^)]*\)", path.read_text()):
+            if "weights_only=True" not in call:
+                offenders.append(f"{path.name}: {call}")
+    assert not offenders
