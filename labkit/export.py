@@ -107,7 +107,9 @@ def to_hf(model: LabModel, out_dir: str | Path, tokenizer: Any = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
     names = _name_map(cfg)
-    tensors = {hf: state[ours].detach().to("cpu").contiguous().clone() for ours, hf in names.items()}
+    tensors = {
+        hf: state[ours].detach().to("cpu").contiguous().clone() for ours, hf in names.items()
+    }
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2) + "\n")
     (out / "labkit_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -162,7 +164,9 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     if not dense:
         raise ValueError("only dense DeepseekV3 models (first_k_dense_replace >= layers) load")
     if hf.get("rope_interleave", True):
-        raise ValueError("DeepseekV3 with rope_interleave=True is not supported; labkit rotates halves")
+        raise ValueError(
+            "DeepseekV3 with rope_interleave=True is not supported; labkit rotates halves"
+        )
     return ModelConfig(
         attention="mla",
         q_lora_rank=hf.get("q_lora_rank") or 0,

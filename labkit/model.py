@@ -44,7 +44,11 @@ def _active(hook: HookPoint | object) -> bool:
 
 # --------------------------------------------------------------------------- norms, RoPE, MLP
 class RMSNorm(nn.Module):
-    """RMSNorm computed in fp32 (as LLaMA/DeepSeek do), gain applied after `hook_normalized`."""
+    """RMSNorm computed in fp32 (as LLaMA/DeepSeek do), gain applied after `hook_normalized`.
+
+    Under autocast the output is handed over already in the autocast dtype: the Linears that read
+    it (q/k/v, gate/up) would each cast it themselves, forward and backward. Same numbers, one cast.
+    """
 
     def __init__(self, dim: int, eps: float, hooked: bool = True):
         super().__init__()
@@ -57,7 +61,11 @@ class RMSNorm(nn.Module):
         normalized = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
         if hasattr(self, "hook_normalized"):
             normalized = self.hook_normalized(normalized)
-        return self.weight * normalized
+        out = self.weight * normalized
+        device = out.device.type
+        if torch.is_autocast_enabled(device):
+            out = out.to(torch.get_autocast_dtype(device))
+        return out
 
 
 def rope_tables(dim: int, positions: Tensor, theta: float) -> tuple[Tensor, Tensor]:

@@ -65,7 +65,9 @@ def test_round_trip_through_from_hf(exported):
         common += ["q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim"]
         common += ["v_head_dim"]
     assert {k: getattr(back.cfg, k) for k in common} == {k: getattr(model.cfg, k) for k in common}
-    for (name, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items(), strict=True):
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), back.state_dict().items(), strict=True
+    ):
         assert torch.equal(a, b), name
 
 

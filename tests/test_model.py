@@ -19,7 +19,10 @@ def expected_hooks(cfg: ModelConfig, b: int, t: int) -> dict[str, tuple]:
         shapes |= {p + "hook_attn_out": (b, t, d), p + "hook_mlp_out": (b, t, d)}
         shapes |= {p + "ln1.hook_normalized": (b, t, d), p + "ln2.hook_normalized": (b, t, d)}
         a = p + "attn."
-        shapes |= {a + "hook_q": (b, t, h, cfg.qk_head_dim), a + "hook_rot_q": (b, t, h, cfg.qk_head_dim)}
+        shapes |= {
+            a + "hook_q": (b, t, h, cfg.qk_head_dim),
+            a + "hook_rot_q": (b, t, h, cfg.qk_head_dim),
+        }
         shapes |= {a + "hook_k": (b, t, kv_heads, cfg.qk_head_dim)}
         shapes |= {a + "hook_rot_k": (b, t, kv_heads, cfg.qk_head_dim)}
         shapes |= {a + "hook_v": (b, t, kv_heads, cfg.value_head_dim)}
@@ -152,6 +155,7 @@ def test_patching_through_a_hook_changes_the_output(model):
 
     patched = model.run_with_hooks(toks, fwd_hooks=[("blocks.0.attn.hook_z", ablate_head)])
     assert (patched - clean).abs().max() > 1e-4
+
     # Causality: patching the last position leaves every earlier position untouched.
     def patch_last(x, hook):
         x[:, -1] = 0
@@ -191,7 +195,9 @@ def test_loss_return_types(model):
     toks = tokens(model.cfg)
     logits = model(toks)
     loss = model(toks, return_type="loss")
-    expected = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), toks[:, 1:].reshape(-1))
+    expected = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), toks[:, 1:].reshape(-1)
+    )
     torch.testing.assert_close(loss, expected)
     both = model(toks, return_type="both")
     torch.testing.assert_close(both.loss, loss)

@@ -35,7 +35,9 @@ def test_nnsight_reads_and_overwrites_c_kv():
             toks, fwd_hooks=[("blocks.1.attn.hook_kv_latent", tl_patch)]
         )
     torch.testing.assert_close(patched, expected)
-    torch.testing.assert_close(patched[:, :-4], clean[:, :-4])  # causal: earlier positions unchanged
+    torch.testing.assert_close(
+        patched[:, :-4], clean[:, :-4]
+    )  # causal: earlier positions unchanged
     assert (patched[:, -1] - clean[:, -1]).abs().max() > 1e-4
 
 

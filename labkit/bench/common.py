@@ -1,0 +1,62 @@
+"""Shared benchmark plumbing: machine description, interleaved timing, recording results."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "RESULTS.md"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {device}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+
+
+def interleaved_timing(
+    candidates: dict[str, Callable[[], None]], rounds: int, steps: int, warmup: int = 2
+) -> dict[str, float]:
+    """Median seconds per call of each candidate. Candidates alternate round by round so that slow
+    drifts of a noisy machine (thermal, neighbours) hit all of them alike."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for r in range(rounds):
+        order = list(candidates) if r % 2 == 0 else list(reversed(candidates))
+        for name in order:
+            fn = candidates[name]
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / steps)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def record(title: str, body: str, path: Path = RESULTS) -> None:
+    """Append a dated section to benchmarks/RESULTS.md."""
+    stamp = dt.date.today().isoformat()
+    section = f"\n## {title} — {stamp}\n\nMachine: {machine()}\n\n{body.rstrip()}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text("# Benchmark results\n\nMeasured figures, newest last.\n")
+    with path.open("a") as f:
+        f.write(section)
