@@ -54,7 +54,9 @@ def idle_hook_cost_per_call(calls: int = 200_000) -> float:
     )
 
 
-def bench_preset(name: str, batch: int, seq: int, rounds: int, steps: int) -> dict[str, float]:
+def bench_preset(
+    name: str, batch: int, seq: int, rounds: int, steps: int, stat: str = "min"
+) -> dict[str, float]:
     from transformers import AutoModelForCausalLM
 
     cfg = ModelConfig.preset(name).replace(max_seq_len=max(seq, 8))
@@ -88,7 +90,7 @@ def bench_preset(name: str, batch: int, seq: int, rounds: int, steps: int) -> di
         "labkit_no_hooks": make(bare, lambda m: m(tokens, return_type="loss")),
         "labkit_copy": make(twin, lambda m: m(tokens, return_type="loss")),
     }
-    seconds = interleaved_timing(candidates, rounds=rounds, steps=steps)
+    seconds = interleaved_timing(candidates, rounds=rounds, steps=steps, stat=stat)
     result = {k: batch * seq / v for k, v in seconds.items()}
     result["step_s"] = seconds["labkit"]
     result["hook_calls"] = len(ours.hook_dict)  # each hook point fires once per forward
@@ -102,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--stat", choices=["min", "median"], default="min")
     parser.add_argument("--record", action="store_true", help="append to benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
 
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     lines = [
         f"Training step (forward + backward + AdamW), batch {args.batch} x {args.seq} tokens, "
-        f"bf16 autocast, fp32 master weights; median of {args.rounds} interleaved rounds of "
+        f"bf16 autocast, fp32 master weights; {args.stat} of {args.rounds} interleaved rounds of "
         f"{args.steps} steps.",
         "",
         "| preset | labkit tok/s | transformers tok/s | labkit / transformers | "
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     ]
     per_call = idle_hook_cost_per_call()
     for name in args.presets.split(","):
-        r = bench_preset(name, args.batch, args.seq, args.rounds, args.steps)
+        r = bench_preset(name, args.batch, args.seq, args.rounds, args.steps, args.stat)
         results[name] = r
         ratio = r["labkit"] / r["transformers"]
         overhead = r["labkit_no_hooks"] / r["labkit"] - 1
