@@ -48,6 +48,27 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_build(args: argparse.Namespace) -> int:
+    from labkit.config import DataConfig
+    from labkit.data.build import build, dataset_card
+
+    cfg = DataConfig.load(args.config)
+    manifest = build(cfg, args.out, quiet=args.quiet)
+    print(dataset_card(args.out))
+    total = sum(s["tokens"] for s in manifest["sources"].values())
+    print(
+        f"\nwrote {args.out}: {total:,} train tokens; `labkit data card {args.out}` shows the card"
+    )
+    return 0
+
+
+def cmd_data_card(args: argparse.Namespace) -> int:
+    from labkit.data.build import dataset_card
+
+    print(dataset_card(args.dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labkit", description="Pre-train small MLA/GQA models and look inside them."
@@ -57,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="table of model presets (parameters, KV-cache bytes)")
     models.add_argument("--json", action="store_true", help="print every preset's full config")
     models.set_defaults(func=cmd_models)
+
+    data = sub.add_parser("data", help="build and describe data sets")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    data_sub.required = True
+    b = data_sub.add_parser("build", help="generate, curate, tokenize, shard and mix")
+    b.add_argument(
+        "--config", required=True, help="a TOML file, e.g. pretrain/configs/data/ci.toml"
+    )
+    b.add_argument("--out", required=True, help="output directory")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(func=cmd_data_build)
+    c = data_sub.add_parser("card", help="print the dataset card of a built data set")
+    c.add_argument("dir")
+    c.set_defaults(func=cmd_data_card)
     return parser
 
 

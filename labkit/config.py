@@ -7,8 +7,15 @@ join this module when the trainer lands.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 ATTENTION_KINDS = ("gqa", "mla")
 # "auto": the fused path (SDPA now; the Triton kernel on CUDA once it lands) unless a hook needs the
@@ -284,3 +291,240 @@ def human(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"
     return str(int(n))
+
+
+# ====================================================================== data configuration
+def _check_keys(section: str, data: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {[f'{section}.{k}' if section else k for k in unknown]}; "
+            f"allowed in {section or 'the top level'}: {sorted(allowed)}"
+        )
+
+
+def _build(cls: type, section: str, data: dict[str, Any]) -> Any:
+    """A dataclass from a TOML table: unknown keys and wrongly typed values name the key."""
+    if not isinstance(data, dict):
+        raise ValueError(f"[{section}] must be a table, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _check_keys(section, data, set(fields))
+    kwargs = {}
+    for key, value in data.items():
+        default = getattr(cls(), key) if key in fields else None
+        expected = type(default)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ValueError(f"{section}.{key} must be true or false, got {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{section}.{key} must be a number, got {value!r}")
+            if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"{section}.{key} must be an integer, got {value!r}")
+            value = expected(value)
+        if isinstance(default, str) and not isinstance(value, str):
+            raise ValueError(f"{section}.{key} must be a string, got {value!r}")
+        if isinstance(default, (list, tuple)) and not isinstance(value, (list, tuple)):
+            raise ValueError(f"{section}.{key} must be a list, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+@dataclass
+class WorldSizes:
+    cities: int = 40
+    people: int = 240
+    organisations: int = 50
+    elements: int = 30
+    species: int = 40
+    events: int = 60
+
+
+@dataclass
+class SyntheticSection:
+    documents: int = 2000
+    eval_documents: int = 200  # split by domain into eval "general" and "domain" (stem)
+
+
+@dataclass
+class RetrievalSection:
+    documents: int = 400
+    eval_documents: int = 80
+    unanswerable: float = 0.2
+
+
+@dataclass
+class ControlSection:
+    enabled: bool = True
+
+
+@dataclass
+class CodeSection:
+    enabled: bool = True
+    files: int = 60
+    eval_files: int = 6
+    max_chars: int = 20000
+
+
+@dataclass
+class SourceSection:
+    """A user text source: a local file/folder (json, jsonl, txt, parquet) or a Hub dataset."""
+
+    path: str = ""
+    hub: str = ""
+    text_field: str = "text"
+    limit: int = 0  # 0 = all
+    eval_fraction: float = 0.05
+    quality: bool = True  # apply seed 003's prose heuristics
+
+
+@dataclass
+class CurationSection:
+    minhash_threshold: float = 0.8
+    minhash_num_perm: int = 128
+    shingle_words: int = 5
+    contamination_ngram: int = 13
+    contamination_files: list = field(default_factory=list)  # eval task texts (jsonl/txt)
+    max_non_alnum: float = 0.25
+    max_digits: float = 0.15
+    max_url: float = 0.20
+    mean_word_len: list = field(default_factory=lambda: [3.0, 10.0])
+    min_words: int = 50
+    max_words: int = 100_000
+
+
+@dataclass
+class TokenizerSection:
+    vocab_size: int = 4096
+    min_frequency: int = 2
+
+
+@dataclass
+class ShardSection:
+    tokens_per_shard: int = 1_000_000
+
+
+STAGE_SAMPLINGS = ("weights", "unimax", "alpha", "natural")
+
+
+@dataclass
+class StageSection:
+    name: str = "stage"
+    fraction: float = 1.0
+    sampling: str = "weights"
+    weights: dict = field(default_factory=dict)
+    alpha: float = 1.3
+    max_epochs: float = 4.0
+
+
+@dataclass
+class DataConfig:
+    """`labkit data build --config FILE`: what to generate, curate, tokenize and mix."""
+
+    name: str = "data"
+    seed: int = 1234
+    world: WorldSizes = field(default_factory=WorldSizes)
+    synthetic: SyntheticSection = field(default_factory=SyntheticSection)
+    retrieval: RetrievalSection = field(default_factory=RetrievalSection)
+    control: ControlSection = field(default_factory=ControlSection)
+    code: CodeSection = field(default_factory=CodeSection)
+    sources: dict = field(default_factory=dict)  # name -> SourceSection
+    curation: CurationSection = field(default_factory=CurationSection)
+    tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
+    shards: ShardSection = field(default_factory=ShardSection)
+    total_tokens: int = 0  # mix budget; 0 = every train token once
+    mixes: dict = field(default_factory=dict)  # name -> list[StageSection]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataConfig:
+        sections = {
+            "world": WorldSizes,
+            "synthetic": SyntheticSection,
+            "retrieval": RetrievalSection,
+            "control": ControlSection,
+            "code": CodeSection,
+            "curation": CurationSection,
+            "tokenizer": TokenizerSection,
+            "shards": ShardSection,
+        }
+        allowed = set(sections) | {"name", "seed", "sources", "total_tokens", "mixes"}
+        _check_keys("", data, allowed)
+        kwargs: dict[str, Any] = {
+            k: _build(v, k, data[k]) for k, v in sections.items() if k in data
+        }
+        for key in ("name", "seed", "total_tokens"):
+            if key in data:
+                kwargs[key] = data[key]
+        if not isinstance(kwargs.get("seed", 0), int) or not isinstance(
+            kwargs.get("total_tokens", 0), int
+        ):
+            raise ValueError("seed and total_tokens must be integers")
+        reserved = {"synthetic", "retrieval", "control", "code"}
+        sources = {}
+        for name, table in data.get("sources", {}).items():
+            if name in reserved:
+                raise ValueError(f"sources.{name}: {sorted(reserved)} are built-in source names")
+            src = _build(SourceSection, f"sources.{name}", table)
+            if bool(src.path) == bool(src.hub):
+                raise ValueError(f"sources.{name}: give exactly one of `path` or `hub`")
+            sources[name] = src
+        kwargs["sources"] = sources
+        mixes = {}
+        for mix_name, table in data.get("mixes", {}).items():
+            _check_keys(f"mixes.{mix_name}", table, {"stages"})
+            stages = [
+                _build(StageSection, f"mixes.{mix_name}.stages[{i}]", s)
+                for i, s in enumerate(table.get("stages", []))
+            ]
+            for i, s in enumerate(stages):
+                if s.sampling not in STAGE_SAMPLINGS:
+                    raise ValueError(
+                        f"mixes.{mix_name}.stages[{i}].sampling must be one of {STAGE_SAMPLINGS}, "
+                        f"got {s.sampling!r}"
+                    )
+            if not stages:
+                raise ValueError(f"mixes.{mix_name} needs at least one [[mixes.{mix_name}.stages]]")
+            mixes[mix_name] = stages
+        kwargs["mixes"] = mixes
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> DataConfig:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"data config {path} not found")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path}: invalid TOML: {err}") from err
+        return cls.from_dict(data)
+
+    def validate(self) -> None:
+        positives = {
+            "synthetic.documents": self.synthetic.documents,
+            "tokenizer.vocab_size": self.tokenizer.vocab_size,
+            "shards.tokens_per_shard": self.shards.tokens_per_shard,
+        }
+        for key, value in positives.items():
+            if value <= 0:
+                raise ValueError(f"{key} must be positive, got {value}")
+        if not 0 <= self.retrieval.unanswerable < 1:
+            raise ValueError(
+                f"retrieval.unanswerable must be in [0, 1), got {self.retrieval.unanswerable}"
+            )
+        if not 0 < self.curation.minhash_threshold <= 1:
+            raise ValueError("curation.minhash_threshold must be in (0, 1]")
+        if self.tokenizer.vocab_size < 300:
+            raise ValueError("tokenizer.vocab_size must be at least 300 (256 bytes + merges)")
+        if self.total_tokens < 0:
+            raise ValueError(f"total_tokens must be >= 0, got {self.total_tokens}")
+
+    def source_names(self) -> list[str]:
+        names = ["synthetic", "retrieval"]
+        names += ["control"] if self.control.enabled else []
+        names += ["code"] if self.code.enabled else []
+        return names + sorted(self.sources)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

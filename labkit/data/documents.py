@@ -15,13 +15,13 @@ from __future__ import annotations
 import datetime as dt
 import random
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from labkit.data.world import World
 
 REFERENCE_YEAR = 2025  # "now" for contemporary documents
+YEAR_ATTRS = {"founded", "born", "discovered", "year"}
 
 DIMENSIONS: dict[str, dict[str, float]] = {
     "content_focus": {
@@ -72,7 +72,9 @@ def quota_counts(n: int, shares: dict[str, float]) -> dict[str, int]:
     """Exact counts for n items (largest remainder), so every share is met to within 1/n."""
     raw = {k: n * p for k, p in shares.items()}
     counts = {k: int(v) for k, v in raw.items()}
-    for k in sorted(raw, key=lambda k: (raw[k] - counts[k], k), reverse=True)[: n - sum(counts.values())]:
+    for k in sorted(raw, key=lambda k: (raw[k] - counts[k], k), reverse=True)[
+        : n - sum(counts.values())
+    ]:
         counts[k] += 1
     return counts
 
@@ -119,6 +121,11 @@ def cap(s: str) -> str:
     while i < len(s) and s[i] == "\x01":
         i = s.index("\x02", i) + 1
     return s[:i] + s[i : i + 1].upper() + s[i + 1 :] if i < len(s) else s
+
+
+def a(word: str) -> str:
+    """'a' or 'an' + word."""
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
 
 
 def fmt_num(x: float | int) -> str:
@@ -195,7 +202,9 @@ class Topics:
         return mark("event", e.id, e.name)
 
     def num(self, kind: str, ident: int, attr: str, value: Any, surface: str | None = None) -> str:
-        return mark("number", f"{kind}.{ident}.{attr}", surface or fmt_num(value), attr=str(value))
+        if surface is None:
+            surface = str(value) if attr in YEAR_ATTRS else fmt_num(value)
+        return mark("number", f"{kind}.{ident}.{attr}", surface, attr=str(value))
 
     def result(self, value: Any, surface: str | None = None) -> str:
         return mark("number", "result", surface or fmt_num(value), attr=str(value))
@@ -226,6 +235,15 @@ class Topics:
                 ],
                 f"area {self.num('cities', c.id, 'area_km2', c.area_km2)} km²; elev. {self.num('cities', c.id, 'elevation_m', c.elevation_m)} m",
             ),
+            Fact(
+                [
+                    f"Visitors to {self.city(c)} remember its {c.landmark}; the town lives largely from {c.industry}.",
+                    f"{self.city(c)} is known for {c.industry} and for {a(c.landmark)} near its centre.",
+                    f"The {c.landmark} of {self.city(c)} overlooks workshops given over to {c.industry}.",
+                    f"Its economy rests on {c.industry}, and its best-known sight is {a(c.landmark)}.",
+                ],
+                f"{c.industry}; {c.landmark}",
+            ),
         ]
 
     def person_facts(self, p) -> list[Fact]:
@@ -233,8 +251,8 @@ class Topics:
         return [
             Fact(
                 [
-                    f"{self.person(p)} is a {p.occupation} born in {self.num('people', p.id, 'born', p.born)}.",
-                    f"Born in {self.num('people', p.id, 'born', p.born)}, {self.person(p)} works as a {p.occupation}.",
+                    f"{self.person(p)} is {a(p.occupation)} born in {self.num('people', p.id, 'born', p.born)}.",
+                    f"Born in {self.num('people', p.id, 'born', p.born)}, {self.person(p)} works as {a(p.occupation)}.",
                 ],
                 f"{self.person(p)}: {p.occupation}, b. {self.num('people', p.id, 'born', p.born)}",
             ),
@@ -246,8 +264,12 @@ class Topics:
                 f"home {self.city(city)}; employer {self.org(org)}",
             ),
             Fact(
-                [f"{self.person(p)} stands {self.num('people', p.id, 'height_cm', p.height_cm)} cm tall."],
-                f"height {self.num('people', p.id, 'height_cm', p.height_cm)} cm",
+                [
+                    f"{self.person(p)} stands {self.num('people', p.id, 'height_cm', p.height_cm)} cm tall and spends free evenings on {p.hobby}.",
+                    f"At {self.num('people', p.id, 'height_cm', p.height_cm)} centimetres, {self.person(p)} is easy to spot at {p.hobby} meetings.",
+                    f"Friends know {self.person(p)} ({self.num('people', p.id, 'height_cm', p.height_cm)} cm) for a devotion to {p.hobby}.",
+                ],
+                f"height {self.num('people', p.id, 'height_cm', p.height_cm)} cm; hobby {p.hobby}",
             ),
         ]
 
@@ -263,10 +285,12 @@ class Topics:
             ),
             Fact(
                 [
-                    f"The {self.org(o)} counts {self.num('organisations', o.id, 'members', o.members)} members.",
-                    f"Its membership stands at {self.num('organisations', o.id, 'members', o.members)}.",
+                    f"The {self.org(o)} counts {self.num('organisations', o.id, 'members', o.members)} members, most of them working on {o.field}.",
+                    f"Its {self.num('organisations', o.id, 'members', o.members)} members concentrate on {o.field}.",
+                    f"With {self.num('organisations', o.id, 'members', o.members)} members, the {self.org(o)} is a centre of {o.field}.",
+                    f"Research at the {self.org(o)} focuses on {o.field}; membership stands at {self.num('organisations', o.id, 'members', o.members)}.",
                 ],
-                f"members {self.num('organisations', o.id, 'members', o.members)}",
+                f"members {self.num('organisations', o.id, 'members', o.members)}; field {o.field}",
             ),
         ]
 
@@ -289,8 +313,9 @@ class Topics:
             ),
             Fact(
                 [
-                    f"{self.person(who)} discovered {self.element(e)} in {self.num('elements', e.id, 'discovered', e.discovered)}.",
-                    f"It was first isolated in {self.num('elements', e.id, 'discovered', e.discovered)} by {self.person(who)}.",
+                    f"{self.person(who)} discovered {self.element(e)} in {self.num('elements', e.id, 'discovered', e.discovered)}, noting its {e.colour} sheen.",
+                    f"It was first isolated in {self.num('elements', e.id, 'discovered', e.discovered)} by {self.person(who)}, who described it as {e.colour}.",
+                    f"In {self.num('elements', e.id, 'discovered', e.discovered)}, {self.person(who)} obtained the first {e.colour} sample of {self.element(e)}.",
                 ],
                 f"disc. {self.num('elements', e.id, 'discovered', e.discovered)} ({self.person(who)})",
             ),
@@ -301,8 +326,8 @@ class Topics:
         return [
             Fact(
                 [
-                    f"The {self.species(s)} is a {s.cls} of the {s.habitat} near {self.city(region)}.",
-                    f"Near {self.city(region)}, the {s.habitat} are home to the {self.species(s)}, a {s.cls}.",
+                    f"The {self.species(s)} is {a(s.cls)} of the {s.habitat} near {self.city(region)}.",
+                    f"Near {self.city(region)}, the {s.habitat} are home to the {self.species(s)}, {a(s.cls)}.",
                 ],
                 f"{self.species(s)}: {s.cls}, {s.habitat} ({self.city(region)})",
             ),
@@ -314,8 +339,12 @@ class Topics:
                 f"mass {self.num('species', s.id, 'mass_kg', s.mass_kg)} kg; lifespan {self.num('species', s.id, 'lifespan_years', s.lifespan_years)} y",
             ),
             Fact(
-                [f"The {self.species(s)} is a {s.diet}.", f"By diet, the {self.species(s)} is a {s.diet}."],
-                f"diet: {s.diet}",
+                [
+                    f"The {self.species(s)} is {a(s.diet)} with {s.colour} markings.",
+                    f"By diet, the {self.species(s)} is {a(s.diet)}; its coat or shell is {s.colour}.",
+                    f"Observers describe the {self.species(s)} as {a(s.colour)} {s.diet}.",
+                ],
+                f"diet: {s.diet}; colour {s.colour}",
             ),
         ]
 
@@ -341,7 +370,9 @@ class Topics:
         ]
 
     # ---- computations
-    def difference(self, a_name, a_ref, a_val, b_name, b_ref, b_val, unit: str, what: str) -> Computation:
+    def difference(
+        self, a_name, a_ref, a_val, b_name, b_ref, b_val, unit: str, what: str
+    ) -> Computation:
         """a - b for two world values (a >= b)."""
         if a_val < b_val:
             a_name, a_ref, a_val, b_name, b_ref, b_val = b_name, b_ref, b_val, a_name, a_ref, a_val
@@ -349,53 +380,121 @@ class Topics:
         a_s, b_s = self.num(*a_ref, a_val), self.num(*b_ref, b_val)
         res = self.result(diff)
         return Computation(
-            question=f"How many {unit} separate {what}?",
+            question=self.say.pick(
+                f"How many {unit} separate {what}?",
+                f"What is the gap, in {unit}, between {what}?",
+                f"How far apart, in {unit}, are {what}?",
+                f"By how many {unit} do {what} differ?",
+            ),
             given=[f"{a_name}: {a_s}", f"{b_name}: {b_s}"],
-            steps=[f"take {a_name}, {a_s}", f"take {b_name}, {b_s}", f"subtract: {a_s} − {b_s} = {res}"],
+            steps=[
+                self.say.pick(
+                    f"take {a_name}, {a_s}",
+                    f"note {a_name}: {a_s}",
+                    f"write down {a_s} for {a_name}",
+                ),
+                self.say.pick(
+                    f"take {b_name}, {b_s}",
+                    f"note {b_name}: {b_s}",
+                    f"write down {b_s} for {b_name}",
+                ),
+                self.say.pick(
+                    f"subtract: {a_s} − {b_s} = {res}",
+                    f"the difference is {a_s} − {b_s} = {res}",
+                    f"{a_s} minus {b_s} gives {res}",
+                ),
+            ],
             expression=f"{a_s} − {b_s} = {res}",
-            conclusion=f"{cap(what)} are {res} {unit} apart.",
+            conclusion=self.say.pick(
+                f"{cap(what)} are {res} {unit} apart.",
+                f"The gap between {what} is {res} {unit}.",
+                f"{cap(what)} differ by {res} {unit}.",
+                f"That leaves {res} {unit} between {what}.",
+            ),
             answer=f"{res} {unit}",
             check={"op": "sub", "refs": [a_ref, b_ref], "result": diff},
             wrong=f"{a_s} − {b_s} = {fmt_num(diff + self.rng.choice([-10, 10, 1, -1, 100]))}",
         )
 
-    def compare(self, items: list[tuple[str, list, Any]], attr_phrase: str, more: str) -> Computation:
+    def compare(
+        self, items: list[tuple[str, list, Any]], attr_phrase: str, more: str
+    ) -> Computation:
         """Which of the items has the largest value."""
         best = max(items, key=lambda t: t[2])
         given = [f"{name}: {self.num(*ref, val)}" for name, ref, val in items]
-        ordered = " > ".join(
-            self.num(*ref, val) for name, ref, val in sorted(items, key=lambda t: t[2], reverse=True)
-        )
+        ranked = sorted(items, key=lambda t: t[2], reverse=True)
+        ordered = self.num(*ranked[0][1], ranked[0][2])
+        for (_, _, prev), (_, ref, val) in zip(ranked, ranked[1:], strict=False):
+            ordered += f" {'>' if prev > val else '='} {self.num(*ref, val)}"
         return Computation(
-            question=f"Which has {more} {attr_phrase}?",
+            question=self.say.pick(
+                f"Which has {more} {attr_phrase}?",
+                f"Among {', '.join(n for n, _, _ in items)}, which has {more} {attr_phrase}?",
+                f"Whose {attr_phrase} is {more.replace('the ', '')}?",
+            ),
             given=given,
             steps=[f"list the {attr_phrase}: " + "; ".join(given), f"order them: {ordered}"],
             expression=ordered,
-            conclusion=f"{best[0]} has {more} {attr_phrase}.",
+            conclusion=cap(f"{best[0]} has {more} {attr_phrase}."),
             answer=mark("answer", "compare", best[0]),
             check={"op": "argmax", "refs": [ref for _, ref, _ in items], "result": best[1]},
         )
 
-    def convert(self, name: str, ref: list, value: float, unit: str, to: str, factor: float, offset: float, digits: int) -> Computation:
+    def convert(
+        self,
+        name: str,
+        ref: list,
+        value: float,
+        unit: str,
+        to: str,
+        factor: float,
+        offset: float,
+        digits: int,
+    ) -> Computation:
         out = round(value * factor + offset, digits)
         v_s, r_s = self.num(*ref, value), self.result(out, f"{out:,.{digits}f}")
         op = f"× {factor:g}" if offset == 0 else f"{'+' if offset > 0 else '−'} {abs(offset):g}"
         return Computation(
-            question=f"What is {name} in {to}?",
+            question=self.say.pick(
+                f"What is {name} in {to}?",
+                f"How much is {name}, expressed in {to}?",
+                f"Convert {name} to {to}.",
+            ),
             given=[f"{name}: {v_s} {unit}"],
-            steps=[f"start from {v_s} {unit}", f"apply the conversion: {v_s} {op}", f"round to get {r_s} {to}"],
+            steps=[
+                f"start from {v_s} {unit}",
+                f"apply the conversion: {v_s} {op}",
+                f"round to get {r_s} {to}",
+            ],
             expression=f"{v_s} {unit} {op} = {r_s} {to}",
-            conclusion=f"{cap(name)} is {r_s} {to}.",
+            conclusion=self.say.pick(
+                f"{cap(name)} is {r_s} {to}.",
+                f"In {to}, {name} comes to {r_s}.",
+                f"Expressed in {to}, {name} is {r_s}.",
+            ),
             answer=f"{r_s} {to}",
-            check={"op": "convert", "refs": [ref], "factor": factor, "offset": offset, "digits": digits, "result": out},
+            check={
+                "op": "convert",
+                "refs": [ref],
+                "factor": factor,
+                "offset": offset,
+                "digits": digits,
+                "result": out,
+            },
             wrong=f"{v_s} {unit} {op} = {fmt_num(round(out * 10, digits))} {to}",
         )
 
     def ratio(self, name: str, a_ref, a_val, b_ref, b_val, unit: str) -> Computation:
         out = round(a_val / b_val, 1)
-        a_s, b_s, r_s = self.num(*a_ref, a_val), self.num(*b_ref, b_val), self.result(out, f"{out:,.1f}")
+        a_s, b_s, r_s = (
+            self.num(*a_ref, a_val),
+            self.num(*b_ref, b_val),
+            self.result(out, f"{out:,.1f}"),
+        )
         return Computation(
-            question=f"What is {name}?",
+            question=self.say.pick(
+                f"What is {name}?", f"Work out {name}.", f"How large is {name}?"
+            ),
             given=[a_s, b_s],
             steps=[f"divide {a_s} by {b_s}", f"round to one decimal: {r_s}"],
             expression=f"{a_s} ÷ {b_s} ≈ {r_s}",
@@ -405,7 +504,9 @@ class Topics:
             wrong=f"{a_s} ÷ {b_s} ≈ {fmt_num(round(out * 10, 1))}",
         )
 
-    def product(self, name: str, ref, val, given_val: int, given_phrase: str, unit: str) -> Computation:
+    def product(
+        self, name: str, ref, val, given_val: int, given_phrase: str, unit: str
+    ) -> Computation:
         out = val * given_val
         v_s, r_s = self.num(*ref, val), self.result(out)
         return Computation(
@@ -426,13 +527,25 @@ class Topics:
         db = self.num("events", b.id, "date", b.date, b.date)
         res = self.result(days)
         return Computation(
-            question=f"How many days passed between the {self.event(a)} and the {self.event(b)}?",
+            question=self.say.pick(
+                f"How many days passed between the {self.event(a)} and the {self.event(b)}?",
+                f"How long, in days, was it from the {self.event(a)} to the {self.event(b)}?",
+                f"Count the days from the {self.event(a)} to the {self.event(b)}.",
+            ),
             given=[f"{self.event(a)}: {da}", f"{self.event(b)}: {db}"],
-            steps=[f"the earlier date is {da}", f"the later date is {db}", f"count the days between them: {res}"],
+            steps=[
+                f"the earlier date is {da}",
+                f"the later date is {db}",
+                f"count the days between them: {res}",
+            ],
             expression=f"{db} − {da} = {res} days",
             conclusion=f"{res} days separate the {self.event(a)} from the {self.event(b)}.",
             answer=f"{res} days",
-            check={"op": "days", "refs": [["events", a.id, "date"], ["events", b.id, "date"]], "result": days},
+            check={
+                "op": "days",
+                "refs": [["events", a.id, "date"], ["events", b.id, "date"]],
+                "result": days,
+            },
             wrong=f"{db} − {da} = {fmt_num(days + 365)} days",
         )
 
@@ -443,7 +556,11 @@ class Topics:
         return Computation(
             question=f"As of {REFERENCE_YEAR}, how many years ago was {name}?",
             given=[f"{name}: {y}", f"the current year: {REFERENCE_YEAR}"],
-            steps=[f"the year now is {REFERENCE_YEAR}", f"{name} was in {y}", f"{REFERENCE_YEAR} − {y} = {r}"],
+            steps=[
+                f"the year now is {REFERENCE_YEAR}",
+                f"{name} was in {y}",
+                f"{REFERENCE_YEAR} − {y} = {r}",
+            ],
             expression=f"{REFERENCE_YEAR} − {y} = {r}",
             conclusion=f"As of {REFERENCE_YEAR}, {name} was {r} years ago.",
             answer=f"{r} years",
@@ -460,12 +577,26 @@ class Topics:
         res = self.result(pct, f"{pct}%")
         return Computation(
             question=f"If one listed worker of the {self.org(org)} is picked at random, how likely is it to be a {occupation}?",
-            given=[f"the register lists {self.result(n)} workers at the {self.org(org)}", f"{self.result(k)} of them are {occupation}s"],
-            steps=[f"count the {occupation}s: {k}", f"count everyone: {n}", f"the odds are {k} in {n}, about {res}"],
+            given=[
+                f"the register lists {self.result(n)} workers at the {self.org(org)}",
+                f"{self.result(k)} of them are {occupation}s",
+            ],
+            steps=[
+                f"count the {occupation}s: {k}",
+                f"count everyone: {n}",
+                f"the odds are {k} in {n}, about {res}",
+            ],
             expression=f"{k} / {n} ≈ {res}",
-            conclusion=f"The chance is {k} in {n}, roughly {res}.",
+            conclusion=f"The chance that a randomly picked worker of the {self.org(org)} is {a(occupation)} is {k} in {n}, roughly {res}.",
             answer=f"about {res}",
-            check={"op": "prob", "org": org.id, "occupation": occupation, "k": k, "n": n, "result": pct},
+            check={
+                "op": "prob",
+                "org": org.id,
+                "occupation": occupation,
+                "k": k,
+                "n": n,
+                "result": pct,
+            },
             wrong=f"{k} / {n} ≈ {min(100, pct + 20)}%",
         )
 
@@ -482,22 +613,34 @@ class Topics:
         return Computation(
             question=f"Is {self.element(e)} an {cls}?",
             given=[rule, f"{self.element(e)} was discovered in {y}"],
-            steps=[f"premise: {rule}", f"premise: {self.element(e)} was discovered in {y}", f"{y} is {'before' if old else 'not before'} {threshold}, so the rule applies"],
+            steps=[
+                f"premise: {rule}",
+                f"premise: {self.element(e)} was discovered in {y}",
+                f"{y} is {'before' if old else 'not before'} {threshold}, so the rule applies",
+            ],
             expression=f"{y} {'<' if old else '≥'} {threshold}",
             conclusion=f"Therefore {self.element(e)} is {'an early' if old else 'a modern'} element.",
             answer=mark("answer", "syllogism", f"yes, {'an early' if old else 'a modern'} element"),
-            check={"op": "threshold", "refs": [["elements", e.id, "discovered"]], "threshold": threshold, "result": old},
+            check={
+                "op": "threshold",
+                "refs": [["elements", e.id, "discovered"]],
+                "threshold": threshold,
+                "result": old,
+            },
         )
 
 
 def _competing(t: Topics, kind: str) -> tuple[str, list[str]] | None:
     """Two readings of "bigger"/"older" that disagree: the high-ambiguity device."""
     pairs = {
-        "cities": ("population", "area_km2", "larger", "residents", "square kilometres", t.city),
-        "elements": ("density", "melting_point_k", "heavier-duty", "g/cm³", "K", t.element),
+        "cities": ("population", "area_km2", "larger", "residents", "km²", t.city),
+        "elements": ("density", "melting_point_k", "more robust", "g/cm³", "K", t.element),
         "species": ("mass_kg", "lifespan_years", "bigger", "kg", "years", t.species),
-        "organisations": ("members", "founded", "greater", "members", "(year founded)", t.org),
+        "organisations": ("members", "founded", "more established", "members", "", t.org),
     }
+    readings = {"population": "head count", "area_km2": "land area", "density": "density",
+                "melting_point_k": "heat resistance", "mass_kg": "body mass",
+                "lifespan_years": "lifespan", "members": "membership", "founded": "age"}  # fmt: skip
     if kind not in pairs:
         return None
     a1, a2, word, u1, u2, name = pairs[kind]
@@ -512,10 +655,615 @@ def _competing(t: Topics, kind: str) -> tuple[str, list[str]] | None:
             w2 = x if second else y
             text = (
                 f"Which is the {word}, {name(x)} or {name(y)}? The answer depends on the reading. "
-                f"By {a1.replace('_', ' ')}, {name(w1)} wins ({t.num(kind, x.id, a1, v(x, a1))} vs "
-                f"{t.num(kind, y.id, a1, v(y, a1))} {u1}); by {a2.replace('_', ' ')}, {name(w2)} does "
-                f"({t.num(kind, x.id, a2, v(x, a2))} vs {t.num(kind, y.id, a2, v(y, a2))} {u2})."
+                f"By {readings[a1]}, {name(w1)} wins ({t.num(kind, x.id, a1, v(x, a1))} vs "
+                f"{t.num(kind, y.id, a1, v(y, a1))} {u1}); by {readings[a2]}, {name(w2)} does "
+                f"({t.num(kind, x.id, a2, v(x, a2))} vs {t.num(kind, y.id, a2, v(y, a2))}"
+                f"{' ' + u2 if u2 else ', founding years'})."
             )
-            check = {"op": "competing", "kind": kind, "ids": [x.id, y.id], "attrs": [a1, a2], "result": [w1.id, w2.id]}
+            check = {
+                "op": "competing",
+                "kind": kind,
+                "ids": [x.id, y.id],
+                "attrs": [a1, a2],
+                "result": [w1.id, w2.id],
+            }
             return text, [check]  # type: ignore[return-value]
     return None
+
+
+# --------------------------------------------------------------------------- planning
+STYLE_LINES = {
+    "neutral": [],
+    "positive": [
+        "It is an encouraging picture.",
+        "Remarkably, the figures line up neatly.",
+        "This is one of the more impressive records in the archive.",
+        "The result is a pleasing one.",
+    ],
+    "negative": [
+        "Unfortunately, the record here is thin and the picture is unflattering.",
+        "Critics call this a disappointing showing.",
+        "Frankly, the numbers fall short of what was promised.",
+        "Sadly, little else about it stands out.",
+    ],
+    "empathetic": [
+        "If this feels like a lot of numbers, that is okay; take it one step at a time.",
+        "I remember finding this confusing at first, so be patient with yourself.",
+        "You are not alone if the dates blur together; many readers feel the same.",
+        "It is natural to double-check this kind of thing, and worth doing.",
+    ],
+    "figurative": [
+        "The figures fall into place like stones in a riverbed.",
+        "Numbers here are lanterns along a dark road.",
+        "The archive is a tangled orchard, and this fact is one ripe fruit.",
+        "Each date is a footprint left in wet clay.",
+    ],
+}
+HEDGES = [
+    "By most accounts, ",
+    "Records suggest that ",
+    "Reportedly, ",
+    "As far as the archive shows, ",
+]
+CONTEMPORARY = [
+    f"As of {REFERENCE_YEAR}, the records below are current.",
+    f"This summary reflects the situation in {REFERENCE_YEAR}.",
+    f"Today, in {REFERENCE_YEAR}, these figures are still quoted.",
+]
+
+
+def _people_kind(t: Topics, occupations: tuple[str, ...] = ()) -> Any:
+    pool = [p for p in t.w.people if not occupations or p.occupation in occupations]
+    return t.rng.choice(pool or t.w.people)
+
+
+def plan_document(world: World, labels: dict[str, str], rng: random.Random) -> Plan:
+    """Choose what a document says: its facts and computations, by domain and complexity."""
+    t = Topics(world, rng)
+    n_comp = {"basic": 1, "intermediate": 2, "advanced": 3}[labels["conceptual_complexity"]]
+    domain = labels["domain"]
+    facts: list[Fact] = []
+    comps: list[Computation] = []
+    pick = rng.sample
+
+    if domain == "stem":
+        if rng.random() < 0.5:
+            els = pick(world.elements, 3)
+            e = els[0]
+            title, subject, competing_kind = f"The element {e.name}", t.element(e), "elements"
+            for x in els:
+                facts += t.element_facts(x)
+            pool = [
+                lambda: t.convert(
+                    f"the melting point of {t.element(e)}",
+                    ["elements", e.id, "melting_point_k"],
+                    e.melting_point_k,
+                    "K",
+                    "°C",
+                    1,
+                    -273.15,
+                    2,
+                ),
+                lambda: t.compare(
+                    [(t.element(x), ["elements", x.id, "density"], x.density) for x in els],
+                    "density",
+                    "the highest",
+                ),
+                lambda: t.difference(
+                    t.element(els[0]),
+                    ["elements", els[0].id, "atomic_number"],
+                    els[0].atomic_number,
+                    t.element(els[1]),
+                    ["elements", els[1].id, "atomic_number"],
+                    els[1].atomic_number,
+                    "places",
+                    f"the atomic numbers of {t.element(els[0])} and {t.element(els[1])}",
+                ),
+                lambda: t.syllogism(e),
+            ]
+            if (
+                labels["conceptual_complexity"] == "advanced"
+            ):  # interdisciplinary: chemistry x biography
+                who = world.people[e.discoverer]
+                facts += t.person_facts(who)[:1]
+                pool.insert(
+                    0,
+                    lambda: t.difference(
+                        f"the discovery of {t.element(e)}",
+                        ["elements", e.id, "discovered"],
+                        e.discovered,
+                        f"the birth of {t.person(who)}",
+                        ["people", who.id, "born"],
+                        who.born,
+                        "years",
+                        f"the birth of {t.person(who)} and the discovery of {t.element(e)}",
+                    ),
+                )
+        else:
+            sps = pick(world.species, 3)
+            s = sps[0]
+            title, subject, competing_kind = f"The {s.name}", t.species(s), "species"
+            for x in sps:
+                facts += t.species_facts(x)
+            pool = [
+                lambda: t.convert(
+                    f"the mass of an adult {t.species(s)}",
+                    ["species", s.id, "mass_kg"],
+                    s.mass_kg,
+                    "kg",
+                    "lb",
+                    2.20462,
+                    0,
+                    1,
+                ),
+                lambda: t.compare(
+                    [
+                        (t.species(x), ["species", x.id, "lifespan_years"], x.lifespan_years)
+                        for x in sps
+                    ],
+                    "lifespan",
+                    "the longest",
+                ),
+                lambda: t.ratio(
+                    f"the mass per year of life of the {t.species(s)}",
+                    ["species", s.id, "mass_kg"],
+                    s.mass_kg,
+                    ["species", s.id, "lifespan_years"],
+                    s.lifespan_years,
+                    "kg per year",
+                ),
+                lambda: t.difference(
+                    t.species(sps[0]),
+                    ["species", sps[0].id, "lifespan_years"],
+                    sps[0].lifespan_years,
+                    t.species(sps[1]),
+                    ["species", sps[1].id, "lifespan_years"],
+                    sps[1].lifespan_years,
+                    "years",
+                    f"the lifespans of the {t.species(sps[0])} and the {t.species(sps[1])}",
+                ),
+            ]
+            if (
+                labels["conceptual_complexity"] == "advanced"
+            ):  # interdisciplinary: biology x geography
+                c = world.cities[s.region]
+                facts += t.city_facts(c)[:1]
+                pool.insert(
+                    0,
+                    lambda: t.ratio(
+                        f"the number of residents of {t.city(c)} per kilogram of {t.species(s)}",
+                        ["cities", c.id, "population"],
+                        c.population,
+                        ["species", s.id, "mass_kg"],
+                        s.mass_kg,
+                        "residents per kg",
+                    ),
+                )
+        year_ref = (
+            (
+                ["elements", els[0].id, "discovered"],
+                els[0].discovered,
+                f"the discovery of {t.element(els[0])}",
+            )
+            if competing_kind == "elements"
+            else None
+        )
+    elif domain in ("humanities_social", "creative_arts"):
+        if domain == "creative_arts":
+            p = _people_kind(t, ("composer", "architect", "teacher"))
+            evs = pick(
+                [e for e in world.events if e.kind in ("festival", "fair", "congress")]
+                or world.events,
+                2,
+            )
+        else:
+            p = _people_kind(t)
+            evs = pick(world.events, 2)
+        orgs = [world.organisations[p.employer]] + pick(world.organisations, 1)
+        if orgs[1].id == orgs[0].id:
+            orgs[1] = world.organisations[(orgs[0].id + 1) % len(world.organisations)]
+        title = (
+            f"{p.name} and the {evs[0].name}"
+            if domain == "creative_arts"
+            else f"The {orgs[0].name}"
+        )
+        subject, competing_kind = (
+            (t.person(p) if domain == "creative_arts" else t.org(orgs[0])),
+            "organisations",
+        )
+        facts += t.person_facts(p) + t.org_facts(orgs[0]) + t.org_facts(orgs[1])
+        facts += t.event_facts(evs[0]) + t.event_facts(evs[1])
+        ev_year = int(evs[0].date[:4])
+        pool = [
+            lambda: t.difference(
+                f"the founding of the {t.org(orgs[0])}",
+                ["organisations", orgs[0].id, "founded"],
+                orgs[0].founded,
+                f"the founding of the {t.org(orgs[1])}",
+                ["organisations", orgs[1].id, "founded"],
+                orgs[1].founded,
+                "years",
+                f"the foundings of the {t.org(orgs[0])} and the {t.org(orgs[1])}",
+            ),
+            lambda: t.days_between(evs[0], evs[1]),
+            lambda: t.compare(
+                [(t.event(e), ["events", e.id, "attendance"], e.attendance) for e in evs],
+                "attendance",
+                "the larger",
+            ),
+            lambda: t.compare(
+                [(t.org(o), ["organisations", o.id, "members"], o.members) for o in orgs],
+                "membership",
+                "the larger",
+            ),
+        ]
+        if ev_year > p.born:
+            pool.insert(
+                0 if domain == "creative_arts" else 2,
+                lambda: t.difference(
+                    f"the year of the {t.event(evs[0])}",
+                    ["events", evs[0].id, "year"],
+                    ev_year,
+                    f"the birth of {t.person(p)}",
+                    ["people", p.id, "born"],
+                    p.born,
+                    "years",
+                    f"the birth of {t.person(p)} and the {t.event(evs[0])}",
+                ),
+            )
+        year_ref = (
+            ["organisations", orgs[0].id, "founded"],
+            orgs[0].founded,
+            f"the founding of the {t.org(orgs[0])}",
+        )
+    elif domain == "practical_applied":
+        cs = pick(world.cities, 2)
+        c, o = cs[0], world.organisations[rng.randrange(len(world.organisations))]
+        title, subject, competing_kind = f"Practical figures for {c.name}", t.city(c), "cities"
+        facts += t.city_facts(cs[0]) + t.city_facts(cs[1]) + t.org_facts(o)
+        fee = rng.choice([3, 5, 8, 12, 15, 20, 25])
+        pool = [
+            lambda: t.ratio(
+                f"the population density of {t.city(c)}",
+                ["cities", c.id, "population"],
+                c.population,
+                ["cities", c.id, "area_km2"],
+                c.area_km2,
+                "residents per km²",
+            ),
+            lambda: t.product(
+                f"the yearly dues collected by the {t.org(o)} at {fee} crowns a member",
+                ["organisations", o.id, "members"],
+                o.members,
+                fee,
+                "crowns per member",
+                "crowns",
+            ),
+            lambda: t.convert(
+                f"the area of {t.city(c)}",
+                ["cities", c.id, "area_km2"],
+                c.area_km2,
+                "km²",
+                "hectares",
+                100,
+                0,
+                0,
+            ),
+            lambda: t.convert(
+                f"the elevation of {t.city(c)}",
+                ["cities", c.id, "elevation_m"],
+                c.elevation_m,
+                "m",
+                "feet",
+                3.28084,
+                0,
+                0,
+            ),
+            lambda: t.compare(
+                [(t.city(x), ["cities", x.id, "population"], x.population) for x in cs],
+                "population",
+                "the larger",
+            ),
+        ]
+        year_ref = (["cities", c.id, "founded"], c.founded, f"the founding of {t.city(c)}")
+    else:  # abstract_reasoning
+        els = pick(world.elements, 2)
+        o = world.organisations[rng.randrange(len(world.organisations))]
+        title, subject, competing_kind = "A short exercise in reasoning", "the problem", "elements"
+        facts += t.element_facts(els[0]) + t.element_facts(els[1]) + t.org_facts(o)
+        pool = [
+            lambda: t.syllogism(els[0]),
+            lambda: t.compare(
+                [
+                    (t.element(x), ["elements", x.id, "melting_point_k"], x.melting_point_k)
+                    for x in els
+                ],
+                "melting point",
+                "the higher",
+            ),
+            lambda: t.probability(o),
+            lambda: t.syllogism(els[1]),
+        ]
+        year_ref = (
+            ["elements", els[0].id, "discovered"],
+            els[0].discovered,
+            f"the discovery of {t.element(els[0])}",
+        )
+
+    head = pool[:1] if labels["conceptual_complexity"] == "advanced" and domain == "stem" else []
+    rest = pool[len(head) :]
+    rng.shuffle(rest)
+    for make in (head + rest)[:n_comp]:
+        comps.append(make())
+    if labels["reasoning_explicitness"] == "probabilistic" and not any(
+        c.check["op"] == "prob" for c in comps
+    ):
+        org = rng.choice(world.organisations)
+        comps.append(t.probability(org))
+        facts += t.org_facts(org)[:1]
+    if labels["temporal_focus"] == "contemporary" and year_ref is not None:
+        ref, year, name = year_ref
+        comps.append(t.since(name, ref, year))
+
+    n_facts = {"low": 2, "moderate": 4, "high": 7}[labels["factual_density"]]
+    plan = Plan(title=title, subject=subject, facts=facts[:n_facts], computations=comps)
+    plan.checks = [c.check for c in comps]
+    plan.competing = _competing(t, competing_kind) if labels["ambiguity"] == "high" else None  # type: ignore[attr-defined]
+    return plan
+
+
+# --------------------------------------------------------------------------- rendering
+def _reason(c: Computation, mode: str, w: Words) -> list[str]:
+    """A computation as sentences, as explicit as the label says."""
+    if mode == "implicit":
+        return [c.conclusion]
+    if mode in ("concise", "probabilistic"):
+        return [
+            f"{w.pick('Since', 'Because', 'Given that')} {c.expression}, {c.conclusion[0].lower()}{c.conclusion[1:]}"
+        ]
+    if mode == "detailed_cot":
+        order = ["First", "Next", "Then", "After that"]
+        lines = [f"{order[min(i, 3)]}, {s}." for i, s in enumerate(c.steps)]
+        return lines + [
+            f"{w.pick('So', 'Therefore', 'Hence')}, {c.conclusion[0].lower()}{c.conclusion[1:]}"
+        ]
+    # self_corrective: a wrong step, flagged and corrected
+    if c.wrong:
+        return [
+            f"{w.pick('At first I wrote', 'A first attempt gives', 'A quick pass suggests')} {c.wrong}.",
+            f"{w.pick('Wait, that is wrong', 'That is a mistake', 'No, that does not check out')}: {c.expression}.",
+            c.conclusion,
+        ]
+    return [
+        f"{w.pick('At first glance', 'On a quick read')} the answer seems to go the other way.",
+        f"{w.pick('Checking the numbers corrects that', 'Looking again fixes the error')}: {c.expression}.",
+        c.conclusion,
+    ]
+
+
+CONNECTIVES = ["Moreover, ", "In addition, ", "Also, ", "Notably, ", "Meanwhile, ", "Besides, ",
+               "On top of that, ", "Separately, ", "For context, ", "Worth adding: "]  # fmt: skip
+
+
+def _lower_first(s: str) -> str:
+    return s if s.startswith("\x01") else s[0].lower() + s[1:]
+
+
+def _fact_sentences(plan: Plan, labels: dict[str, str], w: Words) -> list[str]:
+    out = []
+    for i, f in enumerate(plan.facts):
+        s = cap(w.rng.choice(f.sentence))
+        if labels["ambiguity"] == "moderate" and i % 2 == 0:
+            s = w.pick(*HEDGES) + _lower_first(s)
+        elif i and w.rng.random() < 0.35:
+            s = w.pick(*CONNECTIVES) + _lower_first(s)
+        out.append(s)
+    return out
+
+
+def body_sentences(
+    plan: Plan, labels: dict[str, str], rng: random.Random
+) -> tuple[list[str], str, str]:
+    """The document's sentences by content focus, plus its main question and short answer."""
+    w = Words(rng)
+    mode = labels["reasoning_explicitness"]
+    focus = labels["content_focus"]
+    facts = _fact_sentences(plan, labels, w)
+    rng.shuffle(facts)
+    reasoning = [s for c in plan.computations for s in _reason(c, mode, w)]
+    main = plan.computations[0]
+    lines: list[str] = []
+    if labels["temporal_focus"] == "contemporary":
+        lines.append(w.pick(*CONTEMPORARY))
+    if focus == "factual_explanation":
+        lines += [
+            f"{w.pick('This note explains', 'Here we describe', 'What follows covers')} {plan.subject}."
+        ]
+        lines += facts + reasoning
+    elif focus == "procedural":
+        lines += [
+            f"{w.pick('Here is how to work out', 'To answer', 'The procedure for')}: {main.question[0].lower()}{main.question[1:]}"
+        ]
+        lookups = (
+            "Look up:",
+            "Find in the record:",
+            "Note down:",
+            "Collect the figure:",
+            "Check:",
+            "From the archive:",
+        )
+        lines += [f"{w.pick(*lookups)} {f}" for f in facts]
+        lines += reasoning
+        lines += [
+            f"{w.pick('Finally, record the answer', 'Write down the result', 'The procedure ends with the answer')}: {main.answer}."
+        ]
+    elif focus == "reasoning_exposition":
+        lines += [f"{w.pick('Claim', 'Thesis', 'To show')}: {main.conclusion}"]
+        lines += [
+            f"{w.pick('Premise', 'Known', 'Given', 'Fact', 'We know', 'Recall')}: {f}"
+            for f in facts
+        ]
+        lines += reasoning + [
+            f"{w.pick('Hence the claim holds', 'This establishes the claim', 'The claim follows')}."
+        ]
+    elif focus == "argumentation":
+        lines += [
+            f"{main.question} {w.pick('Opinions differ.', 'People disagree.', 'The question is debated.')}"
+        ]
+        half = max(1, len(facts) // 2)
+        lines += [
+            f"{w.pick('One side points out that', 'Supporters note that', 'A first view stresses that')} {facts[0][0].lower()}{facts[0][1:]}"
+        ] + facts[1:half]
+        lines += [
+            f"{w.pick('The other side answers that', 'Skeptics reply that', 'A second view stresses that')} {facts[half][0].lower()}{facts[half][1:]}"
+            if len(facts) > half
+            else "The other side asks for more evidence."
+        ] + facts[half + 1 :]
+        lines += [
+            f"{w.pick('Weighing the evidence', 'On balance', 'Taking both into account')}:"
+        ] + reasoning
+    elif focus == "creative_narrative":
+        opener = w.pick(
+            "The story begins on a grey morning.",
+            "It was the kind of evening when archives come alive.",
+            "Nobody expected the ledger to matter.",
+        )
+        lines += [opener] + facts
+        lines += [
+            f"{w.pick('She took out a pencil and worked it through.', 'He counted twice, to be sure.', 'The clerk frowned and did the sum.')}"
+        ] + reasoning
+        lines += [
+            w.pick(
+                "And that settled the matter.",
+                "The ledger was closed, the answer written in ink.",
+                "Everyone went home a little wiser.",
+            )
+        ]
+    else:  # metacognitive
+        lines += [
+            f"{w.pick('Before answering, I list what I know.', 'Let me first check what I actually know.', 'I want to be careful here, so I start from the facts.')}"
+        ]
+        lines += facts
+        lines += [
+            w.pick(
+                "I could guess, but a calculation is safer.",
+                "My first instinct might be wrong, so I check.",
+                "I should not trust a vague memory here.",
+            )
+        ]
+        lines += reasoning
+        lines += [
+            f"{w.pick('Checking my work', 'Verifying', 'As a check')}: {main.expression}, {w.pick('which holds', 'which is consistent', 'as expected')}."
+        ]
+    competing = getattr(plan, "competing", None)
+    if competing:
+        lines.append(competing[0])
+        lines.append(
+            w.pick(
+                "Both readings are defensible; the question is ambiguous.",
+                "Which reading is meant decides the answer.",
+                "So the honest answer is: it depends.",
+            )
+        )
+    style = STYLE_LINES[labels["style"]]
+    if style:
+        picked = rng.sample(style, 2)
+        lines = [picked[0]] + lines + [picked[1]]
+    return lines, main.question, main.answer
+
+
+def layout(plan: Plan, labels: dict[str, str], rng: random.Random, world: World) -> str:
+    """Lay the sentences out in the document's format."""
+    lines, question, answer = body_sentences(plan, labels, rng)
+    w = Words(rng)
+    fmt = labels["format"]
+    if fmt == "structured_prose":
+        cut = max(1, len(lines) // 2)
+        return f"{plan.title}\n\n" + " ".join(lines[:cut]) + "\n\n" + " ".join(lines[cut:])
+    if fmt == "dialogue":
+        a, b = rng.sample(world.people, 2)
+        speakers = [mark("person", a.id, a.first), mark("person", b.id, b.first)]
+        turns = [f"{speakers[0]}: {question}"]
+        for i in range(0, len(lines), 2):
+            turns.append(f"{speakers[(i // 2 + 1) % 2]}: {' '.join(lines[i : i + 2])}")
+        turns.append(
+            f"{speakers[0]}: {w.pick('So the answer is', 'Got it, so', 'Then it is')} {answer}."
+        )
+        return "\n".join(turns)
+    if fmt == "instructional":
+        steps = [f"{i + 1}. {s}" for i, s in enumerate(lines)]
+        return f"{w.pick('How to answer', 'Steps for', 'Guide')}: {question}\n\n" + "\n".join(steps)
+    if fmt == "qa_direct":
+        return f"Q: {question}\nA: {cap(answer)}. " + " ".join(lines)
+    if fmt == "qa_rationale":
+        return f"Question: {question}\nRationale: " + " ".join(lines) + f"\nAnswer: {answer}"
+    # notes: fragments, not sentences
+    bullets = [f.fragment for f in plan.facts]
+    bullets += [
+        c.expression
+        + (
+            f" ({c.wrong} was wrong)"
+            if labels["reasoning_explicitness"] == "self_corrective" and c.wrong
+            else ""
+        )
+        for c in plan.computations
+    ]
+    if labels["reasoning_explicitness"] == "self_corrective" and not any(
+        c.wrong for c in plan.computations
+    ):
+        bullets.append("first guess reversed; corrected after checking the numbers")
+    if labels["reasoning_explicitness"] == "probabilistic":
+        bullets.append("odds stated from the register counts")
+    competing = getattr(plan, "competing", None)
+    if competing:
+        bullets.append("ambiguous: " + competing[0].split("? ", 1)[-1])
+    if labels["temporal_focus"] == "contemporary":
+        bullets.insert(0, f"as of {REFERENCE_YEAR}")
+    style = STYLE_LINES[labels["style"]]
+    if style:
+        bullets.append(rng.choice(style).lower().rstrip("."))
+    return (
+        f"notes: {plan.title.lower()}\n"
+        + "\n".join(f"- {b}" for b in bullets)
+        + f"\n- q: {question} → {answer}"
+    )
+
+
+def make_document(world: World, labels: dict[str, str], rng: random.Random) -> dict[str, Any]:
+    plan = plan_document(world, labels, rng)
+    text, spans = strip_marks(layout(plan, labels, rng, world))
+    checks = list(plan.checks)
+    if getattr(plan, "competing", None):
+        checks += plan.competing[1]  # type: ignore[attr-defined]
+    return {
+        "text": text,
+        "source": "synthetic",
+        "labels": dict(labels),
+        "spans": spans,
+        "checks": checks,
+    }
+
+
+def generate_documents(
+    world: World, n: int, seed: int, split: str = "train"
+) -> list[dict[str, Any]]:
+    """n documents whose labels meet every dimension's quota exactly."""
+    rng = random.Random(f"documents-{seed}-{split}")
+    docs = []
+    for i, labels in enumerate(quota_labels(n, rng)):
+        doc = make_document(world, labels, random.Random(f"doc-{seed}-{split}-{i}"))
+        doc["id"] = f"synthetic-{split}-{i:06d}"
+        docs.append(doc)
+    return docs
+
+
+def realized_distribution(docs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Share of each label value per dimension."""
+    out: dict[str, dict[str, float]] = {}
+    for dim, shares in DIMENSIONS.items():
+        counts = {k: 0 for k in shares}
+        for d in docs:
+            counts[d["labels"][dim]] += 1
+        total = max(1, len(docs))
+        out[dim] = {k: c / total for k, c in counts.items()}
+    return out

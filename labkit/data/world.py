@@ -28,6 +28,36 @@ DIETS = ["herbivore", "carnivore", "omnivore", "filter feeder"]
 SPECIES_CLASSES = ["bird", "fish", "mammal", "beetle", "reptile", "amphibian"]
 EVENT_KINDS = ["festival", "treaty signing", "flood", "expedition", "congress", "fair", "eclipse"]
 COUNTRY_COUNT = 6
+# Descriptive attributes: facts like any other, and a source of varied vocabulary.
+ADJECTIVES = [
+    "weathered", "gilded", "crooked", "towering", "sunken", "whitewashed", "moss-covered",
+    "octagonal", "narrow", "vaulted", "copper-roofed", "terraced", "lantern-lit", "ancient",
+    "sprawling", "red-brick", "marble", "timber-framed", "windswept", "shaded", "arched",
+    "crumbling", "polished", "painted", "hexagonal", "sandstone", "ivy-clad", "granite",
+]  # fmt: skip
+LANDMARKS = [
+    "clock tower", "aqueduct", "lighthouse", "market hall", "bridge", "amphitheatre", "granary",
+    "observatory dome", "canal lock", "bell tower", "library", "fountain", "citadel", "mill",
+    "harbour wall", "botanical garden", "salt warehouse", "railway depot", "opera house",
+]  # fmt: skip
+INDUSTRIES = [
+    "glassblowing", "shipbuilding", "textile dyeing", "clockmaking", "salt mining", "printing",
+    "paper milling", "copper smelting", "tea blending", "rope making", "ceramics", "brewing",
+    "lens grinding", "furniture carving", "wool spinning", "instrument making",
+]  # fmt: skip
+FIELDS = [
+    "tidal mechanics", "soil chemistry", "archival restoration", "crystal optics", "folk music",
+    "bridge engineering", "plant genetics", "coastal mapping", "metallurgy", "public health",
+    "linguistics", "celestial navigation", "acoustics", "urban planning", "glaciology",
+]  # fmt: skip
+COLOURS = [
+    "amber", "slate-grey", "violet", "pale green", "silvery", "rust-red", "ochre", "cobalt blue",
+    "ivory", "charcoal", "copper", "teal", "mottled brown", "golden", "pearl-white",
+]  # fmt: skip
+HOBBIES = [
+    "beekeeping", "chess", "rowing", "bookbinding", "birdwatching", "fencing", "pottery",
+    "cartography", "choral singing", "kite flying", "woodturning", "falconry", "astronomy",
+]  # fmt: skip
 
 
 def _name(rng: random.Random, syllables: tuple[int, int] = (2, 3)) -> str:
@@ -52,6 +82,8 @@ class City:
     founded: int  # year
     area_km2: int
     elevation_m: int
+    landmark: str = ""
+    industry: str = ""
 
 
 @dataclass
@@ -64,6 +96,7 @@ class Person:
     occupation: str
     employer: int  # organisation id
     height_cm: int
+    hobby: str = ""
 
     @property
     def name(self) -> str:
@@ -78,6 +111,7 @@ class Organisation:
     city: int
     founded: int
     members: int
+    field: str = ""
 
 
 @dataclass
@@ -90,6 +124,7 @@ class Element:
     density: float  # g/cm^3, one decimal
     discovered: int
     discoverer: int  # person id
+    colour: str = ""
 
 
 @dataclass
@@ -102,6 +137,7 @@ class Species:
     mass_kg: float
     lifespan_years: int
     diet: str
+    colour: str = ""
 
 
 @dataclass
@@ -136,7 +172,7 @@ def build_world(
     seed: int,
     n_cities: int = 40,
     n_people: int = 240,
-    n_orgs: int = 50,
+    n_organisations: int = 50,
     n_elements: int = 30,
     n_species: int = 40,
     n_events: int = 60,
@@ -164,11 +200,13 @@ def build_world(
                 founded=rng.randint(700, 1900),
                 area_km2=rng.randint(12, 900),
                 elevation_m=rng.randint(0, 2400),
+                landmark=f"{rng.choice(ADJECTIVES)} {rng.choice(LANDMARKS)}",
+                industry=rng.choice(INDUSTRIES),
             )
         )
     for c in w.countries:
         c.capital = max((x for x in w.cities if x.country == c.id), key=lambda x: x.population).id
-    for i in range(n_orgs):
+    for i in range(n_organisations):
         kind = rng.choice(ORG_KINDS)
         w.organisations.append(
             Organisation(
@@ -178,6 +216,7 @@ def build_world(
                 city=rng.randrange(n_cities),
                 founded=rng.randint(1500, 2015),
                 members=rng.randint(12, 4000),
+                field=rng.choice(FIELDS),
             )
         )
     for i in range(n_people):
@@ -189,13 +228,17 @@ def build_world(
                 born=rng.randint(1890, 2004),
                 city=rng.randrange(n_cities),
                 occupation=rng.choice(OCCUPATIONS),
-                employer=rng.randrange(n_orgs),
+                employer=rng.randrange(n_organisations),
                 height_cm=rng.randint(150, 200),
+                hobby=rng.choice(HOBBIES),
             )
         )
     numbers = rng.sample(range(120, 240), n_elements)
+    # Discoverers were adults when they made the discovery, and it happened before 2025.
+    candidates = [p for p in w.people if p.born <= 1980]
     for i in range(n_elements):
         name = unique(lambda: _name(rng) + "ium")
+        who = rng.choice(candidates)
         w.elements.append(
             Element(
                 id=i,
@@ -204,8 +247,9 @@ def build_world(
                 atomic_number=numbers[i],
                 melting_point_k=rng.randint(180, 3900),
                 density=round(rng.uniform(0.5, 22.0), 1),
-                discovered=rng.randint(1750, 2020),
-                discoverer=rng.randrange(n_people),
+                discovered=min(2024, who.born + rng.randint(22, 70)),
+                discoverer=who.id,
+                colour=rng.choice(COLOURS),
             )
         )
     for i in range(n_species):
@@ -219,6 +263,7 @@ def build_world(
                 mass_kg=round(rng.uniform(0.1, 400.0), 1),
                 lifespan_years=rng.randint(2, 90),
                 diet=rng.choice(DIETS),
+                colour=rng.choice(COLOURS),
             )
         )
     start = dt.date(1800, 1, 1).toordinal()

@@ -1,0 +1,365 @@
+"""`labkit data build`: generate, curate, split, tokenize, shard and mix; write the manifest.
+
+Output directory layout:
+
+    manifest.json            lineage: config, generator version and seed, sources and token counts,
+                             curation reports, shard SHA-256s, tokenizer hash, realized dimensions,
+                             mixing plans
+    tokenizer.json           byte-level BPE, digits split, <|endoftext|>
+    text/train.jsonl         one JSON object per document (text, source, labels, spans, ...)
+    text/eval_<split>.jsonl  held-out documents (general, domain, code, retrieval, control, ...)
+    train/<source>_NNNNN.bin (+ .idx.npy)   token shards per source
+    eval/<split>_NNNNN.bin   (+ .idx.npy)   token shards per eval split
+
+The build happens in `<out>.partial` and replaces `<out>` only when complete, so an interrupted
+build leaves the previous data set intact and no half-written shard behind. Nothing in the output
+depends on the time or machine: the same config and seed rebuild byte-identical files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from labkit.config import DataConfig
+from labkit.data.code import generate_code, interpreter
+from labkit.data.control import generate_control
+from labkit.data.curation import CurationConfig, QualityRules, curate, load_text_source
+from labkit.data.documents import DIMENSIONS, generate_documents, realized_distribution
+from labkit.data.mixing import Stage, plan_mix
+from labkit.data.retrieval import generate_retrieval
+from labkit.data.shards import atomic_write_bytes, write_shards
+from labkit.data.tokenizer import EOT, save_tokenizer, train_tokenizer
+from labkit.data.world import GENERATOR_VERSION, build_world
+
+MANIFEST_VERSION = 1
+EVAL_SPLITS = ("general", "domain", "code", "retrieval", "control")
+
+
+def _progress(quiet: bool):
+    def wrap(items: Iterable, desc: str) -> Iterable:
+        return tqdm(items, desc=desc, leave=False, disable=quiet)
+
+    return wrap
+
+
+def _jsonl(docs: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(d, ensure_ascii=False, sort_keys=True) + "\n" for d in docs).encode()
+
+
+def _hash_split(doc_id: str, fraction: float) -> bool:
+    import hashlib
+
+    return int(hashlib.sha256(doc_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+
+
+def default_mixes(sources: list[str]) -> dict[str, list[Stage]]:
+    """When a config names no mixes: the dense and the control corpus, each with every other
+    source, mixed in proportion to size."""
+    dense = [s for s in sources if s != "control"]
+    mixes = {"dense": [Stage("main", 1.0, "natural", {s: 1.0 for s in dense})]}
+    if "control" in sources:
+        ctl = [s for s in sources if s != "synthetic"]
+        mixes["control"] = [Stage("main", 1.0, "natural", {s: 1.0 for s in ctl})]
+    return mixes
+
+
+def build(cfg: DataConfig, out: str | Path, quiet: bool = False) -> dict[str, Any]:
+    """Build the data set described by `cfg` into `out`; return the manifest."""
+    out = Path(out)
+    work = out.with_name(out.name + ".partial")
+    if work.exists():
+        shutil.rmtree(work)  # left by an interrupted build
+    work.mkdir(parents=True)
+    progress = _progress(quiet)
+    steps = tqdm(total=8, desc="labkit data build", disable=quiet)
+
+    def step(desc: str) -> None:
+        steps.set_postfix_str(desc)
+        steps.update(1)
+
+    # 1. generate ------------------------------------------------------------------------
+    world = build_world(cfg.seed, **{f"n_{k}": v for k, v in vars(cfg.world).items()})
+    train: dict[str, list[dict]] = {}
+    held: dict[str, list[dict]] = {}
+    train["synthetic"] = generate_documents(world, cfg.synthetic.documents, cfg.seed, "train")
+    eval_synth = generate_documents(world, cfg.synthetic.eval_documents, cfg.seed, "eval")
+    held["general"] = [d for d in eval_synth if d["labels"]["domain"] != "stem"]
+    held["domain"] = [d for d in eval_synth if d["labels"]["domain"] == "stem"]
+    r = cfg.retrieval
+    train["retrieval"] = generate_retrieval(world, r.documents, cfg.seed, "train", r.unanswerable)
+    held["retrieval"] = generate_retrieval(
+        world, r.eval_documents, cfg.seed, "eval", r.unanswerable
+    )
+    if cfg.control.enabled:
+        train["control"] = generate_control(world, train["synthetic"], cfg.seed, "train")
+        held["control"] = generate_control(world, eval_synth, cfg.seed, "eval")
+    if cfg.code.enabled:
+        code = generate_code(cfg.code.files + cfg.code.eval_files, cfg.code.max_chars, cfg.seed)
+        train["code"], held["code"] = code[: cfg.code.files], code[cfg.code.files :]
+    for name, src in cfg.sources.items():
+        docs = load_text_source(
+            name, src.path or None, src.hub or None, src.text_field, limit=src.limit or None
+        )
+        held[name] = [d for d in docs if _hash_split(d["id"], src.eval_fraction)]
+        train[name] = [d for d in docs if not _hash_split(d["id"], src.eval_fraction)]
+    step("generated")
+
+    # 2. curate --------------------------------------------------------------------------
+    ccfg = CurationConfig(
+        minhash_threshold=cfg.curation.minhash_threshold,
+        minhash_num_perm=cfg.curation.minhash_num_perm,
+        shingle_words=cfg.curation.shingle_words,
+        contamination_ngram=cfg.curation.contamination_ngram,
+        quality=QualityRules(
+            max_non_alnum=cfg.curation.max_non_alnum,
+            max_digits=cfg.curation.max_digits,
+            max_url=cfg.curation.max_url,
+            mean_word_len=tuple(cfg.curation.mean_word_len),
+            min_words=cfg.curation.min_words,
+            max_words=cfg.curation.max_words,
+        ),
+    )
+    # Seed 003's prose heuristics target web-like text: the control corpus and user sources.
+    quality_sources = {"control"} | {n for n, s in cfg.sources.items() if s.quality}
+    # 13-gram contamination: eval task texts, and held-out text that is not world-generated (the
+    # synthetic eval documents share the world's facts with train by design; they are guarded by
+    # exact and near-duplicate screening instead).
+    contamination = [
+        d["text"] for split in held for d in held[split] if split in ("code", *cfg.sources)
+    ]
+    for f in cfg.curation.contamination_files:
+        contamination += _read_task_texts(Path(f))
+    references = [d["text"] for docs in held.values() for d in docs]
+    reports: dict[str, list[dict]] = {}
+    for name in list(train):
+        kept, rep = curate(train[name], ccfg, references, contamination, quality_sources, progress)
+        train[name] = kept
+        reports[name] = [vars(x) for x in rep]
+    for split in list(held):  # eval text gets the same rewriting; dedup only within itself
+        kept, _ = curate(held[split], ccfg, (), (), set(), progress)
+        held[split] = kept
+    step("curated")
+
+    # 3. tokenizer -----------------------------------------------------------------------
+    order = cfg.source_names()
+    tok = train_tokenizer(
+        (d["text"] for name in order for d in train.get(name, [])),
+        cfg.tokenizer.vocab_size,
+        cfg.tokenizer.min_frequency,
+    )
+    tokenizer_sha = save_tokenizer(tok, work / "tokenizer.json")
+    eot = tok.token_to_id(EOT)
+    vocab = tok.get_vocab_size()
+    step("tokenizer trained")
+
+    # 4. text ----------------------------------------------------------------------------
+    (work / "text").mkdir()
+    atomic_write_bytes(
+        work / "text" / "train.jsonl", _jsonl([d for n in order for d in train.get(n, [])])
+    )
+    for split, docs in held.items():
+        atomic_write_bytes(work / "text" / f"eval_{split}.jsonl", _jsonl(docs))
+    step("text written")
+
+    # 5. tokens and shards -----------------------------------------------------------------
+    def encode(docs: list[dict], desc: str) -> list[list[int]]:
+        ids = []
+        for i in progress(range(0, len(docs), 256), desc):
+            ids += [e.ids for e in tok.encode_batch([d["text"] for d in docs[i : i + 256]])]
+        return ids
+
+    shards: dict[str, dict[str, list]] = {"train": {}, "eval": {}}
+    token_counts: dict[str, dict[str, int]] = {"train": {}, "eval": {}}
+    doc_counts: dict[str, dict[str, int]] = {"train": {}, "eval": {}}
+    for kind, groups in (("train", train), ("eval", held)):
+        for name in sorted(groups):
+            ids = encode(groups[name], f"tokenize {kind}/{name}")
+            recs = write_shards(ids, work / kind, name, eot, vocab, cfg.shards.tokens_per_shard)
+            shards[kind][name] = recs
+            token_counts[kind][name] = sum(r["tokens"] for r in recs)
+            doc_counts[kind][name] = len(ids)
+    step("sharded")
+
+    # 6. mixes ---------------------------------------------------------------------------
+    sizes = {n: token_counts["train"].get(n, 0) for n in order}
+    total = cfg.total_tokens or sum(sizes.values())
+    stage_cfgs = {
+        name: [
+            Stage(s.name, s.fraction, s.sampling, dict(s.weights), s.alpha, s.max_epochs)
+            for s in stages
+        ]
+        for name, stages in cfg.mixes.items()
+    } or default_mixes(order)
+    mixes = {}
+    for name, stages in stage_cfgs.items():
+        usable = {
+            k: v
+            for k, v in sizes.items()
+            if any(k in s.weights for s in stages) or not any(s.weights for s in stages)
+        }
+        mixes[name] = plan_mix(usable, total, stages)
+    step("mixed")
+
+    # 7. manifest ------------------------------------------------------------------------
+    synth = train["synthetic"]
+    realized = realized_distribution(synth)
+    text_blob = "\n\n".join(d["text"] for d in synth).encode()
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "name": cfg.name,
+        "generator_version": GENERATOR_VERSION,
+        "seed": cfg.seed,
+        "config": cfg.to_dict(),
+        "code_source": interpreter() if cfg.code.enabled else None,
+        "python": sys.version.split()[0],
+        "sources": {
+            n: {
+                "documents": doc_counts["train"].get(n, 0),
+                "tokens": token_counts["train"].get(n, 0),
+            }
+            for n in order
+        },
+        "eval_splits": {
+            s: {"documents": doc_counts["eval"][s], "tokens": token_counts["eval"][s]}
+            for s in sorted(held)
+        },
+        "curation": reports,
+        "tokenizer": {
+            "file": "tokenizer.json",
+            "sha256": tokenizer_sha,
+            "vocab_size": vocab,
+            "eot_id": eot,
+        },
+        "token_dtype": "uint16" if vocab <= 65_536 else "uint32",
+        "shards": shards,
+        "dimensions": realized,
+        "dimension_targets": DIMENSIONS,
+        "dimension_max_abs_error_pp": round(
+            100
+            * max(
+                abs(realized[d][k] - DIMENSIONS[d][k]) for d in DIMENSIONS for k in DIMENSIONS[d]
+            ),
+            3,
+        ),
+        "retrieval_unanswerable_share": round(
+            sum(not d["answerable"] for d in train["retrieval"]) / max(1, len(train["retrieval"])),
+            4,
+        ),
+        "gzip_ratio_synthetic": round(
+            len(gzip.compress(text_blob, mtime=0)) / max(1, len(text_blob)), 4
+        ),
+        "mixes": mixes,
+    }
+    atomic_write_bytes(
+        work / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    )
+    step("manifest written")
+
+    # 8. swap into place -------------------------------------------------------------------
+    old = out.with_name(out.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        out.rename(old)
+    work.rename(out)
+    if old.exists():
+        shutil.rmtree(old)
+    step("done")
+    steps.close()
+    return manifest
+
+
+def _read_task_texts(path: Path) -> list[str]:
+    """Eval task texts for the contamination filter: a .jsonl (every string value of every object)
+    or a plain text file (one text per line)."""
+    if not path.exists():
+        raise FileNotFoundError(f"curation.contamination_files: {path} not found")
+    if path.suffix == ".jsonl":
+        texts = []
+        for line in path.read_text().splitlines():
+            if line.strip():
+                obj = json.loads(line)
+                texts += [v for v in obj.values() if isinstance(v, str)]
+        return texts
+    return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_manifest(data_dir: str | Path) -> dict[str, Any]:
+    path = Path(data_dir) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: build the data set first, e.g. "
+            f"`labkit data build --config pretrain/configs/data/demo.toml --out {data_dir}`"
+        )
+    return json.loads(path.read_text())
+
+
+def document_lengths(data_dir: str | Path, split: str = "train") -> dict[str, np.ndarray]:
+    """Token length of every document per source (for mixing), from the shard indexes."""
+    data_dir = Path(data_dir)
+    manifest = load_manifest(data_dir)
+    out = {}
+    for source, recs in manifest["shards"][split].items():
+        lengths = []
+        for r in recs:
+            offsets = np.load(data_dir / split / r["index"])
+            lengths.append(np.diff(np.append(offsets, r["tokens"])))
+        out[source] = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    return out
+
+
+def dataset_card(data_dir: str | Path) -> str:
+    """The dataset card: every dimension's target vs realized share, sources, sizes, stages."""
+    m = load_manifest(data_dir)
+    lines = [
+        f"# Dataset card: {m['name']} (seed {m['seed']}, generator v{m['generator_version']})",
+        "",
+    ]
+    lines.append("## Sources (train)")
+    lines.append(f"{'source':<14}{'documents':>11}{'tokens':>12}")
+    for name, s in m["sources"].items():
+        lines.append(f"{name:<14}{s['documents']:>11,}{s['tokens']:>12,}")
+    lines.append("")
+    lines.append("## Eval splits (held out before tokenization)")
+    for name, s in m["eval_splits"].items():
+        lines.append(f"{name:<14}{s['documents']:>11,}{s['tokens']:>12,}")
+    lines.append("")
+    lines.append(
+        f"## Dimensions of the synthetic corpus (max |error| {m['dimension_max_abs_error_pp']} pp)"
+    )
+    for dim, targets in m["dimension_targets"].items():
+        lines.append(f"{dim}")
+        for k, t in targets.items():
+            real = m["dimensions"][dim][k]
+            lines.append(
+                f"  {k:<24} target {100 * t:5.1f}%  realized {100 * real:5.1f}%  ({100 * (real - t):+.1f} pp)"
+            )
+    lines.append("")
+    lines.append("## Curation (documents in -> out per stage)")
+    for source, stages in m["curation"].items():
+        flow = " -> ".join(f"{s['stage']} {s['docs_out']}" for s in stages)
+        lines.append(f"{source:<12} {stages[0]['docs_in']} -> {flow}")
+    lines.append("")
+    lines.append(
+        f"Tokenizer: vocab {m['tokenizer']['vocab_size']}, sha256 {m['tokenizer']['sha256'][:16]}..."
+    )
+    lines.append(f"Retrieval unanswerable share: {100 * m['retrieval_unanswerable_share']:.1f}%")
+    lines.append(f"gzip ratio of the synthetic text: {m['gzip_ratio_synthetic']} (aim >= 0.25)")
+    lines.append("")
+    lines.append("## Mixes")
+    for name, stages in m["mixes"].items():
+        for st in stages:
+            probs = ", ".join(f"{k} {v:.2f}" for k, v in st["probabilities"].items())
+            lines.append(
+                f"{name}/{st['name']}: tokens {st['start_token']:,}-{st['end_token']:,} ({st['sampling']}): {probs}"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,303 @@
+"""Curation of any text source, on `datasets`: normalisation, PII redaction, exact and near
+deduplication, heuristic quality filters (seed 003), and an eval-contamination filter. Every stage
+reports documents in and out.
+
+Documents are dicts with at least `text` and `source`; extra metadata (labels, character spans) is
+carried alongside and spans are remapped when a stage rewrites the text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# --------------------------------------------------------------------------- loading
+LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet": "parquet"}
+
+
+def load_text_source(
+    name: str, path: str | None = None, hub: str | None = None, text_field: str = "text",
+    split: str = "train", limit: int | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Documents of a local file or folder (json/jsonl/text/parquet) or, where a network exists, a
+    Hugging Face Hub dataset, through `datasets.load_dataset`. Errors name the source."""
+    import datasets
+
+    if path:
+        p = Path(path)
+        files = sorted(x for x in p.rglob("*") if x.suffix in LOCAL_FORMATS) if p.is_dir() else [p]
+        if not p.exists() or not files:
+            raise FileNotFoundError(
+                f"source {name!r}: {path} does not exist or holds no "
+                f"{'/'.join(sorted(LOCAL_FORMATS))} files"
+            )
+        kinds = {LOCAL_FORMATS.get(f.suffix) for f in files}
+        if None in kinds or len(kinds) != 1:
+            raise ValueError(
+                f"source {name!r}: files must share one format of {sorted(LOCAL_FORMATS)}, "
+                f"got {sorted(f.suffix for f in files)}"
+            )
+        kind = kinds.pop()
+        kwargs = {"sample_by": "document"} if kind == "text" else {}
+        try:
+            ds = datasets.load_dataset(
+                kind, data_files=[str(f) for f in files], split="train", **kwargs
+            )
+        except Exception as err:  # datasets raises many kinds; the user needs the source name
+            raise ValueError(f"source {name!r}: cannot read {path}: {err}") from err
+    elif hub:
+        try:
+            ds = datasets.load_dataset(hub, split=split)
+        except Exception as err:
+            raise ValueError(
+                f"source {name!r}: cannot load Hub dataset {hub!r} (no network here?): {err}"
+            ) from err
+    else:
+        raise ValueError(f"source {name!r}: give `path` (a local file or folder) or `hub`")
+    if text_field not in ds.column_names:
+        raise ValueError(
+            f"source {name!r}: no field {text_field!r}; fields are {ds.column_names} "
+            "(set text_field)"
+        )
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return [
+        {"text": row[text_field] or "", "source": name, "id": f"{name}-{i:07d}"}
+        for i, row in enumerate(ds)
+    ]
+
+
+# --------------------------------------------------------------------------- text edits
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\ufeff]")
+PII_PATTERNS = [
+    ("<EMAIL>", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")),
+    ("<SSN>", re.compile(r"\b\d{3}-\d{2}-\d{4}\b")),
+    ("<IP>", re.compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b")),
+    (
+        "<PHONE>",
+        re.compile(r"(?<![\w.])(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]\d{4}\b"),
+    ),
+]
+URL = re.compile(r"\b(?:https?://|www\.)\S+", re.IGNORECASE)
+
+
+def _remap(spans: list[dict], edits: list[tuple[int, int, int]]) -> list[dict]:
+    """Shift spans through edits (start, end, new_length), sorted and non-overlapping; spans that
+    overlap an edit are dropped."""
+    out = []
+    for s in spans:
+        shift, keep = 0, True
+        for start, end, new_len in edits:
+            if end <= s["start"]:
+                shift += new_len - (end - start)
+            elif start < s["end"]:
+                keep = False
+                break
+        if keep:
+            out.append(dict(s, start=s["start"] + shift, end=s["end"] + shift))
+    return out
+
+
+def normalize(doc: dict) -> dict:
+    """NFKC and control-character stripping, character by character so spans can follow."""
+    text = doc["text"]
+    if text.isascii() and not _CONTROL.search(text):
+        return doc
+    pieces, edits = [], []
+    for pos, ch in enumerate(text):
+        new = "" if _CONTROL.match(ch) and ch not in "\n\t" else unicodedata.normalize("NFKC", ch)
+        if new != ch:
+            edits.append((pos, pos + 1, len(new)))
+        pieces.append(new)
+    new_text = "".join(pieces)
+    # NFKC can compose across characters; keep the whole-string form and drop spans if it differs.
+    whole = unicodedata.normalize("NFKC", _CONTROL.sub("", text.replace("\r\n", "\n")))
+    spans = doc.get("spans")
+    if whole != new_text:
+        new_text, spans = whole, [] if spans else spans
+    elif spans:
+        spans = _remap(spans, edits)
+    return dict(doc, text=new_text, **({"spans": spans} if spans is not None else {}))
+
+
+def redact_pii(doc: dict) -> dict:
+    text, spans = doc["text"], doc.get("spans")
+    for placeholder, pattern in PII_PATTERNS:
+        matches = list(pattern.finditer(text))
+        if not matches:
+            continue
+        if spans:
+            spans = _remap(spans, [(m.start(), m.end(), len(placeholder)) for m in matches])
+        text = pattern.sub(placeholder, text)
+    if text == doc["text"]:
+        return doc
+    return dict(doc, text=text, **({"spans": spans} if spans is not None else {}))
+
+
+# --------------------------------------------------------------------------- quality
+@dataclass
+class QualityRules:
+    """Seed 003's heuristics; shares are of non-space characters."""
+
+    max_non_alnum: float = 0.25
+    max_digits: float = 0.15
+    max_url: float = 0.20
+    mean_word_len: tuple[float, float] = (3.0, 10.0)
+    min_words: int = 50
+    max_words: int = 100_000
+
+    def reasons(self, text: str) -> list[str]:
+        chars = [c for c in text if not c.isspace()]
+        n = max(1, len(chars))
+        words = text.split()
+        out = []
+        if not self.min_words <= len(words) <= self.max_words:
+            out.append("length")
+        if sum(not c.isalnum() for c in chars) / n >= self.max_non_alnum:
+            out.append("non_alnum")
+        if sum(c.isdigit() for c in chars) / n >= self.max_digits:
+            out.append("digits")
+        if sum(len(m.group()) for m in URL.finditer(text)) / n >= self.max_url:
+            out.append("urls")
+        mean = sum(len(w) for w in words) / max(1, len(words))
+        if words and not self.mean_word_len[0] <= mean <= self.mean_word_len[1]:
+            out.append("word_length")
+        return out
+
+
+# --------------------------------------------------------------------------- dedup, contamination
+def _canonical(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _shingles(text: str, n: int) -> set[bytes]:
+    words = _canonical(text).split()
+    if len(words) < n:
+        return {" ".join(words).encode()}
+    return {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}
+
+
+def ngram_hashes(text: str, n: int) -> set[int]:
+    words = re.findall(r"\w+", text.lower())
+    return {
+        int.from_bytes(hashlib.blake2b(" ".join(words[i : i + n]).encode(), digest_size=8).digest())
+        for i in range(len(words) - n + 1)
+    }
+
+
+@dataclass
+class StageReport:
+    stage: str
+    docs_in: int
+    docs_out: int
+    detail: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class CurationConfig:
+    minhash_threshold: float = 0.8
+    minhash_num_perm: int = 128
+    shingle_words: int = 5
+    contamination_ngram: int = 13
+    quality: QualityRules = field(default_factory=QualityRules)
+
+
+def curate(
+    docs: list[dict], cfg: CurationConfig, reference_texts: Iterable[str] = (),
+    contamination_texts: Iterable[str] = (), quality_sources: set[str] | None = None,
+    progress: Callable[[Iterable, str], Iterable] | None = None,
+) -> tuple[list[dict], list[StageReport]]:  # fmt: skip
+    """Run every stage; return surviving documents (order kept: earlier documents win ties) and a
+    report per stage.
+
+    reference_texts: held-out documents; train copies and near-copies of them are dropped by the
+    dedup stages. contamination_texts: eval task texts; documents sharing a
+    `contamination_ngram`-word n-gram with any are dropped. quality_sources: sources the prose
+    heuristics apply to (None: all)."""
+    import datasets
+    from datasketch import MinHash, MinHashLSH
+
+    wrap = progress or (lambda it, desc: it)
+    reports: list[StageReport] = []
+
+    # Texts go through `datasets`; metadata rides alongside by index.
+    ds = datasets.Dataset.from_dict(
+        {"i": list(range(len(docs))), "text": [d["text"] for d in docs]}
+    )
+    rows = {i: dict(d) for i, d in enumerate(docs)}
+
+    def rewrite(stage: str, fn: Callable[[dict], dict]) -> None:
+        nonlocal ds
+        changed = 0
+        for i in wrap(list(rows), stage):
+            new = fn(rows[i])
+            changed += new is not rows[i]
+            rows[i] = new
+        ds = ds.map(lambda r: {"text": rows[r["i"]]["text"]}, desc=stage, keep_in_memory=True)
+        reports.append(StageReport(stage, len(ds), len(ds), {"rewritten": changed}))
+
+    def drop(
+        stage: str, keep: Callable[[dict], bool], detail: dict[str, int] | None = None
+    ) -> None:
+        nonlocal ds
+        before = len(ds)
+        ds = ds.filter(keep, desc=stage, keep_in_memory=True)
+        reports.append(StageReport(stage, before, len(ds), detail or {}))
+
+    rewrite("normalize", normalize)
+    rewrite("pii", redact_pii)
+
+    references = [normalize({"text": t})["text"] for t in reference_texts]
+    seen = {hashlib.sha256(_canonical(t).encode()).hexdigest() for t in references}
+
+    def first_copy(r: dict) -> bool:
+        h = hashlib.sha256(_canonical(r["text"]).encode()).hexdigest()
+        if h in seen:
+            return False
+        seen.add(h)
+        return True
+
+    drop("exact_dedup", first_copy)
+
+    reasons: dict[str, int] = {}
+
+    def good(r: dict) -> bool:
+        if quality_sources is not None and rows[r["i"]]["source"] not in quality_sources:
+            return True
+        bad = cfg.quality.reasons(r["text"])
+        for reason in bad:
+            reasons[reason] = reasons.get(reason, 0) + 1
+        return not bad
+
+    drop("quality", good, reasons)
+
+    lsh = MinHashLSH(threshold=cfg.minhash_threshold, num_perm=cfg.minhash_num_perm)
+
+    def minhash(text: str) -> MinHash:
+        m = MinHash(num_perm=cfg.minhash_num_perm, seed=1)
+        m.update_batch(list(_shingles(text, cfg.shingle_words)))
+        return m
+
+    for j, text in enumerate(references):
+        lsh.insert(f"reference-{j}", minhash(text))
+    keep_ids: set[int] = set()
+    for r in wrap(ds, "near_dedup"):
+        m = minhash(r["text"])
+        if not lsh.query(m):
+            lsh.insert(str(r["i"]), m)
+            keep_ids.add(r["i"])
+    drop("near_dedup", lambda r: r["i"] in keep_ids)
+
+    banned: set[int] = set()
+    for text in contamination_texts:
+        banned |= ngram_hashes(text, cfg.contamination_ngram)
+    drop(
+        "contamination",
+        lambda r: not banned or ngram_hashes(r["text"], cfg.contamination_ngram).isdisjoint(banned),
+    )
+    return [rows[i] for i in ds["i"]], reports
