@@ -77,10 +77,18 @@ def build(cfg: DataConfig, out: str | Path, quiet: bool = False) -> dict[str, An
     out = Path(out)
     work = out.with_name(out.name + ".partial")
     if work.exists():
-        shutil.rmtree(work)  # left by an interrupted build
+        shutil.rmtree(work)  # left by a killed build
     work.mkdir(parents=True)
+    try:
+        return _build_into(cfg, out, work, quiet)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)  # `out` still holds the previous build, untouched
+        raise
+
+
+def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str, Any]:
     progress = _progress(quiet)
-    steps = tqdm(total=8, desc="labkit data build", disable=quiet)
+    steps = tqdm(total=9, desc="labkit data build", disable=quiet)
 
     def step(desc: str) -> None:
         steps.set_postfix_str(desc)
@@ -100,8 +108,9 @@ def build(cfg: DataConfig, out: str | Path, quiet: bool = False) -> dict[str, An
         world, r.eval_documents, cfg.seed, "eval", r.unanswerable
     )
     if cfg.control.enabled:
-        train["control"] = generate_control(world, train["synthetic"], cfg.seed, "train")
-        held["control"] = generate_control(world, eval_synth, cfg.seed, "eval")
+        # Over-supplied here, trimmed to the synthetic corpus's token count after tokenization.
+        train["control"] = generate_control(world, train["synthetic"], cfg.seed, "train", 1.5)
+        held["control"] = generate_control(world, eval_synth, cfg.seed, "eval", 1.5)
     if cfg.code.enabled:
         code = generate_code(cfg.code.files + cfg.code.eval_files, cfg.code.max_chars, cfg.seed)
         train["code"], held["code"] = code[: cfg.code.files], code[cfg.code.files :]
@@ -161,28 +170,44 @@ def build(cfg: DataConfig, out: str | Path, quiet: bool = False) -> dict[str, An
     vocab = tok.get_vocab_size()
     step("tokenizer trained")
 
-    # 4. text ----------------------------------------------------------------------------
-    (work / "text").mkdir()
-    atomic_write_bytes(
-        work / "text" / "train.jsonl", _jsonl([d for n in order for d in train.get(n, [])])
-    )
-    for split, docs in held.items():
-        atomic_write_bytes(work / "text" / f"eval_{split}.jsonl", _jsonl(docs))
-    step("text written")
-
-    # 5. tokens and shards -----------------------------------------------------------------
+    # 4. tokens; the control corpus is trimmed to the synthetic corpus's token budget -------
     def encode(docs: list[dict], desc: str) -> list[list[int]]:
         ids = []
         for i in progress(range(0, len(docs), 256), desc):
             ids += [e.ids for e in tok.encode_batch([d["text"] for d in docs[i : i + 256]])]
         return ids
 
+    encoded = {
+        kind: {n: encode(g[n], f"tokenize {kind}/{n}") for n in sorted(g)}
+        for kind, g in (("train", train), ("eval", held))
+    }
+    dense_splits = {"train": ["synthetic"], "eval": ["general", "domain"]}
+    for kind, groups in (("train", train), ("eval", held)):
+        if "control" not in groups:
+            continue
+        target = sum(len(x) + 1 for n in dense_splits[kind] for x in encoded[kind][n])
+        keep, used = 0, 0
+        while keep < len(groups["control"]) and used < target:
+            used += len(encoded[kind]["control"][keep]) + 1
+            keep += 1
+        groups["control"] = groups["control"][:keep]
+        encoded[kind]["control"] = encoded[kind]["control"][:keep]
+    step("tokenized")
+
+    # 5. text and shards -----------------------------------------------------------------
+    (work / "text").mkdir()
+    atomic_write_bytes(
+        work / "text" / "train.jsonl", _jsonl([d for n in order for d in train.get(n, [])])
+    )
+    for split, docs in held.items():
+        atomic_write_bytes(work / "text" / f"eval_{split}.jsonl", _jsonl(docs))
+
     shards: dict[str, dict[str, list]] = {"train": {}, "eval": {}}
     token_counts: dict[str, dict[str, int]] = {"train": {}, "eval": {}}
     doc_counts: dict[str, dict[str, int]] = {"train": {}, "eval": {}}
     for kind, groups in (("train", train), ("eval", held)):
         for name in sorted(groups):
-            ids = encode(groups[name], f"tokenize {kind}/{name}")
+            ids = encoded[kind][name]
             recs = write_shards(ids, work / kind, name, eot, vocab, cfg.shards.tokens_per_shard)
             shards[kind][name] = recs
             token_counts[kind][name] = sum(r["tokens"] for r in recs)

@@ -100,11 +100,16 @@ def make_control_page(world: World, rng: random.Random, kind: str, ident: int) -
 
 
 def generate_control(
-    world: World, dense_docs: list[dict[str, Any]], seed: int, split: str = "train"
+    world: World,
+    dense_docs: list[dict[str, Any]],
+    seed: int,
+    split: str = "train",
+    oversupply: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Control pages over the entities the dense documents mention, cycling through them until the
-    control corpus reaches the dense corpus's character budget."""
-    budget = sum(len(d["text"]) for d in dense_docs)
+    control corpus reaches `oversupply` x the dense corpus's characters. The build trims it to the
+    dense corpus's token count once the tokenizer exists (boilerplate tokenizes compactly)."""
+    budget = oversupply * sum(len(d["text"]) for d in dense_docs)
     entities = mentioned_entities(dense_docs)
     if not entities:
         return []

@@ -220,6 +220,19 @@ def curate(
     `contamination_ngram`-word n-gram with any are dropped. quality_sources: sources the prose
     heuristics apply to (None: all)."""
     import datasets
+
+    # labkit shows its own progress; datasets' bars would print once per stage and source.
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        return _curate(docs, cfg, reference_texts, contamination_texts, quality_sources, progress)
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
+def _curate(docs, cfg, reference_texts, contamination_texts, quality_sources, progress):
+    import datasets
     from datasketch import MinHash, MinHashLSH
 
     wrap = progress or (lambda it, desc: it)

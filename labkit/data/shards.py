@@ -5,6 +5,7 @@ written to a temporary name and renamed, so an interrupted build leaves no half-
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +19,14 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def sha256_file(path: Path) -> str:
@@ -59,8 +63,6 @@ def write_shards(
             out_dir / f"{prefix}_{k:05d}.idx.npy",
         )
         atomic_write_bytes(bin_path, flat.tobytes())
-        import io
-
         buf = io.BytesIO()
         np.save(buf, offsets, allow_pickle=False)
         atomic_write_bytes(idx_path, buf.getvalue())

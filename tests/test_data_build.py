@@ -1,0 +1,206 @@
+"""`labkit data build` on the CI config: quotas, splits, tokenizer, shards, lineage, safety."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import PreTrainedTokenizerFast
+
+from labkit.cli import main
+from labkit.config import DataConfig
+from labkit.data import build as build_mod
+from labkit.data.build import build, dataset_card, document_lengths, load_manifest
+from labkit.data.mixing import stage_document_order
+from labkit.data.shards import iter_documents, sha256_file
+from labkit.data.tokenizer import load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+CI = ROOT / "pretrain" / "configs" / "data" / "ci.toml"
+
+
+def small_config(**changes) -> DataConfig:
+    data = DataConfig.load(CI).to_dict()
+    data["synthetic"] |= {"documents": 200, "eval_documents": 40}
+    data["retrieval"] |= {"documents": 50, "eval_documents": 10}
+    data["code"] |= {"files": 6, "eval_files": 2, "max_chars": 3000}
+    data["tokenizer"]["vocab_size"] = 600
+    data["mixes"] = {name: {"stages": stages} for name, stages in data["mixes"].items()}
+    data["sources"] = {}
+    data.update(changes)
+    return DataConfig.from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def ci_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "ci"
+    build(DataConfig.load(CI), out, quiet=True)
+    return out
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_quotas_within_two_points(ci_data):
+    m = load_manifest(ci_data)
+    assert m["dimension_max_abs_error_pp"] <= 2.0
+    for dim, targets in m["dimension_targets"].items():
+        for k, t in targets.items():
+            assert abs(m["dimensions"][dim][k] - t) <= 0.02
+    train = [d for d in read_jsonl(ci_data / "text" / "train.jsonl") if d["source"] == "synthetic"]
+    assert len(train) == m["sources"]["synthetic"]["documents"]
+    assert all(set(d["labels"]) == set(m["dimension_targets"]) for d in train)
+
+
+def test_no_eval_document_in_train(ci_data):
+    canon = lambda t: " ".join(t.lower().split())  # noqa: E731
+    train = {canon(d["text"]) for d in read_jsonl(ci_data / "text" / "train.jsonl")}
+    splits = sorted((ci_data / "text").glob("eval_*.jsonl"))
+    assert {p.stem for p in splits} >= {
+        "eval_general",
+        "eval_domain",
+        "eval_code",
+        "eval_retrieval",
+    }
+    for path in splits:
+        held = read_jsonl(path)
+        assert held, path
+        assert not train & {canon(d["text"]) for d in held}, path
+
+
+def test_tokenizer_splits_digits_and_loads_in_transformers(ci_data):
+    tok = load_tokenizer(ci_data / "tokenizer.json")
+    pieces = tok.encode("founded in 2025 with 1,432 members").tokens
+    digit_tokens = [p for p in pieces if any(c.isdigit() for c in p)]
+    assert all(len(p.lstrip("Ġ")) == 1 for p in digit_tokens) and len(digit_tokens) == 8
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(ci_data / "tokenizer.json"))
+    text = "The Zashav festival drew 4,096 people."
+    assert hf(text)["input_ids"] == tok.encode(text).ids
+    assert hf.decode(hf(text)["input_ids"]) == text
+    assert tok.token_to_id("<|endoftext|>") == load_manifest(ci_data)["tokenizer"]["eot_id"]
+
+
+def test_shards_decode_to_the_text_and_match_the_manifest(ci_data):
+    m = load_manifest(ci_data)
+    tok = load_tokenizer(ci_data / "tokenizer.json")
+    eot = m["tokenizer"]["eot_id"]
+    assert m["token_dtype"] == "uint16"
+    first_shard = ci_data / "train" / m["shards"]["train"]["code"][0]["file"]
+    assert (
+        np.memmap(first_shard, dtype=np.uint16, mode="r").size
+        == m["shards"]["train"]["code"][0]["tokens"]
+    )
+    code_texts = [
+        d["text"] for d in read_jsonl(ci_data / "text" / "train.jsonl") if d["source"] == "code"
+    ]
+    docs = list(iter_documents(first_shard, m["tokenizer"]["vocab_size"]))
+    assert docs[0][-1] == eot
+    assert tok.decode(docs[0][:-1].tolist()) == code_texts[0]
+    for kind in ("train", "eval"):
+        for recs in m["shards"][kind].values():
+            for r in recs:
+                assert sha256_file(ci_data / kind / r["file"]) == r["sha256"]
+    assert (
+        sum(r["tokens"] for r in m["shards"]["train"]["synthetic"])
+        == m["sources"]["synthetic"]["tokens"]
+    )
+
+
+def test_manifest_lineage(ci_data):
+    m = load_manifest(ci_data)
+    assert m["seed"] == 1234 and m["generator_version"] and m["tokenizer"]["sha256"]
+    assert set(m["sources"]) == {"synthetic", "retrieval", "control", "code"}
+    assert {r["stage"] for r in m["curation"]["synthetic"]} >= {
+        "normalize",
+        "pii",
+        "exact_dedup",
+        "quality",
+        "near_dedup",
+        "contamination",
+    }
+    assert m["retrieval_unanswerable_share"] == pytest.approx(0.2, abs=0.02)
+    # the control corpus carries the same token budget as the dense synthetic corpus
+    assert m["sources"]["control"]["tokens"] == pytest.approx(m["sources"]["synthetic"]["tokens"], rel=0.01)
+    assert 0.15 < m["gzip_ratio_synthetic"] < 1
+    dense = m["mixes"]["dense"]
+    assert [s["name"] for s in dense] == ["stage1", "stage2", "anneal"]
+    assert dense[0]["probabilities"] == {"code": 0.3, "retrieval": 0.3, "synthetic": 0.4}
+    assert dense[-1]["end_token"] == sum(s["tokens"] for s in m["sources"].values())
+    assert (
+        "control" not in dense[1]["tokens"]
+        and "synthetic" not in m["mixes"]["control"][0]["tokens"]
+    )
+
+
+def test_stage_document_order_follows_the_plan(ci_data):
+    m = load_manifest(ci_data)
+    lengths = document_lengths(ci_data)
+    stage = m["mixes"]["dense"][0]
+    order = stage_document_order(stage, lengths, seed=0)
+    assert order == stage_document_order(stage, lengths, seed=0)
+    used = {}
+    for source, i in order:
+        used[source] = used.get(source, 0) + int(lengths[source][i])
+    total = sum(used.values())
+    for source, p in stage["probabilities"].items():
+        assert used[source] / total == pytest.approx(p, abs=0.05)
+
+
+def test_rebuild_is_byte_identical(tmp_path):
+    cfg = small_config()
+    build(cfg, tmp_path / "a", quiet=True)
+    build(cfg, tmp_path / "b", quiet=True)
+    files_a = sorted(
+        p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
+    )
+    files_b = sorted(
+        p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file()
+    )
+    assert files_a == files_b and len(files_a) > 10
+    for rel in files_a:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+def test_interrupted_build_keeps_the_previous_data_set(tmp_path, monkeypatch):
+    out = tmp_path / "data"
+    build(small_config(), out, quiet=True)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    calls = {"n": 0}
+    real = build_mod.write_shards
+
+    def dies_midway(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(build_mod, "write_shards", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        build(small_config(seed=99), out, quiet=True)
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert not (tmp_path / "data.partial").exists()
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_missing_source_and_bad_config_are_clear(tmp_path):
+    cfg = small_config(sources={"notes": {"path": str(tmp_path / "nope.jsonl")}})
+    with pytest.raises(FileNotFoundError, match="source 'notes'"):
+        build(cfg, tmp_path / "x", quiet=True)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['tokenizer.vocab'\]; allowed"):
+        DataConfig.from_dict({"tokenizer": {"vocab": 100}})
+    with pytest.raises(ValueError, match="synthetic.documents must be a number"):
+        DataConfig.from_dict({"synthetic": {"documents": "many"}})
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        DataConfig.from_dict({"mixes": {"m": {"stages": [{"sampling": "zipf"}]}}})
+    with pytest.raises(FileNotFoundError, match="labkit data build --config"):
+        load_manifest(tmp_path / "never-built")
+
+
+def test_cli_card(ci_data, capsys):
+    assert main(["data", "card", str(ci_data)]) == 0
+    out = capsys.readouterr().out
+    assert "reasoning_explicitness" in out and "target  30.0%" in out and "dense/stage1" in out
+    assert dataset_card(ci_data) in out
+    assert main(["data", "card", str(ci_data / "nothing")]) == 2

@@ -1,0 +1,214 @@
+"""The synthetic world's documents: every number true in the world, every label visible."""
+
+import datetime as dt
+import re
+import statistics
+
+import pytest
+
+from labkit.data.control import generate_control, mentioned_entities
+from labkit.data.documents import (
+    DIMENSIONS,
+    STYLE_LINES,
+    generate_documents,
+    quota_counts,
+    realized_distribution,
+)
+from labkit.data.retrieval import NOT_IN_PASSAGE, generate_retrieval
+from labkit.data.world import build_world
+
+
+@pytest.fixture(scope="module")
+def world():
+    return build_world(11)
+
+
+@pytest.fixture(scope="module")
+def docs(world):
+    return generate_documents(world, 600, 11)
+
+
+def world_value(world, ref):
+    kind, ident, attr = ref
+    entity = getattr(world, kind)[int(ident)]
+    if attr == "year":
+        return int(entity.date[:4])
+    return getattr(entity, attr)
+
+
+def recompute(world, check):
+    """Each operation written out again, independently of the generator."""
+    op, refs = check["op"], check.get("refs", [])
+    vals = [world_value(world, r) for r in refs]
+    if op == "sub":
+        return abs(vals[0] - vals[1])
+    if op == "argmax":
+        return refs[max(range(len(vals)), key=lambda i: vals[i])]
+    if op == "convert":
+        return round(vals[0] * check["factor"] + check["offset"], check["digits"])
+    if op == "div":
+        return round(vals[0] / vals[1], 1)
+    if op == "mul":
+        return vals[0] * check["constant"]
+    if op == "days":
+        a, b = sorted(dt.date.fromisoformat(v) for v in vals)
+        return (b - a).days
+    if op == "since":
+        return check["now"] - vals[0]
+    if op == "threshold":
+        return vals[0] < check["threshold"]
+    if op == "prob":
+        staff = [p for p in world.people if p.employer == check["org"]]
+        k = sum(p.occupation == check["occupation"] for p in staff)
+        assert (k, len(staff)) == (check["k"], check["n"])
+        return round(100 * k / len(staff))
+    if op == "competing":
+        kind, (x, y), (a1, a2) = check["kind"], check["ids"], check["attrs"]
+        ex, ey = getattr(world, kind)[x], getattr(world, kind)[y]
+        first = x if getattr(ex, a1) > getattr(ey, a1) else y
+        # "founded" reads as age: the earlier founding wins
+        if a2 == "founded":
+            second = x if getattr(ex, a2) < getattr(ey, a2) else y
+        else:
+            second = x if getattr(ex, a2) > getattr(ey, a2) else y
+        assert first != second  # the readings really compete
+        return [first, second]
+    raise AssertionError(f"unknown op {op}")
+
+
+def test_every_computation_is_true_in_the_world(world, docs):
+    n_checks = 0
+    for d in docs:
+        assert d["checks"], d["text"]
+        for check in d["checks"]:
+            assert recompute(world, check) == check["result"], (check, d["text"])
+            n_checks += 1
+            if check["op"] in ("sub", "convert", "div", "mul", "days", "since", "prob"):
+                results = [s for s in d["spans"] if s["type"] == "number" and s["id"] == "result"]
+                assert str(check["result"]) in {s.get("attr") for s in results}, d["text"]
+    assert n_checks > 1000
+
+
+def test_every_stated_world_number_is_true(world, docs):
+    seen = 0
+    for d in docs:
+        for s in d["spans"]:
+            if s["type"] != "number" or s["id"] == "result":
+                continue
+            kind, ident, attr = s["id"].split(".")
+            truth = world_value(world, (kind, ident, attr))
+            assert s["attr"] == str(truth)
+            surface = d["text"][s["start"] : s["end"]]
+            if attr not in ("date",):
+                assert float(surface.replace(",", "")) == pytest.approx(float(truth))
+            seen += 1
+    assert seen > 3000
+
+
+def test_entity_spans_point_at_the_entity(world, docs):
+    kinds = {"city": "cities", "person": "people", "organisation": "organisations"}
+    kinds |= {"element": "elements", "species": "species", "event": "events"}
+    for d in docs[:200]:
+        for s in d["spans"]:
+            if s["type"] in kinds:
+                entity = getattr(world, kinds[s["type"]])[int(s["id"])]
+                surface = d["text"][s["start"] : s["end"]]
+                name = getattr(entity, "first", None) if s["type"] == "person" else None
+                assert surface.lower() in {entity.name.lower(), (name or "").lower()}
+
+
+def test_quotas_are_exact(docs):
+    realized = realized_distribution(docs)
+    for dim, targets in DIMENSIONS.items():
+        for k, t in targets.items():
+            assert abs(realized[dim][k] - t) <= 1 / len(docs) + 1e-9
+    assert quota_counts(7, {"a": 0.5, "b": 0.5}) in ({"a": 4, "b": 3}, {"a": 3, "b": 4})
+
+
+def by(docs, dim, value):
+    return [d for d in docs if d["labels"][dim] == value]
+
+
+def test_labels_change_the_text(docs):
+    for d in by(docs, "reasoning_explicitness", "self_corrective"):
+        assert re.search(
+            r"wrong|mistake|does not check out|corrects that|fixes the error|corrected", d["text"]
+        ), d["text"]
+    for d in by(docs, "reasoning_explicitness", "probabilistic"):
+        assert "%" in d["text"] and re.search(r"\d+ in \d+|odds", d["text"]), d["text"]
+    for d in by(docs, "ambiguity", "high"):
+        assert re.search(r"depends|reading", d["text"]), d["text"]
+    for d in by(docs, "temporal_focus", "contemporary"):
+        assert "2025" in d["text"]
+    for d in by(docs, "format", "dialogue"):
+        turns = [line for line in d["text"].splitlines() if re.match(r"^\w[\w ]*: ", line)]
+        assert len(turns) >= 3 and len({t.split(":")[0] for t in turns}) == 2
+    for d in by(docs, "format", "notes"):
+        lines = d["text"].splitlines()
+        assert sum(line.startswith("- ") for line in lines) >= len(lines) - 1
+    for d in by(docs, "format", "instructional"):
+        assert re.search(r"^1\. ", d["text"], re.M) and re.search(r"^2\. ", d["text"], re.M)
+    for d in by(docs, "format", "qa_direct"):
+        assert d["text"].startswith("Q: ") and "\nA: " in d["text"]
+    for d in by(docs, "format", "qa_rationale"):
+        assert all(k in d["text"] for k in ("Question:", "Rationale:", "Answer:"))
+    for style in ("positive", "negative", "empathetic", "figurative"):
+        for d in by(docs, "style", style):
+            assert any(line.lower().rstrip(".") in d["text"].lower() for line in STYLE_LINES[style])
+
+
+def test_density_and_complexity_scale(docs):
+    def world_numbers(d):
+        return sum(s["type"] == "number" and s["id"] != "result" for s in d["spans"])
+
+    means = {
+        k: statistics.mean(map(world_numbers, by(docs, "factual_density", k)))
+        for k in ("low", "moderate", "high")
+    }
+    assert means["low"] < means["moderate"] < means["high"]
+    checks = {
+        k: statistics.mean(len(d["checks"]) for d in by(docs, "conceptual_complexity", k))
+        for k in ("basic", "intermediate", "advanced")
+    }
+    assert checks["basic"] < checks["intermediate"] < checks["advanced"]
+
+
+def test_generation_is_deterministic(world):
+    a = generate_documents(world, 50, 3)
+    b = generate_documents(build_world(11), 50, 3)
+    assert a == b
+    assert a != generate_documents(world, 50, 4)
+
+
+def test_retrieval_documents(world):
+    docs = generate_retrieval(world, 200, 5, unanswerable=0.2)
+    assert sum(not d["answerable"] for d in docs) == 40
+    for d in docs:
+        passage = d["text"].split("\nQuestion: ")[0]
+        answer_span = [s for s in d["spans"] if s["type"] == "answer"][0]
+        assert d["text"][answer_span["start"] : answer_span["end"]] == d["answer"]
+        if d["answerable"]:
+            assert d["answer"] in passage and d["answer"] != NOT_IN_PASSAGE
+            assert d["text"][d["evidence_start"] :].startswith(d["answer"])
+        else:
+            assert d["answer"] == NOT_IN_PASSAGE
+            kind, ident, attr = d["entity"]
+            entity = getattr(world, kind)[ident]
+            # Nothing states the value for this entity: no marked number, and no sentence naming
+            # the entity contains the value (a distractor sentence about another entity may).
+            assert not any(s.get("id") == f"{kind}.{ident}.{attr}" for s in d["spans"])
+            value = str(getattr(entity, attr))
+            about = [x for x in re.split(r"(?<=\.) ", passage) if entity.name in x]
+            assert not any(value in x.replace(",", "") for x in about), passage
+
+
+def test_control_corpus_carries_the_same_facts_at_the_same_budget(world, docs):
+    control = generate_control(world, docs, 11)
+    assert sum(len(d["text"]) for d in control) >= sum(len(d["text"]) for d in docs)
+    dense_entities = set(mentioned_entities(docs))
+    assert {tuple(d["entity"]) for d in control} <= dense_entities
+    assert len({tuple(d["entity"]) for d in control}) >= 0.9 * len(dense_entities)
+    for d in control[:50]:
+        assert "|" in d["text"].splitlines()[0] and "Tags:" in d["text"]  # boilerplate
+        assert "in case you missed it" in d["text"]  # repetition
+        assert any(s["type"] == "number" for s in d["spans"]) or d["entity"][0] in ("species",)
