@@ -121,7 +121,9 @@ def test_manifest_lineage(ci_data):
     }
     assert m["retrieval_unanswerable_share"] == pytest.approx(0.2, abs=0.02)
     # the control corpus carries the same token budget as the dense synthetic corpus
-    assert m["sources"]["control"]["tokens"] == pytest.approx(m["sources"]["synthetic"]["tokens"], rel=0.01)
+    assert m["sources"]["control"]["tokens"] == pytest.approx(
+        m["sources"]["synthetic"]["tokens"], rel=0.01
+    )
     assert 0.15 < m["gzip_ratio_synthetic"] < 1
     dense = m["mixes"]["dense"]
     assert [s["name"] for s in dense] == ["stage1", "stage2", "anneal"]
@@ -204,3 +206,20 @@ def test_cli_card(ci_data, capsys):
     assert "reasoning_explicitness" in out and "target  30.0%" in out and "dense/stage1" in out
     assert dataset_card(ci_data) in out
     assert main(["data", "card", str(ci_data / "nothing")]) == 2
+
+
+def test_large_vocabularies_use_uint32_shards(tmp_path):
+    from labkit.data.shards import write_shards
+
+    docs = [[1, 70_000, 3], [65_535, 65_536]]
+    recs = write_shards(docs, tmp_path, "big", eot_id=0, vocab_size=70_001, tokens_per_shard=100)
+    tokens = np.fromfile(tmp_path / recs[0]["file"], dtype=np.uint32)
+    assert tokens.tolist() == [1, 70_000, 3, 0, 65_535, 65_536, 0]
+    assert np.load(tmp_path / recs[0]["index"]).tolist() == [0, 4]
+
+
+def test_shipped_data_configs_parse():
+    for name in ("ci", "demo", "template"):
+        cfg = DataConfig.load(ROOT / "pretrain" / "configs" / "data" / f"{name}.toml")
+        assert cfg.tokenizer.vocab_size >= 2048
+    assert "mytext" in DataConfig.load(ROOT / "pretrain/configs/data/template.toml").sources
