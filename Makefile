@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]' $(TORCH_PIN)
 	touch $(STAMP)
 
+# Builds the demo corpus on first use, then trains tiny-mla for about five minutes.
 demo: $(STAMP)
-	$(PY) -m labkit.demo
+	$(PY) pretrain/run.py --config pretrain/configs/demo.toml
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -528,3 +528,220 @@ class DataConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# ====================================================================== training configuration
+@dataclass
+class DataSection:
+    dir: str = "data/demo"
+    config: str = "pretrain/configs/data/demo.toml"  # built into `dir` when it has no manifest
+    mix: str = "dense"
+    eval_splits: list = field(default_factory=list)  # empty = every split in the manifest
+
+
+OPTIMIZERS = ("adamw", "muon")
+PRECISIONS = ("bf16", "fp32")
+STRATEGIES = ("auto", "ddp", "fsdp")
+
+
+@dataclass
+class TrainSection:
+    tokens: int = 3_000_000  # duration
+    seq_len: int = 256
+    micro_batch: int = 8
+    batch_tokens: int = 16_384  # target global tokens per optimizer step
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02
+    precision: str = "bf16"
+    compile: bool = False
+    max_bad_steps: int = 5
+    seq_len_schedule: list = field(default_factory=list)  # [[tokens, seq_len], ...]
+    peak_flops: float = 0.0  # per device; 0 = from the GPU table (MFU null on CPU)
+
+
+@dataclass
+class ParallelSection:
+    strategy: str = "auto"  # auto: DDP below 300M parameters, FSDP2 above
+    backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
+
+
+@dataclass
+class CheckpointSection:
+    resume_every_steps: int = 50
+    keep_last: int = 2
+    log_spaced_until_step: int = 64  # milestones after steps 1, 2, 4, ... up to this
+    every_tokens: int = 1_000_000  # then a milestone every this many tokens, then the final one
+
+
+@dataclass
+class EvalSection:
+    every_steps: int = 50
+    tokens_per_split: int = 32_768
+
+
+@dataclass
+class LogSection:
+    every_steps: int = 10
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "labkit"
+
+
+@dataclass
+class DebugSection:
+    """Fault injection for tests: non-finite losses, and a worker killing itself (SIGKILL) at a
+    step on the first attempt only, as a crashed node would under `torchrun --max-restarts`."""
+
+    nan_at_steps: list = field(default_factory=list)
+    kill_at_step: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """`pretrain/run.py --config FILE`: model, data, methodology, parallelism, checkpoints."""
+
+    name: str = "run"
+    seed: int = 1234
+    model: dict = field(default_factory=lambda: {"preset": "tiny-mla"})
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    log: LogSection = field(default_factory=LogSection)
+    debug: DebugSection = field(default_factory=DebugSection)
+
+    SECTIONS = {
+        "data": DataSection,
+        "train": TrainSection,
+        "parallel": ParallelSection,
+        "checkpoint": CheckpointSection,
+        "eval": EvalSection,
+        "log": LogSection,
+        "debug": DebugSection,
+    }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        _check_keys("", data, set(cls.SECTIONS) | {"name", "seed", "model"})
+        kwargs: dict[str, Any] = {
+            k: _build(v, k, data[k]) for k, v in cls.SECTIONS.items() if k in data
+        }
+        if "name" in data:
+            if not isinstance(data["name"], str):
+                raise ValueError(f"name must be a string, got {data['name']!r}")
+            kwargs["name"] = data["name"]
+        if "seed" in data:
+            if not isinstance(data["seed"], int) or isinstance(data["seed"], bool):
+                raise ValueError(f"seed must be an integer, got {data['seed']!r}")
+            kwargs["seed"] = data["seed"]
+        if "model" in data:
+            model = dict(data["model"])
+            allowed = {f.name for f in dataclasses.fields(ModelConfig)} | {"preset"}
+            _check_keys("model", model, allowed)
+            kwargs["model"] = model
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"training config {path} not found")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path}: invalid TOML: {err}") from err
+        for item in overrides:
+            apply_override(data, item)
+        return cls.from_dict(data)
+
+    def validate(self) -> None:
+        t = self.train
+        for key in ("tokens", "seq_len", "micro_batch", "batch_tokens", "max_bad_steps"):
+            if getattr(t, key) <= 0:
+                raise ValueError(f"train.{key} must be positive, got {getattr(t, key)}")
+        if not t.lr > 0 or not 0 <= t.min_lr_ratio <= 1:
+            raise ValueError("train.lr must be > 0 and train.min_lr_ratio in [0, 1]")
+        if t.warmup_steps < 0:
+            raise ValueError(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+        for key, allowed in (("optimizer", OPTIMIZERS), ("precision", PRECISIONS)):
+            if getattr(t, key) not in allowed:
+                raise ValueError(f"train.{key} must be one of {allowed}, got {getattr(t, key)!r}")
+        if self.parallel.strategy not in STRATEGIES:
+            raise ValueError(
+                f"parallel.strategy must be one of {STRATEGIES}, got {self.parallel.strategy!r}"
+            )
+        if self.parallel.backend not in ("auto", "gloo", "nccl"):
+            raise ValueError(
+                f"parallel.backend must be one of ('auto', 'gloo', 'nccl'), got "
+                f"{self.parallel.backend!r}"
+            )
+        for i, item in enumerate(t.seq_len_schedule):
+            if not (
+                isinstance(item, list) and len(item) == 2 and all(isinstance(x, int) for x in item)
+            ):
+                raise ValueError(
+                    f"train.seq_len_schedule[{i}] must be [tokens, seq_len] integers, got {item!r}"
+                )
+        c = self.checkpoint
+        if c.resume_every_steps <= 0 or c.keep_last <= 0 or c.every_tokens <= 0:
+            raise ValueError(
+                "checkpoint.resume_every_steps, keep_last and every_tokens must be > 0"
+            )
+        if self.eval.every_steps <= 0 or self.log.every_steps <= 0:
+            raise ValueError("eval.every_steps and log.every_steps must be > 0")
+        self.model_config(vocab_size=self.model.get("vocab_size", 4096))  # validates the model
+
+    def seq_lens(self) -> list[tuple[int, int]]:
+        """(from_tokens, seq_len) steps of the sequence-length curriculum, always starting at 0."""
+        schedule = sorted((int(a), int(b)) for a, b in self.train.seq_len_schedule)
+        if not schedule or schedule[0][0] > 0:
+            schedule = [(0, self.train.seq_len)] + schedule
+        return schedule
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        """The model: a preset with overrides; vocab from the data's tokenizer unless given, and
+        max_seq_len at least the longest sequence of the schedule."""
+        overrides = {k: v for k, v in self.model.items() if k != "preset"}
+        base = ModelConfig.preset(self.model["preset"]) if "preset" in self.model else ModelConfig()
+        overrides.setdefault("vocab_size", vocab_size)
+        longest = max(s for _, s in self.seq_lens())
+        overrides.setdefault("max_seq_len", max(base.max_seq_len, longest))
+        return base.replace(**overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """`section.key=value` (value parsed as TOML, else taken as a string) into a config dict."""
+    if "=" not in item or "." not in item.split("=", 1)[0]:
+        if "=" in item and item.split("=", 1)[0] in ("name", "seed"):
+            key, raw = item.split("=", 1)
+            data[key] = _parse_value(raw)
+            return
+        raise ValueError(f"--set expects section.key=value, got {item!r}")
+    dotted, raw = item.split("=", 1)
+    *sections, key = dotted.split(".")
+    node = data
+    for s in sections:
+        node = node.setdefault(s, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {dotted}: {s} is not a section")
+    node[key] = _parse_value(raw)
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw

@@ -29,16 +29,6 @@ def test_unknown_command_lists_the_valid_ones(capsys):
     assert "choose from" in capsys.readouterr().err
 
 
-def test_demo_runs(capsys):
-    from labkit import demo
-
-    demo.main()
-    out = capsys.readouterr().out
-    assert out.count("same tokens: True") == 2
-    assert "exported as DeepseekV3ForCausalLM: max |logit difference| = 0.00e+00" in out
-    assert "exported as LlamaForCausalLM" in out
-
-
 def test_model_benchmark_runs():
     """Not a timing test: the benchmark must run end to end and report finite throughputs."""
     from labkit.bench import model as bench

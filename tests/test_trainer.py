@@ -1,0 +1,204 @@
+"""pretrain/run.py end to end: torchrun with 2 processes, milestones, exact resume after SIGKILL,
+torchrun --max-restarts, and the failure modes (bad config, missing data, corrupted checkpoint,
+non-finite loss) that must give a clear message and lose nothing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from labkit import checkpoint as ckpt
+from labkit.config import DataConfig
+from labkit.data.build import build
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = str(ROOT / "pretrain" / "run.py")
+CI = str(ROOT / "pretrain" / "configs" / "ci.toml")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+@pytest.fixture(scope="session")
+def ci_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trainer-data") / "ci"
+    build(DataConfig.load(ROOT / "pretrain" / "configs" / "data" / "ci.toml"), out, quiet=True)
+    return out
+
+
+def run(args, data, *, torchrun=True, extra=(), timeout=300, check=True):
+    cmd = (TORCHRUN if torchrun else [sys.executable]) + list(extra) + [RUN, "--config", CI]
+    cmd += ["--set", f"data.dir={data}", "--set", "log.tensorboard=false", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+def losses(run_dir):
+    lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: (r["loss"], r["grad_norm"]) for r in lines if "loss" in r}
+
+
+@pytest.fixture(scope="session")
+def reference(ci_data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "reference"
+    run(["--run-dir", str(run_dir)], ci_data)
+    return run_dir
+
+
+REQUIRED = {
+    "step",
+    "tokens",
+    "loss",
+    "lr",
+    "grad_norm",
+    "grad_norm_clipped",
+    "tokens_per_s",
+    "mfu",
+    "mem_bytes",
+}
+
+
+def test_ci_run_writes_metrics_and_loadable_milestones(reference):
+    lines = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [r for r in lines if "loss" in r]
+    assert len(train_lines) == 24 and all(set(r) >= REQUIRED for r in train_lines)
+    assert all(r["grad_norm_clipped"] <= 1.0 + 1e-6 for r in train_lines)
+    assert any("val/general" in r for r in lines)
+    assert train_lines[-1]["loss"] < train_lines[0]["loss"] - 1.0
+    milestones = ckpt.list_milestones(reference)
+    assert len(milestones) >= 3
+    steps = []
+    for path in milestones:
+        model, meta = ckpt.load(path)
+        assert meta["git_commit"] is None or len(meta["git_commit"]) == 40
+        assert meta["data_manifest_sha256"] and meta["tokens"] == meta["step"] * 1024
+        steps.append(meta["step"])
+    assert steps[:4] == [1, 2, 4, 8] and steps[-1] == 24  # log-spaced, then every 8k tokens, final
+    best, meta = ckpt.load(reference / "checkpoints" / "best")
+    assert all(meta["guards"].values())
+    index = [json.loads(x) for x in (reference.parent / "index.jsonl").read_text().splitlines()]
+    assert any(r["experiment_id"] == "reference" and r["final"]["step"] == 24 for r in index)
+
+
+def test_sigkill_then_resume_is_bit_identical(ci_data, reference, tmp_path):
+    run_dir = tmp_path / "killed"
+    cmd = TORCHRUN + [
+        RUN,
+        "--config",
+        CI,
+        "--set",
+        f"data.dir={ci_data}",
+        "--set",
+        "log.tensorboard=false",
+        "--run-dir",
+        str(run_dir),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill between resume states, mid-training
+        if (run_dir / "metrics.jsonl").exists() and max(losses(run_dir), default=0) >= 14:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert max(losses(run_dir)) < 24, "the run finished before it could be killed"
+    run(["--run-dir", str(run_dir), "--resume"], ci_data)
+    assert losses(run_dir) == losses(reference)  # every step, bit for bit
+
+
+def test_torchrun_max_restarts_resumes(ci_data, reference, tmp_path):
+    run_dir = tmp_path / "restarted"
+    proc = run(
+        ["--run-dir", str(run_dir), "--resume", "--set", "debug.kill_at_step=10"],
+        ci_data,
+        extra=["--max-restarts=1"],
+    )
+    assert "resumed from" in proc.stdout
+    assert losses(run_dir) == losses(reference)
+
+
+def test_fsdp_strategy_trains_and_resumes(ci_data, tmp_path):
+    run_dir = tmp_path / "fsdp"
+    common = ["--run-dir", str(run_dir), "--set", "parallel.strategy='fsdp'"]
+    run(common + ["--set", "train.tokens=12288"], ci_data)
+    first = losses(run_dir)
+    model, meta = ckpt.load(ckpt.list_milestones(run_dir)[-1])
+    assert meta["step"] == 12 and sum(p.numel() for p in model.parameters()) > 0
+    assert first[12][0] < first[1][0]
+
+
+def test_bad_config_names_the_key(ci_data):
+    proc = run(["--set", "train.learning_rate=0.1"], ci_data, torchrun=False, check=False)
+    assert proc.returncode == 2
+    assert "train.learning_rate" in proc.stderr and "allowed in train" in proc.stderr
+    proc = run(["--set", "parallel.strategy='zero3'"], ci_data, torchrun=False, check=False)
+    assert proc.returncode == 2 and "parallel.strategy must be one of" in proc.stderr
+
+
+def test_missing_data_names_the_build_command(tmp_path):
+    proc = run(["--set", "data.config=''"], tmp_path / "nowhere", torchrun=False, check=False)
+    assert proc.returncode == 2 and "labkit data build --config" in proc.stderr
+
+
+def test_corrupted_checkpoints_are_detected(reference, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(reference / "checkpoints" / "tokens_000000008192", copy)
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointError, match="model.safetensors is corrupted"):
+        ckpt.load(copy)
+    # A corrupted newest resume state falls back to the one before.
+    runs = tmp_path / "run"
+    shutil.copytree(reference, runs)
+    newest = sorted((runs / "resume").glob("step_*"))[-1]
+    (newest / "optimizer.pt").write_bytes(b"garbage")
+    assert ckpt.latest_resume_state(runs) == sorted((runs / "resume").glob("step_*"))[-2]
+
+
+def test_non_finite_losses_stop_cleanly(ci_data, tmp_path):
+    run_dir = tmp_path / "nan"
+    # One bad step is skipped and counted; the run goes on.
+    run(["--run-dir", str(run_dir), "--set", "debug.nan_at_steps=[6]"], ci_data, torchrun=False)
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert 6 not in {r["step"] for r in lines if "loss" in r} and lines[-1]["step"] == 24
+    assert [r for r in lines if "loss" in r][-1]["skipped_steps"] == 1
+    # Three in a row stop the run with an error; the state before them is intact.
+    stop_dir = tmp_path / "nan-stop"
+    proc = run(
+        [
+            "--run-dir",
+            str(stop_dir),
+            "--set",
+            "debug.nan_at_steps=[10, 11, 12]",
+            "--set",
+            "train.max_bad_steps=3",
+        ],
+        ci_data,
+        torchrun=False,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "3 non-finite losses in a row" in proc.stderr and "step_00000008" in proc.stderr
+    states = sorted((stop_dir / "resume").glob("step_*"))
+    assert states[-1].name == "step_00000008"
+    ckpt.verify(states[-1])
+    assert all(ckpt.verify(p)["step"] <= 9 for p in ckpt.list_milestones(stop_dir))
