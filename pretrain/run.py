@@ -718,10 +718,11 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> dict:
             f"{len(milestones)} milestones in {run_dir / 'checkpoints'} "
             f"(first {milestones[0].name}, last {milestones[-1].name})"
         )
-        print(
-            "next: python -c \"from labkit.checkpoint import load; m, meta = load('"
-            f"{milestones[-1]}'); print(meta['tokens'])\""
-        )
+        load_call = f"load('{milestones[-1]}')"
+        print("next:")
+        print(f'  python -c "from labkit.checkpoint import load; model, meta = {load_call}"')
+        print(f"  tensorboard --logdir {run_dir / 'tensorboard'}")
+        print(f"  python pretrain/run.py --run-dir {run_dir} --resume   # after a crash")
     if d.world > 1:
         dist.destroy_process_group()
     return final

@@ -202,3 +202,44 @@ def test_non_finite_losses_stop_cleanly(ci_data, tmp_path):
     assert states[-1].name == "step_00000008"
     ckpt.verify(states[-1])
     assert all(ckpt.verify(p)["step"] <= 9 for p in ckpt.list_milestones(stop_dir))
+
+
+def test_curriculum_stages_switch_at_token_counts(reference):
+    lines = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines()]
+    stages = [r["stage"] for r in lines if "loss" in r]
+    # the ci mix: stage1 20 %, stage2 70 %, anneal 10 % of 24,576 tokens
+    assert stages[:4] == ["stage1"] * 4 and stages[5] == "stage2" and stages[-1] == "anneal"
+    assert stages == sorted(stages, key=["stage1", "stage2", "anneal"].index)
+
+
+def test_sequence_length_schedule_keeps_the_token_batch(ci_data, tmp_path):
+    run_dir = tmp_path / "seq"
+    run(
+        ["--run-dir", str(run_dir), "--set", "train.seq_len_schedule=[[0, 32], [8192, 64]]"],
+        ci_data,
+        torchrun=False,
+    )
+    lines = [
+        json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in x
+    ]
+    assert {r["seq_len"] for r in lines if r["tokens"] <= 8192} == {32}
+    assert {r["seq_len"] for r in lines if r["tokens"] > 9216} == {64}
+    assert {r["tokens_per_step"] for r in lines} == {1024}  # accumulation adapts to the length
+
+
+def test_muon_optimizer_trains(ci_data, tmp_path):
+    run_dir = tmp_path / "muon"
+    run(
+        [
+            "--run-dir",
+            str(run_dir),
+            "--set",
+            "train.optimizer='muon'",
+            "--set",
+            "train.tokens=12288",
+        ],
+        ci_data,
+        torchrun=False,
+    )
+    curve = losses(run_dir)
+    assert curve[12][0] < curve[1][0] - 0.5

@@ -1,0 +1,163 @@
+"""The trainer's speed on this machine, in one run:
+
+1. tokens/s of `pretrain/run.py` against a plain training loop over `transformers`' Llama /
+   DeepseekV3 at the same config, batch, optimizer, clipping and bf16 autocast (target >= 1.0x);
+2. the trainer's bookkeeping (per-step metrics, TensorBoard, milestones and resume states at the
+   demo config's frequencies) against the same trainer with all of it at the end only (target
+   <= 5 % overhead); the cost of periodic evaluation is reported apart.
+
+    python -m labkit.bench.train [--preset tiny-mla] [--steps 40] [--record]
+
+The trainer runs as a subprocess (library code never imports pretrain/); its throughput is tokens
+over the wall time of its training loop, which includes evaluation and checkpoint writing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from labkit.bench.common import machine, record
+from labkit.checkpoint import list_milestones
+from labkit.config import DataConfig, ModelConfig
+from labkit.data.build import build
+from labkit.data.loader import MixedData, Position
+from labkit.export import to_hf
+from labkit.model import LabModel
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def trainer_run(
+    data: Path, run_dir: Path, preset: str, steps: int, micro: int, seq: int, accum: int, mode: str
+) -> float:
+    """Tokens/s of one trainer run. mode: "bookkeeping" (metrics every step, milestones and resume
+    states at the demo config's token/step frequencies), "bare" (all of it only at the end), or
+    "eval" (bare plus an evaluation every 10 steps at the demo config's size)."""
+    batch_tokens = micro * seq * accum
+    sets = [
+        f"model.preset='{preset}'", f"data.dir='{data}'", "data.mix='dense'",
+        f"train.tokens={steps * batch_tokens}", f"train.batch_tokens={batch_tokens}",
+        f"train.micro_batch={micro}", f"train.seq_len={seq}", "train.warmup_steps=5",
+        "parallel.strategy='ddp'", f"eval.every_steps={steps}", "eval.tokens_per_split=2048",
+        f"log.every_steps={steps}", f"checkpoint.resume_every_steps={steps}",
+        "checkpoint.log_spaced_until_step=0", f"checkpoint.every_tokens={10**15}", "log.tensorboard=false",
+    ]  # fmt: skip
+    if (
+        mode == "bookkeeping"
+    ):  # demo.toml: resume every 25 steps, milestones 1, 2, 4, ..., 64, every 500k tokens
+        sets += ["log.every_steps=1", "log.tensorboard=true", "checkpoint.resume_every_steps=25",
+                 "checkpoint.log_spaced_until_step=64", f"checkpoint.every_tokens={round(500_000 * batch_tokens / 16384)}"]  # fmt: skip
+    elif mode == "eval":
+        sets += ["eval.every_steps=10", "eval.tokens_per_split=16384"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "pretrain" / "run.py"),
+        "--config",
+        str(ROOT / "pretrain/configs/demo.toml"),
+        "--run-dir",
+        str(run_dir),
+    ]
+    for s in sets:
+        cmd += ["--set", s]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+    meta = json.loads((list_milestones(run_dir)[-1] / "meta.json").read_text())
+    return meta["tokens"] / meta["wall_time_s"]
+
+
+def hf_tokens_per_s(
+    data: Path, preset: str, vocab: int, steps: int, micro: int, seq: int, accum: int
+) -> float:
+    """A plain loop over transformers' model: same weights, batch, AdamW, clipping, autocast."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = ModelConfig.preset(preset).replace(vocab_size=vocab, max_seq_len=max(seq, 256))
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        to_hf(LabModel(cfg), tmp)
+        model = AutoModelForCausalLM.from_pretrained(
+            tmp, dtype=torch.float32, attn_implementation="sdpa"
+        )
+    model.train()
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    other = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+        lr=3e-3,
+        betas=(0.9, 0.95),
+    )
+    stream = MixedData(data, "dense", steps * micro * seq * accum, 0)
+    pos = Position()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        for _ in range(accum):
+            batch = torch.from_numpy(stream.windows(pos, 0, micro, seq))
+            pos.offset += micro * seq
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(input_ids=batch[:, :-1], labels=batch[:, 1:].clone()).loss
+            (loss / accum).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return steps * micro * seq * accum / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="tiny-mla")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--accum", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--record", action="store_true")
+    args = parser.parse_args(argv)
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        build(DataConfig.load(ROOT / "pretrain/configs/data/ci.toml"), data, quiet=True)
+        vocab = json.loads((data / "manifest.json").read_text())["tokenizer"]["vocab_size"]
+        shape = (args.steps, args.micro_batch, args.seq, args.accum)
+        results: dict[str, float] = {}
+        # Candidates alternate over rounds; the best of each is kept (interference only slows).
+        for r in range(args.rounds):
+            for mode in ("bare", "bookkeeping", "eval"):
+                tps = trainer_run(data, Path(tmp) / f"{mode}-{r}", args.preset, *shape, mode=mode)
+                results[f"trainer_{mode}"] = max(results.get(f"trainer_{mode}", 0.0), tps)
+            tps = hf_tokens_per_s(data, args.preset, vocab, *shape)
+            results["transformers_loop"] = max(results.get("transformers_loop", 0.0), tps)
+    ratio = results["trainer_bookkeeping"] / results["transformers_loop"]
+    overhead = results["trainer_bare"] / results["trainer_bookkeeping"] - 1
+    eval_cost = results["trainer_bare"] / results["trainer_eval"] - 1
+    table = "\n".join([
+        f"`{args.preset}`, {args.steps} steps of {args.accum} x {args.micro_batch} x {args.seq} tokens, bf16 autocast, one process; best of {args.rounds} alternating rounds.",
+        "",
+        "| run | tokens/s |",
+        "|---|---|",
+        f"| pretrain/run.py, bookkeeping at demo.toml's frequencies (metrics every step, TensorBoard, milestones after steps 1-64 and every 500k tokens, resume state every 25 steps) | {results['trainer_bookkeeping']:,.0f} |",
+        f"| pretrain/run.py, bookkeeping only at the end (the bare step) | {results['trainer_bare']:,.0f} |",
+        f"| pretrain/run.py, bare + an evaluation of every split (16k tokens each) every 10 steps | {results['trainer_eval']:,.0f} |",
+        f"| plain loop over transformers at the same config | {results['transformers_loop']:,.0f} |",
+        "",
+        f"Trainer (with bookkeeping) / transformers loop: {ratio:.2f}x (target >= 1.0x). "
+        f"Bookkeeping overhead: {100 * overhead:+.1f} % (target <= 5 %). "
+        f"Evaluation every 10 steps costs {100 * eval_cost:+.1f} % (a measurement, not bookkeeping).",
+    ])  # fmt: skip
+    print(table)
+    if args.record:
+        record(
+            "labkit.bench.train",
+            f"`python -m labkit.bench.train {' '.join(argv or [])}`\n\n{table}",
+        )
+    return results
+
+
+if __name__ == "__main__":
+    main()
