@@ -18,9 +18,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ATTENTION_KINDS = ("gqa", "mla")
-# "auto": the fused path (SDPA now; the Triton kernel on CUDA once it lands) unless a hook needs the
-# attention pattern; "sdpa" forces SDPA; "eager" always materialises scores and pattern.
-ATTENTION_IMPLS = ("auto", "sdpa", "eager")
+# "auto": the fused path (the Triton kernels on CUDA, SDPA elsewhere) unless a hook needs the
+# attention pattern; "sdpa" and "triton" force one; "eager" always materialises scores and pattern.
+# The environment variable LABKIT_ATTN overrides the config (for comparisons).
+ATTENTION_IMPLS = ("auto", "sdpa", "triton", "eager")
 
 
 @dataclass

@@ -20,7 +20,10 @@ the cached ones included, because they are recomputed from the cached latent.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +38,21 @@ __all__ = ["KVCache", "LabModel", "ModelConfig"]
 
 # DeepSeek's latent norms (q_a_layernorm, kv_a_layernorm) use a fixed epsilon, whatever the config.
 LATENT_NORM_EPS = 1e-6
+
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def attention_impl(cfg: ModelConfig, device: torch.device) -> str:
+    """The fused implementation to run: "triton" or "sdpa" ("eager" when forced)."""
+    impl = os.environ.get("LABKIT_ATTN", cfg.attn_impl)
+    if impl not in ("auto", "sdpa", "triton", "eager"):
+        raise ValueError(f"LABKIT_ATTN must be auto, sdpa, triton or eager; got {impl!r}")
+    if impl == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "sdpa"
+    return impl
 
 
 def _active(hook: HookPoint | object) -> bool:
@@ -185,7 +203,7 @@ class AttentionCore(nn.Module):
 
     def needs_eager(self) -> bool:
         return (
-            self.cfg.attn_impl == "eager"
+            os.environ.get("LABKIT_ATTN", self.cfg.attn_impl) == "eager"
             or _active(self.hook_attn_scores)
             or _active(self.hook_pattern)
         )
@@ -197,6 +215,10 @@ class AttentionCore(nn.Module):
         mask = causal_mask(t, s, q.device)
         groups = q.shape[1] // k.shape[1]
         if not self.needs_eager():
+            if attention_impl(self.cfg, q.device) == "triton":
+                from labkit.kernels import flash_attention
+
+                return flash_attention(q, k, v, causal=True, scale=scale)
             return F.scaled_dot_product_attention(
                 q,
                 k,
@@ -327,9 +349,14 @@ class MultiHeadLatentAttention(AttentionCore):
         w_uk, w_uv = w[:, : self.nope], w[:, self.nope :]
         q_nope, q_rope = q.split([self.nope, self.rope], dim=-1)
         q_latent = torch.einsum("bthn,hnr->bhtr", q_nope, w_uk.to(q.dtype))
-        q_full = torch.cat((q_latent, q_rope.transpose(1, 2)), dim=-1)
-        k_full = torch.cat((c_kv, k_rope), dim=-1)[:, None]
-        out_latent = self.attend(q_full, k_full, c_kv[:, None], self.scale)
+        if attention_impl(self.cfg, q.device) == "triton":
+            from labkit.kernels import mla_decode
+
+            out_latent = mla_decode(q_latent, q_rope.transpose(1, 2), c_kv, k_rope, self.scale)
+        else:
+            q_full = torch.cat((q_latent, q_rope.transpose(1, 2)), dim=-1)
+            k_full = torch.cat((c_kv, k_rope), dim=-1)[:, None]
+            out_latent = self.attend(q_full, k_full, c_kv[:, None], self.scale)
         return torch.einsum("bhtr,hvr->bhtv", out_latent, w_uv.to(out_latent.dtype))
 
 

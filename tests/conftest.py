@@ -5,6 +5,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if not torch.cuda.is_available():
+    # Triton kernels are tested on the CPU through the interpreter; it must be set before any
+    # @triton.jit function is defined.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from labkit.config import ModelConfig  # noqa: E402
 

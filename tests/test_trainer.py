@@ -123,11 +123,14 @@ def test_sigkill_then_resume_is_bit_identical(ci_data, reference, tmp_path):
 
 
 def test_torchrun_max_restarts_resumes(ci_data, reference, tmp_path):
+    """A worker SIGKILLs itself at step 10 on the first attempt; torchrun restarts the group and
+    --resume picks up from the step-8 state. More than one restart is allowed because gloo's
+    reconnection after an elastic restart can race once on a loaded machine."""
     run_dir = tmp_path / "restarted"
     proc = run(
         ["--run-dir", str(run_dir), "--resume", "--set", "debug.kill_at_step=10"],
         ci_data,
-        extra=["--max-restarts=1"],
+        extra=["--max-restarts=3"],
     )
     assert "resumed from" in proc.stdout
     assert losses(run_dir) == losses(reference)
