@@ -138,7 +138,6 @@ def bench_training(ts: list[int], batch_tokens: int, reps: int, dtype: torch.dty
                     f"| {shape} | {t} | {name} | {flops / fwd / 1e12:.2f} | {2.5 * flops / bwd / 1e12:.2f} | "
                     f"{3.5 * flops / both / 1e12:.2f} |"
                 )
-            del q, k, v
             print(rows[-1], flush=True)
     return rows
 
