@@ -168,3 +168,18 @@ def test_cached_decoding_with_triton_matches_full_forward(monkeypatch):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}Hq{}Hkv{}T{}S{}D{}-{}".format(*c[:7]))
 def test_flash_attention_gpu(case, dtype):
     run_case(case, device="cuda", dtype=dtype, tol=(3e-2, 3e-2))
+
+
+def test_dispatch_decision(monkeypatch):
+    from labkit.model import attention_impl
+
+    cfg = odd_config("mla")
+    monkeypatch.delenv("LABKIT_ATTN", raising=False)
+    assert attention_impl(cfg, torch.device("cuda")) == "triton"  # auto: the kernels on CUDA
+    assert attention_impl(cfg, torch.device("cpu")) == "sdpa"
+    assert attention_impl(cfg.replace(attn_impl="sdpa"), torch.device("cuda")) == "sdpa"
+    monkeypatch.setenv("LABKIT_ATTN", "triton")
+    assert attention_impl(cfg.replace(attn_impl="sdpa"), torch.device("cpu")) == "triton"
+    monkeypatch.setenv("LABKIT_ATTN", "flash")
+    with pytest.raises(ValueError, match="LABKIT_ATTN must be"):
+        attention_impl(cfg, torch.device("cpu"))
