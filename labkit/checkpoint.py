@@ -11,7 +11,6 @@ with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -23,26 +22,12 @@ import torch
 from safetensors.torch import load_file, save
 
 from labkit.config import ModelConfig
+from labkit.fileio import fsync_write, sha256_file
 from labkit.model import LabModel
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or corrupted."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def model_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
@@ -71,15 +56,13 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         tensors = model_tensors(state, cfg)
-        _fsync_write(tmp / "model.safetensors", save(tensors, metadata={"format": "pt"}))
-        _fsync_write(tmp / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+        fsync_write(tmp / "model.safetensors", save(tensors, metadata={"format": "pt"}))
+        fsync_write(tmp / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
         for name, data in (extra or {}).items():
-            _fsync_write(tmp / name, data)
-        checksums = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+            fsync_write(tmp / name, data)
+        checksums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         meta = dict(meta, checksums=checksums)
-        _fsync_write(
-            tmp / "meta.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
-        )
+        fsync_write(tmp / "meta.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
         if path.exists():  # re-saving (e.g. "best"): swap, then drop the old one
             old = path.parent / f".{path.name}.old-{os.getpid()}"
             path.rename(old)
@@ -107,7 +90,7 @@ def verify(path: str | Path) -> dict[str, Any]:
         f = path / name
         if not f.exists():
             raise CheckpointError(f"{path}: {name} is missing")
-        if _sha256(f) != expected:
+        if sha256_file(f) != expected:
             raise CheckpointError(
                 f"{path}: {name} is corrupted (SHA-256 mismatch); use another milestone or "
                 "resume state"

@@ -4,9 +4,8 @@ import json
 
 import pytest
 
+from labkit.config import CurationSection
 from labkit.data.curation import (
-    CurationConfig,
-    QualityRules,
     curate,
     load_text_source,
     normalize,
@@ -31,7 +30,7 @@ def doc(text, i, source="web"):
 
 
 def run(docs, **kw):
-    cfg = CurationConfig(quality=QualityRules(min_words=20))
+    cfg = CurationSection(min_words=20)
     kept, reports = curate(docs, cfg, **kw)
     return kept, {r.stage: r for r in reports}
 

@@ -18,11 +18,7 @@ measured.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,9 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from labkit.bench.common import machine, record
+from labkit.bench.common import ROOT, machine, record, run_trainer
 
-ROOT = Path(__file__).resolve().parents[2]
 CUDA = torch.cuda.is_available()
 # name: (heads, kv_heads, d_qk, d_v)
 SHAPES = {
@@ -200,28 +195,8 @@ def bench_training_mfu(presets: list[str], steps: int) -> list[str]:
                         f"train.batch_tokens={4 * 2048 * 4}", f"train.tokens={steps * 4 * 2048 * 4}", "log.every_steps=5",
                         f"eval.every_steps={steps}", "eval.tokens_per_split=4096", f"checkpoint.resume_every_steps={steps}",
                         "checkpoint.log_spaced_until_step=0", f"checkpoint.every_tokens={10**15}", "log.tensorboard=false"]  # fmt: skip
-                cmd = [
-                    sys.executable,
-                    str(ROOT / "pretrain/run.py"),
-                    "--config",
-                    str(ROOT / "pretrain/configs/demo.toml"),
-                    "--run-dir",
-                    str(run_dir),
-                ]
-                for s in sets:
-                    cmd += ["--set", s]
-                subprocess.run(
-                    cmd,
-                    check=True,
-                    capture_output=True,
-                    env=dict(os.environ, LABKIT_ATTN=impl),
-                    cwd=ROOT,
-                )
-                lines = [
-                    json.loads(x)
-                    for x in (run_dir / "metrics.jsonl").read_text().splitlines()
-                    if '"mfu"' in x
-                ]
+                records = run_trainer(run_dir, sets, env={"LABKIT_ATTN": impl})
+                lines = [r for r in records if "mfu" in r]
                 last = lines[-1]
                 rows.append(
                     f"| {preset} | {impl} | {100 * (last['mfu'] or 0):.1f} % | {last['tokens_per_s']:,.0f} |"

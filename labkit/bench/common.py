@@ -3,16 +3,41 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "RESULTS.md"
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+
+
+def run_trainer(run_dir: Path, sets: list[str], env: dict[str, str] | None = None) -> list[dict]:
+    """Run pretrain/run.py (demo.toml + `--set` overrides) as a subprocess — library code never
+    imports pretrain/ — and return its metrics.jsonl records."""
+    cmd = [
+        sys.executable,
+        str(ROOT / "pretrain" / "run.py"),
+        "--config",
+        str(ROOT / "pretrain/configs/demo.toml"),
+    ]
+    cmd += ["--run-dir", str(run_dir)] + [a for s in sets for a in ("--set", s)]
+    subprocess.run(
+        cmd,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, **(env or {})),
+    )
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def machine() -> str:

@@ -16,23 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from labkit.bench.common import machine, record
+from labkit.bench.common import ROOT, machine, record, run_trainer
 from labkit.checkpoint import list_milestones
 from labkit.config import DataConfig, ModelConfig
 from labkit.data.build import build
 from labkit.data.loader import MixedData, Position
 from labkit.export import to_hf
 from labkit.model import LabModel
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def trainer_run(
@@ -57,17 +53,7 @@ def trainer_run(
                  "checkpoint.log_spaced_until_step=64", f"checkpoint.every_tokens={round(500_000 * batch_tokens / 16384)}"]  # fmt: skip
     elif mode == "eval":
         sets += ["eval.every_steps=10", "eval.tokens_per_split=16384"]
-    cmd = [
-        sys.executable,
-        str(ROOT / "pretrain" / "run.py"),
-        "--config",
-        str(ROOT / "pretrain/configs/demo.toml"),
-        "--run-dir",
-        str(run_dir),
-    ]
-    for s in sets:
-        cmd += ["--set", s]
-    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+    run_trainer(run_dir, sets)
     meta = json.loads((list_milestones(run_dir)[-1] / "meta.json").read_text())
     return meta["tokens"] / meta["wall_time_s"]
 

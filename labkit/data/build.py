@@ -32,13 +32,14 @@ from tqdm.auto import tqdm
 from labkit.config import DataConfig
 from labkit.data.code import generate_code, interpreter
 from labkit.data.control import generate_control
-from labkit.data.curation import CurationConfig, QualityRules, curate, load_text_source
+from labkit.data.curation import curate, load_text_source
 from labkit.data.documents import DIMENSIONS, generate_documents, realized_distribution
 from labkit.data.mixing import Stage, plan_mix
 from labkit.data.retrieval import generate_retrieval
-from labkit.data.shards import atomic_write_bytes, write_shards
+from labkit.data.shards import write_shards
 from labkit.data.tokenizer import EOT, save_tokenizer, train_tokenizer
 from labkit.data.world import GENERATOR_VERSION, build_world
+from labkit.fileio import atomic_write_bytes
 
 MANIFEST_VERSION = 1
 EVAL_SPLITS = ("general", "domain", "code", "retrieval", "control")
@@ -123,20 +124,6 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
     step("generated")
 
     # 2. curate --------------------------------------------------------------------------
-    ccfg = CurationConfig(
-        minhash_threshold=cfg.curation.minhash_threshold,
-        minhash_num_perm=cfg.curation.minhash_num_perm,
-        shingle_words=cfg.curation.shingle_words,
-        contamination_ngram=cfg.curation.contamination_ngram,
-        quality=QualityRules(
-            max_non_alnum=cfg.curation.max_non_alnum,
-            max_digits=cfg.curation.max_digits,
-            max_url=cfg.curation.max_url,
-            mean_word_len=tuple(cfg.curation.mean_word_len),
-            min_words=cfg.curation.min_words,
-            max_words=cfg.curation.max_words,
-        ),
-    )
     # Seed 003's prose heuristics target web-like text: the control corpus and user sources.
     quality_sources = {"control"} | {n for n, s in cfg.sources.items() if s.quality}
     # 13-gram contamination: eval task texts, and held-out text that is not world-generated (the
@@ -150,11 +137,13 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
     references = [d["text"] for docs in held.values() for d in docs]
     reports: dict[str, list[dict]] = {}
     for name in list(train):
-        kept, rep = curate(train[name], ccfg, references, contamination, quality_sources, progress)
+        kept, rep = curate(
+            train[name], cfg.curation, references, contamination, quality_sources, progress
+        )
         train[name] = kept
         reports[name] = [vars(x) for x in rep]
     for split in list(held):  # eval text gets the same rewriting; dedup only within itself
-        kept, _ = curate(held[split], ccfg, (), (), set(), progress)
+        kept, _ = curate(held[split], cfg.curation, (), (), set(), progress)
         held[split] = kept
     step("curated")
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labkit.config import CurationSection
+
 # --------------------------------------------------------------------------- loading
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet": "parquet"}
 
@@ -151,6 +153,17 @@ class QualityRules:
     min_words: int = 50
     max_words: int = 100_000
 
+    @classmethod
+    def from_section(cls, c: CurationSection) -> QualityRules:
+        return cls(
+            c.max_non_alnum,
+            c.max_digits,
+            c.max_url,
+            tuple(c.mean_word_len),
+            c.min_words,
+            c.max_words,
+        )
+
     def reasons(self, text: str) -> list[str]:
         chars = [c for c in text if not c.isspace()]
         n = max(1, len(chars))
@@ -198,17 +211,8 @@ class StageReport:
     detail: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass
-class CurationConfig:
-    minhash_threshold: float = 0.8
-    minhash_num_perm: int = 128
-    shingle_words: int = 5
-    contamination_ngram: int = 13
-    quality: QualityRules = field(default_factory=QualityRules)
-
-
 def curate(
-    docs: list[dict], cfg: CurationConfig, reference_texts: Iterable[str] = (),
+    docs: list[dict], cfg: CurationSection, reference_texts: Iterable[str] = (),
     contamination_texts: Iterable[str] = (), quality_sources: set[str] | None = None,
     progress: Callable[[Iterable, str], Iterable] | None = None,
 ) -> tuple[list[dict], list[StageReport]]:  # fmt: skip
@@ -278,11 +282,12 @@ def _curate(docs, cfg, reference_texts, contamination_texts, quality_sources, pr
     drop("exact_dedup", first_copy)
 
     reasons: dict[str, int] = {}
+    rules = QualityRules.from_section(cfg)
 
     def good(r: dict) -> bool:
         if quality_sources is not None and rows[r["i"]]["source"] not in quality_sources:
             return True
-        bad = cfg.quality.reasons(r["text"])
+        bad = rules.reasons(r["text"])
         for reason in bad:
             reasons[reason] = reasons.get(reason, 0) + 1
         return not bad

@@ -4,37 +4,19 @@ written to a temporary name and renamed, so an interrupted build leaves no half-
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from labkit.fileio import atomic_write_bytes, sha256_file
+
+__all__ = ["atomic_write_bytes", "iter_documents", "read_shard", "sha256_file", "write_shards"]
+
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 65_536 else np.dtype(np.uint32)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_shards(
