@@ -1,0 +1,1 @@
+"""Analyses: pure functions over activations and models (similarity, induction, ...)."""

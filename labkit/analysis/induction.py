@@ -1,0 +1,181 @@
+"""Head types and induction: previous-token, duplicate-token and induction scores per head with the
+semantics of TransformerLens's `head_detector`; the repeated-random-tokens test; the in-context
+learning score; and the training step at which induction heads form.
+
+Works on any model with TransformerLens hook names (`blocks.{i}.attn.hook_pattern`): LabModel, or
+a TransformerBridge over an exported checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+HeadKind = Literal["previous_token", "duplicate_token", "induction"]
+ErrorMeasure = Literal["mul", "abs"]
+
+
+# --------------------------------------------------------------------------- detection patterns
+def detection_pattern(kind: HeadKind, tokens: torch.Tensor) -> torch.Tensor:
+    """[pos, pos] lower-triangular 0/1 pattern of an ideal head of `kind` on a token sequence."""
+    tokens = tokens.reshape(-1).cpu()
+    n = tokens.shape[0]
+    if kind == "previous_token":
+        return torch.diag(torch.ones(n - 1), -1)
+    same = (tokens[:, None] == tokens[None, :]).float()
+    duplicate = torch.tril(same, diagonal=-1)  # earlier occurrences of the same token
+    if kind == "duplicate_token":
+        return duplicate
+    if kind == "induction":  # attend to the token after an earlier occurrence
+        shifted = torch.zeros_like(duplicate)
+        shifted[:, 1:] = duplicate[:, :-1]
+        return torch.tril(shifted)
+    raise ValueError(f"kind must be previous_token, duplicate_token or induction; got {kind!r}")
+
+
+def pattern_score(
+    pattern: torch.Tensor,
+    detection: torch.Tensor,
+    exclude_bos: bool = False,
+    exclude_current_token: bool = False,
+    error_measure: ErrorMeasure = "mul",
+) -> float:
+    """How well one head's [q, k] attention pattern matches a detection pattern, exactly as
+    TransformerLens computes it: "mul" is the share of attention on the pattern's ones; "abs" is
+    1 - mean |pattern - detection| x n, rounded to 3 decimals."""
+    pattern = pattern.detach().float().cpu().clone()
+    detection = detection.float()
+    if error_measure == "mul":
+        if exclude_bos:
+            pattern[:, 0] = 0
+        if exclude_current_token:
+            pattern.fill_diagonal_(0)
+        return ((pattern * detection).sum() / pattern.sum()).item()
+    if error_measure != "abs":
+        raise ValueError(f"error_measure must be 'mul' or 'abs', got {error_measure!r}")
+    diff = (pattern - detection).abs()
+    if exclude_bos:
+        diff[:, 0] = 0
+    if exclude_current_token:
+        diff.fill_diagonal_(0)
+    return 1 - round((diff.mean() * len(diff)).item(), 3)
+
+
+def attention_patterns(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """[batch, layers, heads, q, k] attention patterns through the model's hook points."""
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
+    names = sorted(
+        (k for k in cache if k.endswith("attn.hook_pattern")),
+        key=lambda k: int(k.split(".")[1]),
+    )
+    return torch.stack([cache[name] for name in names], dim=1)
+
+
+@torch.no_grad()
+def head_scores(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    kind: HeadKind,
+    exclude_bos: bool = False,
+    exclude_current_token: bool = False,
+    error_measure: ErrorMeasure = "mul",
+) -> torch.Tensor:
+    """[layers, heads] scores for each sequence of tokens [batch, pos], averaged over the batch
+    (TransformerLens's `detect_head` on a list of sequences)."""
+    tokens = tokens if tokens.dim() == 2 else tokens[None]
+    patterns = attention_patterns(model, tokens)
+    scores = torch.zeros(patterns.shape[:3])
+    for b in range(tokens.shape[0]):
+        detection = detection_pattern(kind, tokens[b])
+        for layer in range(patterns.shape[1]):
+            for head in range(patterns.shape[2]):
+                scores[b, layer, head] = pattern_score(
+                    patterns[b, layer, head],
+                    detection,
+                    exclude_bos,
+                    exclude_current_token,
+                    error_measure,
+                )
+    return scores.mean(0)
+
+
+# --------------------------------------------------------------------------- repeated random tokens
+def repeated_random_tokens(
+    vocab_size: int, seq_len: int, batch: int = 8, seed: int = 0, bos: int | None = None
+) -> torch.Tensor:
+    """[batch, (1 +) 2 * seq_len]: a random sequence followed by itself (after an optional BOS)."""
+    g = torch.Generator().manual_seed(seed)
+    half = torch.randint(0, vocab_size, (batch, seq_len), generator=g)
+    parts = [half, half]
+    if bos is not None:
+        parts.insert(0, torch.full((batch, 1), bos, dtype=half.dtype))
+    return torch.cat(parts, dim=1)
+
+
+@dataclass
+class RepeatedTokensResult:
+    induction_score: (
+        torch.Tensor
+    )  # [layers, heads]: mean attention to the token after the earlier copy
+    loss_first: float  # mean next-token loss over the first copy
+    loss_second: float  # over the second copy: low when the model copies in context
+    loss_per_position: torch.Tensor  # [2 * seq_len - 1 (+1)]
+
+
+@torch.no_grad()
+def repeated_tokens_test(
+    model: torch.nn.Module, tokens: torch.Tensor, seq_len: int
+) -> RepeatedTokensResult:
+    """The repeated-random-tokens test (Olsson et al. 2022): on [.., r, r], an induction head at a
+    token of the second copy attends to the token right after that token's first occurrence; a model
+    with induction predicts the second copy far better than the first."""
+    offset = tokens.shape[1] - 2 * seq_len  # 1 with a BOS
+    patterns = attention_patterns(model, tokens)  # [b, L, H, q, k]
+    q = torch.arange(offset + seq_len, tokens.shape[1])
+    k = q - seq_len + 1
+    induction = patterns[:, :, :, q, k].mean(dim=(0, 3))
+    logits = model(tokens)
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    nll = -logp.gather(-1, tokens[:, 1:, None])[..., 0]  # position i predicts token i + 1
+    per_pos = nll.mean(0)
+    first = per_pos[offset : offset + seq_len - 1].mean().item()
+    second = per_pos[offset + seq_len :].mean().item()
+    return RepeatedTokensResult(induction.cpu(), first, second, per_pos.cpu())
+
+
+@torch.no_grad()
+def in_context_learning_score(
+    model: torch.nn.Module, tokens: torch.Tensor, early: int = 50, late: int = 500
+) -> float:
+    """Olsson et al.'s ICL score: loss at the `late`-th token minus loss at the `early`-th token,
+    averaged over the batch [batch, pos > late]. Negative: later tokens are predicted better."""
+    if tokens.shape[1] <= late:
+        raise ValueError(f"sequences need more than {late} tokens, got {tokens.shape[1]}")
+    logits = model(tokens[:, : late + 1])
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    loss_at = lambda i: -logp[:, i - 1].gather(-1, tokens[:, i, None])[:, 0].mean().item()  # noqa: E731
+    return loss_at(late) - loss_at(early)
+
+
+def phase_change(
+    tokens_seen: list[int] | np.ndarray, scores: list[float] | np.ndarray, threshold: float = 0.3
+) -> dict:
+    """When induction heads form, from a score per milestone (e.g. the best head's induction
+    score): the first milestone at or above `threshold`, and the interval of steepest rise."""
+    x, y = np.asarray(tokens_seen, dtype=float), np.asarray(scores, dtype=float)
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError("need the same number (>= 2) of token counts and scores")
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    above = np.nonzero(y >= threshold)[0]
+    rise = np.diff(y)
+    k = int(np.argmax(rise))
+    return {
+        "first_above_threshold": int(x[above[0]]) if len(above) else None,
+        "steepest_rise": (int(x[k]), int(x[k + 1])),
+        "rise": float(rise[k]),
+        "threshold": threshold,
+    }

@@ -1,0 +1,161 @@
+"""Representational similarity: CKA (Kornblith et al. 2019), its debiased form (Song et al. 2012's
+unbiased HSIC, as used by Nguyen, Raghu & Kornblith 2021), minibatch CKA that streams, and RSA.
+
+Pure functions over arrays: X [n, d1] and Y [n, d2] (torch or NumPy), the same n examples in the
+same order. Computation is in float64.
+
+    cka(X, Y) = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)     (linear kernel, centred columns)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+Array = Any  # torch.Tensor | np.ndarray
+
+
+def _t(x: Array) -> torch.Tensor:
+    t = torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x
+    if t.dim() != 2:
+        raise ValueError(f"expected a 2-D array [examples, features], got shape {tuple(t.shape)}")
+    return t.detach().to(torch.float64)
+
+
+def _same_n(x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"X and Y need the same examples: {x.shape[0]} vs {y.shape[0]} rows")
+
+
+# --------------------------------------------------------------------------- HSIC
+def _center(k: torch.Tensor) -> torch.Tensor:
+    return k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
+
+
+def hsic_biased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """tr(K H L H), up to the constant 1/(n-1)^2 that cancels in CKA."""
+    return (_center(k) * _center(l)).sum()
+
+
+def hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """Song et al. (2012): unbiased HSIC from Gram matrices (n >= 4)."""
+    n = k.shape[0]
+    if n < 4:
+        raise ValueError("the unbiased HSIC needs at least 4 examples")
+    k = k.clone().fill_diagonal_(0)
+    l = l.clone().fill_diagonal_(0)
+    ones = torch.ones(n, dtype=k.dtype, device=k.device)
+    term = (k * l).sum() + (ones @ k @ ones) * (ones @ l @ ones) / ((n - 1) * (n - 2))
+    term = term - 2.0 / (n - 2) * (ones @ k @ (l @ ones))
+    return term / (n * (n - 3))
+
+
+def linear_gram(x: torch.Tensor) -> torch.Tensor:
+    return x @ x.T
+
+
+def rbf_gram(x: torch.Tensor, sigma_frac: float = 1.0) -> torch.Tensor:
+    """exp(-||xi - xj||^2 / (2 s^2)) with s = sigma_frac x the median pairwise distance, so the
+    kernel is invariant to isotropic scaling of X."""
+    sq = torch.cdist(x, x).pow(2)
+    median = sq[~torch.eye(len(x), dtype=torch.bool, device=x.device)].median().sqrt()
+    s = sigma_frac * median
+    return torch.exp(-sq / (2 * s * s))
+
+
+# --------------------------------------------------------------------------- CKA
+def cka(
+    X: Array, Y: Array, kernel: str = "linear", debiased: bool = False, sigma_frac: float = 1.0
+) -> float:
+    """Centred kernel alignment of two representations of the same n examples, in [0, 1]
+    (debiased estimates can dip slightly below 0 for unrelated representations)."""
+    x, y = _t(X), _t(Y)
+    _same_n(x, y)
+    if kernel == "linear" and not debiased:
+        # Feature space: cost O(n d^2), no n x n matrices (20k tokens at width 768 is cheap).
+        x, y = x - x.mean(0), y - y.mean(0)
+        cross = (y.T @ x).pow(2).sum()
+        return float(cross / ((x.T @ x).norm() * (y.T @ y).norm()))
+    if kernel == "linear":
+        k, l = linear_gram(x), linear_gram(y)
+    elif kernel == "rbf":
+        k, l = rbf_gram(x, sigma_frac), rbf_gram(y, sigma_frac)
+    else:
+        raise ValueError(f"kernel must be 'linear' or 'rbf', got {kernel!r}")
+    hsic = hsic_unbiased if debiased else hsic_biased
+    return float(hsic(k, l) / (hsic(k, k) * hsic(l, l)).sqrt())
+
+
+class MinibatchCKA:
+    """Streaming linear CKA between every layer of A and every layer of B (Nguyen, Raghu &
+    Kornblith 2021): unbiased HSIC averaged over minibatches, so memory is bounded by one batch's
+    Gram matrices whatever the number of examples.
+
+        acc = MinibatchCKA(n_a, n_b)
+        for batch in batches: acc.update([acts_a[l] for l ...], [acts_b[l] for l ...])
+        matrix = acc.result()    # [n_a, n_b]
+    """
+
+    def __init__(self, n_a: int, n_b: int):
+        self.xy = torch.zeros(n_a, n_b, dtype=torch.float64)
+        self.xx = torch.zeros(n_a, dtype=torch.float64)
+        self.yy = torch.zeros(n_b, dtype=torch.float64)
+        self.batches = 0
+
+    def update(self, acts_a: Sequence[Array], acts_b: Sequence[Array]) -> None:
+        grams_a = [linear_gram(_t(a)) for a in acts_a]
+        grams_b = [linear_gram(_t(b)) for b in acts_b]
+        for i, k in enumerate(grams_a):
+            self.xx[i] += hsic_unbiased(k, k)
+            for j, l in enumerate(grams_b):
+                self.xy[i, j] += hsic_unbiased(k, l)
+        for j, l in enumerate(grams_b):
+            self.yy[j] += hsic_unbiased(l, l)
+        self.batches += 1
+
+    def result(self) -> np.ndarray:
+        if not self.batches:
+            raise ValueError("MinibatchCKA.result() before any update()")
+        return (self.xy / (self.xx[:, None] * self.yy[None, :]).sqrt()).numpy()
+
+
+def cka_matrix(
+    acts_a: Sequence[Array],
+    acts_b: Sequence[Array] | None = None,
+    kernel: str = "linear",
+    debiased: bool = False,
+) -> np.ndarray:
+    """[len(acts_a), len(acts_b)] CKA between every pair of layers (or milestones). With one list,
+    the symmetric layer x layer matrix of a single model."""
+    acts_b = acts_a if acts_b is None else acts_b
+    out = np.zeros((len(acts_a), len(acts_b)))
+    for i, a in enumerate(acts_a):
+        for j, b in enumerate(acts_b):
+            if acts_b is acts_a and j < i:
+                out[i, j] = out[j, i]
+            else:
+                out[i, j] = cka(a, b, kernel=kernel, debiased=debiased)
+    return out
+
+
+# --------------------------------------------------------------------------- RSA
+def rdm(X: Array, metric: str = "correlation") -> np.ndarray:
+    """Representational dissimilarity matrix (condensed upper triangle) between the n examples:
+    1 - Pearson correlation of their activation patterns, or Euclidean distance."""
+    from scipy.spatial.distance import pdist
+
+    if metric not in ("correlation", "euclidean"):
+        raise ValueError(f"metric must be 'correlation' or 'euclidean', got {metric!r}")
+    return pdist(_t(X).numpy(), metric=metric)
+
+
+def rsa(X: Array, Y: Array, metric: str = "correlation") -> float:
+    """Spearman correlation between the two representations' dissimilarity matrices."""
+    from scipy.stats import spearmanr
+
+    x, y = _t(X), _t(Y)
+    _same_n(x, y)
+    return float(spearmanr(rdm(x, metric), rdm(y, metric)).statistic)

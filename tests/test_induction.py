@@ -1,0 +1,155 @@
+"""Induction and head-type scores: TransformerLens semantics, bridge parity, planted heads."""
+
+import pytest
+import torch
+from conftest import odd_config
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformer_lens import head_detector as tl
+
+from labkit.analysis.induction import (
+    detection_pattern,
+    head_scores,
+    in_context_learning_score,
+    pattern_score,
+    phase_change,
+    repeated_random_tokens,
+    repeated_tokens_test,
+)
+from labkit.export import to_hf
+from labkit.model import LabModel
+
+
+def test_detection_patterns_equal_transformerlens():
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 6, (1, 25), generator=g)  # plenty of repeats
+    assert torch.equal(
+        detection_pattern("previous_token", tokens),
+        tl.get_previous_token_head_detection_pattern(tokens),
+    )
+    assert torch.equal(
+        detection_pattern("duplicate_token", tokens),
+        tl.get_duplicate_token_head_detection_pattern(tokens),
+    )
+    assert torch.equal(
+        detection_pattern("induction", tokens), tl.get_induction_head_detection_pattern(tokens)
+    )
+
+
+@pytest.mark.parametrize("measure", ["mul", "abs"])
+@pytest.mark.parametrize("exclude", [(False, False), (True, False), (False, True), (True, True)])
+def test_pattern_score_equals_transformerlens(measure, exclude):
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 5, (1, 12), generator=g)
+    scores = torch.randn(12, 12, generator=g).masked_fill(
+        ~torch.ones(12, 12, dtype=torch.bool).tril(), float("-inf")
+    )
+    pattern = torch.softmax(scores, -1)
+    det = tl.get_induction_head_detection_pattern(tokens)
+    ours = pattern_score(pattern, det, *exclude, error_measure=measure)
+    theirs = tl.compute_head_attention_similarity_score(
+        pattern.clone(),
+        det,
+        exclude_bos=exclude[0],
+        exclude_current_token=exclude[1],
+        error_measure=measure,
+    )
+    assert ours == pytest.approx(theirs, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=301,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(["the cat sat on the mat and the dog ran to the cat"] * 30, trainer)
+    torch.manual_seed(3)
+    model = LabModel(odd_config("mla", n_layers=2)).eval()
+    out = to_hf(model, tmp_path_factory.mktemp("induction"), tokenizer=tok)
+    return model, out
+
+
+@pytest.mark.parametrize("kind", ["previous_token", "duplicate_token", "induction"])
+def test_scores_agree_with_detect_head_on_the_bridge(exported, kind):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    model, out = exported
+    bridge = TransformerBridge.boot_transformers(str(out), device="cpu")
+    seq = "the cat sat on the mat the cat sat on the mat and the dog"
+    tokens = bridge.to_tokens(seq)
+    theirs = tl.detect_head(bridge, seq, f"{kind}_head")
+    ours = head_scores(model, tokens, kind)
+    torch.testing.assert_close(ours, theirs.float(), rtol=1e-4, atol=1e-5)
+
+
+def plant_induction_head(model, layer, head, seq_len, offset):
+    """Overwrite one head's pattern with perfect induction on [BOS, r, r]; elsewhere, attend BOS."""
+
+    def hook(pattern, hook):
+        t = pattern.shape[-1]
+        planted = torch.zeros(t, t)
+        planted[:, 0] = 1.0
+        for q in range(offset + seq_len, t):
+            planted[q] = 0
+            planted[q, q - seq_len + 1] = 1.0
+        pattern[:, head] = planted
+        return pattern
+
+    model.add_perma_hook(f"blocks.{layer}.attn.hook_pattern", hook)
+
+
+def test_planted_induction_head_is_found():
+    model = LabModel(odd_config("gqa", n_layers=2)).eval()
+    seq_len = 10
+    tokens = repeated_random_tokens(
+        model.cfg.vocab_size - 1, seq_len, batch=3, seed=2, bos=model.cfg.vocab_size - 1
+    )
+    plant_induction_head(model, layer=1, head=2, seq_len=seq_len, offset=1)
+    result = repeated_tokens_test(model, tokens, seq_len)
+    assert result.induction_score[1, 2].item() == pytest.approx(1.0)
+    assert result.induction_score.flatten().topk(2).values[1] < 0.5
+    scores = head_scores(model, tokens, "induction", exclude_bos=True)
+    assert (
+        scores[1, 2].item() == pytest.approx(1.0)
+        and scores.argmax().item() == 1 * model.cfg.n_heads + 2
+    )
+    assert result.loss_per_position.shape == (2 * seq_len,)
+    model.reset_hooks(including_permanent=True)
+
+
+def test_repeated_tokens_losses_match_a_direct_computation():
+    model = LabModel(odd_config("mla", n_layers=2)).eval()
+    tokens = repeated_random_tokens(model.cfg.vocab_size, 8, batch=2, seed=4)
+    result = repeated_tokens_test(model, tokens, 8)
+    logits = model(tokens)
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="none"
+    ).view(2, -1)
+    assert result.loss_first == pytest.approx(nll[:, :7].mean().item(), rel=1e-5)
+    assert result.loss_second == pytest.approx(nll[:, 8:].mean().item(), rel=1e-5)
+
+
+def test_in_context_learning_score():
+    model = LabModel(odd_config("gqa", n_layers=1, max_seq_len=64)).eval()
+    tokens = torch.randint(0, model.cfg.vocab_size, (3, 40))
+    score = in_context_learning_score(model, tokens, early=5, late=30)
+    logp = torch.log_softmax(model(tokens[:, :31]), -1)
+    expected = (
+        -logp[:, 29].gather(-1, tokens[:, 30, None]).mean()
+        + logp[:, 4].gather(-1, tokens[:, 5, None]).mean()
+    )
+    assert score == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="more than 30 tokens"):
+        in_context_learning_score(model, tokens[:, :20], early=5, late=30)
+
+
+def test_phase_change():
+    tokens = [0, 1000, 2000, 4000, 8000, 16000]
+    scores = [0.02, 0.03, 0.05, 0.41, 0.52, 0.55]
+    out = phase_change(tokens, scores, threshold=0.3)
+    assert out["first_above_threshold"] == 4000 and out["steepest_rise"] == (2000, 4000)
+    assert phase_change(tokens, [0.0] * 6)["first_above_threshold"] is None
