@@ -72,7 +72,8 @@ def collect(
     spill_dir: str | Path | None = None,
     progress: bool = True,
 ) -> Activations:
-    """Activations of `sites` x `layers` at the positions `select(sequence)` picks (default: all)."""
+    """Activations of `sites` x `layers` at the positions `select(sequence)` picks (all by
+    default)."""
     n_layers = len(model.blocks)
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
