@@ -1,0 +1,195 @@
+"""Probe tasks from specs (the YAML files in probes/, parsed to dicts by the caller): which text,
+which token positions, which label.
+
+    name: person_occupation
+    source: {kind: world, documents: 400}     # world | retrieval | data (a split of the data set)
+    positions: {kind: span, type: person}     # all_tokens | span | last_token | document_mean |
+                                              # question_end
+    label: {kind: entity_attr, entity: people, attr: occupation}
+                                              # token_is_digit | doc_label | entity_attr |
+                                              # number_value | answerable
+    task: classification                      # or regression
+    control: token_type                       # or document, or entity (span targets: one random
+                                              # label per entity or world quantity)
+
+World-generated sources use the world the model was trained on (seed and sizes from the data
+manifest) with a separate document stream, so entity attributes are the model's own facts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+POSITION_KINDS = ("all_tokens", "span", "last_token", "document_mean", "question_end")
+LABEL_KINDS = ("token_is_digit", "doc_label", "entity_attr", "number_value", "answerable")
+SPAN_TYPES = {"people": "person", "cities": "city", "organisations": "organisation",
+              "elements": "element", "species": "species", "events": "event"}  # fmt: skip
+
+
+@dataclass
+class ProbeData:
+    sequences: list[list[int]]
+    positions: list[list[int]]  # per sequence, the token positions read
+    labels: np.ndarray  # one per example
+    types: np.ndarray  # control-task type per example (token id or document index)
+    groups: np.ndarray  # document index per example
+    task: str
+    document_mean: bool  # average a document's positions into one example
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.labels)
+
+
+CONTROLS = ("token_type", "document", "entity")
+
+
+def validate_spec(spec: dict[str, Any]) -> None:
+    for key in ("name", "source", "positions", "label"):
+        if key not in spec:
+            raise ValueError(f"probe spec {spec.get('name', '?')!r} has no {key!r}")
+    if spec["positions"].get("kind") not in POSITION_KINDS:
+        raise ValueError(f"probe {spec['name']}: positions.kind must be one of {POSITION_KINDS}")
+    if spec["label"].get("kind") not in LABEL_KINDS:
+        raise ValueError(f"probe {spec['name']}: label.kind must be one of {LABEL_KINDS}")
+    if spec.get("control", "token_type") not in CONTROLS:
+        raise ValueError(f"probe {spec['name']}: control must be one of {CONTROLS}")
+    if spec.get("control") == "entity" and spec["positions"]["kind"] != "span":
+        raise ValueError(f"probe {spec['name']}: control 'entity' needs span positions")
+    if spec.get("task", "classification") not in ("classification", "regression"):
+        raise ValueError(f"probe {spec['name']}: task must be classification or regression")
+
+
+def _documents(spec: dict, manifest: dict, data_dir: Path | None) -> list[dict]:
+    from labkit.data.documents import generate_documents
+    from labkit.data.retrieval import generate_retrieval
+
+    source = spec["source"]
+    kind = source.get("kind", "world")
+    if kind == "data":
+        if data_dir is None:
+            raise ValueError(f"probe {spec['name']}: source kind 'data' needs the data set")
+        path = data_dir / "text" / f"{source['split']}.jsonl"
+        if not path.exists():
+            raise FileNotFoundError(f"probe {spec['name']}: {path} not found")
+        docs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return docs[: source.get("documents", len(docs))]
+    world = _world(manifest)
+    n, seed = source.get("documents", 300), source.get("seed", manifest["config"]["seed"])
+    if kind == "world":
+        return generate_documents(world, n, seed, split=f"probe-{spec['name']}")
+    if kind == "retrieval":
+        return generate_retrieval(world, n, seed, split=f"probe-{spec['name']}")
+    raise ValueError(f"probe {spec['name']}: source.kind must be world, retrieval or data")
+
+
+def _world(manifest: dict):
+    from labkit.data.world import build_world
+
+    cfg = manifest["config"]
+    return build_world(cfg["seed"], **{f"n_{k}": v for k, v in cfg["world"].items()})
+
+
+def build_probe_data(
+    spec: dict[str, Any],
+    tokenizer,
+    manifest: dict,
+    data_dir: Path | None = None,
+    max_len: int = 256,
+) -> ProbeData:
+    """Tokenize the spec's documents and pick its positions and labels. `tokenizer` is a
+    `tokenizers.Tokenizer` (the run's tokenizer.json)."""
+    validate_spec(spec)
+    docs = _documents(spec, manifest, data_dir)
+    pos_spec, label_spec = spec["positions"], spec["label"]
+    world = _world(manifest) if label_spec["kind"] == "entity_attr" else None
+    sequences, positions, labels, types, groups = [], [], [], [], []
+    for d_idx, doc in enumerate(docs):
+        enc = tokenizer.encode(doc["text"])
+        ids, offsets = enc.ids[:max_len], enc.offsets[:max_len]
+        if len(ids) < 2:
+            continue
+        picked: list[tuple[int, Any]] = []  # (position, label)
+        kind = pos_spec["kind"]
+        if label_spec["kind"] == "token_is_digit":
+            picked = [
+                (i, int(tokenizer.id_to_token(t).lstrip("Ġ").isdigit())) for i, t in enumerate(ids)
+            ]
+        elif kind in ("document_mean", "last_token"):
+            value = _doc_label(doc, label_spec, spec["name"])
+            picked = (
+                [(i, value) for i in range(len(ids))]
+                if kind == "document_mean"
+                else [(len(ids) - 1, value)]
+            )
+        elif kind == "question_end":
+            end = doc["text"].find("\nAnswer:")
+            last = max((i for i, (s, e) in enumerate(offsets) if e <= end), default=None)
+            if last is not None:
+                picked = [(last, _doc_label(doc, label_spec, spec["name"]))]
+        elif kind == "span":
+            ids_of_spans = {}
+            for span in doc.get("spans", []):
+                if span["type"] != pos_spec["type"]:
+                    continue
+                toks = [
+                    i for i, (s, e) in enumerate(offsets) if s < span["end"] and e > span["start"]
+                ]
+                if not toks:
+                    continue
+                value = _span_label(span, label_spec, world, spec["name"])
+                if value is not None:
+                    picked.append((toks[-1], value))  # read at the mention's last token
+                    ids_of_spans[toks[-1]] = f"{span['type']}:{span['id']}"
+        elif kind == "all_tokens":
+            value = _doc_label(doc, label_spec, spec["name"])
+            picked = [(i, value) for i in range(len(ids))]
+        if not picked:
+            continue
+        sequences.append(ids)
+        positions.append([p for p, _ in picked])
+        labels += [v for _, v in picked]
+        control = spec.get("control", "token_type")
+        if control == "entity":  # one random label per entity / world quantity (span id)
+            types += [ids_of_spans[p] for p, _ in picked]
+        elif control == "document" or kind == "document_mean":
+            types += [f"doc{d_idx}" for _ in picked]
+        else:  # token_type: one random label per token id (Hewitt & Liang)
+            types += [f"tok{ids[p]}" for p, _ in picked]
+        groups += [d_idx] * len(picked)
+    if not labels:
+        raise ValueError(f"probe {spec['name']}: no examples (check positions and label)")
+    task = spec.get("task", "classification")
+    mean = pos_spec["kind"] == "document_mean"
+    arrays = np.asarray(labels), np.asarray(types), np.asarray(groups)
+    return ProbeData(sequences, positions, *arrays, task, mean)
+
+
+def _doc_label(doc: dict, label: dict, name: str) -> Any:
+    if label["kind"] == "doc_label":
+        if "labels" not in doc or label["key"] not in doc["labels"]:
+            raise ValueError(f"probe {name}: documents carry no label {label['key']!r}")
+        return doc["labels"][label["key"]]
+    if label["kind"] == "answerable":
+        return int(bool(doc["answerable"]))
+    raise ValueError(f"probe {name}: label kind {label['kind']!r} does not fit these positions")
+
+
+def _span_label(span: dict, label: dict, world, name: str) -> Any:
+    if label["kind"] == "entity_attr":
+        entity = getattr(world, label["entity"])[int(span["id"])]
+        return getattr(entity, label["attr"])
+    if label["kind"] == "number_value":
+        if span["id"] == "result" or span["id"].endswith(".date"):
+            return None
+        try:
+            return math.log10(1 + abs(float(span["attr"])))
+        except (KeyError, ValueError):
+            return None
+    raise ValueError(f"probe {name}: label kind {label['kind']!r} does not fit span positions")
