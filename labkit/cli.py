@@ -81,6 +81,7 @@ PROBE_SITES = (
 
 
 def _milestones(args: argparse.Namespace) -> list:
+    """The milestone directories named by --checkpoint, or by --run and --milestones."""
     from pathlib import Path
 
     from labkit.checkpoint import list_milestones
@@ -173,6 +174,171 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_sequences(data_dir, split: str, n_docs: int, max_len: int) -> list[list[int]]:
+    """Token sequences of the first documents of a held-out split of the run's data set."""
+    import json
+    from pathlib import Path
+
+    from labkit.data.tokenizer import load_tokenizer
+
+    path = Path(data_dir) / "text" / f"eval_{split}.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {data_dir} a built data set?")
+    tok = load_tokenizer(Path(data_dir) / "tokenizer.json")
+    docs = [json.loads(line)["text"] for line in path.read_text().splitlines()[:n_docs]]
+    return [ids[:max_len] for ids in (e.ids for e in tok.encode_batch(docs)) if len(ids) >= 4]
+
+
+def _write_json(path: str | None, payload) -> None:
+    import json
+    from pathlib import Path
+
+    if path:
+        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {path}")
+
+
+def cmd_induction(args: argparse.Namespace) -> int:
+    import torch
+
+    from labkit.analysis.induction import (
+        copying_scores,
+        head_scores,
+        phase_change,
+        repeated_random_tokens,
+        repeated_tokens_test,
+    )
+    from labkit.checkpoint import load
+
+    rows = []
+    for path in _milestones(args):
+        model, meta = load(path)
+        seq_len = min(args.seq_len, (model.cfg.max_seq_len - 1) // 2)
+        tokens = repeated_random_tokens(model.cfg.vocab_size, seq_len, batch=args.batch, seed=0)
+        rep = repeated_tokens_test(model, tokens, seq_len)
+        text = torch.tensor(
+            _eval_sequences(meta["data_dir"], "general", 1, model.cfg.max_seq_len)[0]
+        )
+        row = {"milestone": path.name, "tokens": meta["tokens"], "seq_len": seq_len,
+               "induction": rep.induction_score.tolist(), "loss_first_copy": rep.loss_first,
+               "loss_second_copy": rep.loss_second,
+               "max_induction": float(rep.induction_score.max()),
+               "previous_token": head_scores(model, text, "previous_token").tolist(),
+               "duplicate_token": head_scores(model, text, "duplicate_token").tolist(),
+               "copying": copying_scores(model).tolist()}  # fmt: skip
+        rows.append(row)
+        print(f"{path.name}: max induction {row['max_induction']:.3f}, loss on the copies "
+              f"{rep.loss_first:.2f} -> {rep.loss_second:.2f}")  # fmt: skip
+    result = {"milestones": rows}
+    if len(rows) >= 2:
+        result["phase_change"] = phase_change(
+            [r["tokens"] for r in rows], [r["max_induction"] for r in rows], args.threshold
+        )
+        print(f"phase change: {result['phase_change']}")
+    _write_json(args.json, result)
+    return 0
+
+
+def cmd_cka(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from labkit.analysis.activations import collect
+    from labkit.analysis.similarity import cka, cka_matrix
+    from labkit.checkpoint import list_milestones, load
+
+    def layer_acts(path, seqs):
+        model, meta = load(path)
+        acts = collect(model, seqs, [args.site], list(range(model.cfg.n_layers)), progress=False)
+        return [np.asarray(acts[args.site, i]) for i in range(model.cfg.n_layers)], meta
+
+    runs = [Path(r) for r in args.runs]
+    first = list_milestones(runs[0])
+    if not first:
+        raise FileNotFoundError(f"no milestones in {runs[0]}")
+    _, meta0 = load(first[-1])
+    seqs = _eval_sequences(meta0["data_dir"], args.split, args.documents, args.max_len)
+    result: dict = {"site": args.site, "split": args.split, "documents": len(seqs)}
+    final, _ = layer_acts(first[-1], seqs)
+    result["within"] = {first[-1].name: cka_matrix(final).tolist()}
+    to_final = {}
+    for path in first:
+        acts, meta = layer_acts(path, seqs)
+        to_final[path.name] = [cka(a, b) for a, b in zip(acts, final, strict=True)]
+    result["to_final"] = to_final
+    print(f"{runs[0].name}: CKA of each layer to its final state")
+    for name, vals in to_final.items():
+        print(f"  {name}: " + " ".join(f"{v:.2f}" for v in vals))
+    if len(runs) == 2:
+        other = {p.name: p for p in list_milestones(runs[1])}
+        between = {}
+        for path in first:
+            if path.name in other:
+                a, _ = layer_acts(path, seqs)
+                b, _ = layer_acts(other[path.name], seqs)
+                between[path.name] = cka_matrix(a, b).tolist()
+        if not between:
+            raise ValueError(f"{runs[0].name} and {runs[1].name} share no milestone names")
+        result["between"] = between
+        last = list(between)[-1]
+        diagonal = " ".join(f"{between[last][i][i]:.2f}" for i in range(len(between[last])))
+        print(f"{runs[0].name} vs {runs[1].name} at {last}: diagonal {diagonal}")
+    _write_json(args.json, result)
+    return 0
+
+
+def cmd_latent(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from labkit.analysis.activations import collect
+    from labkit.analysis.latent import (
+        direction_ablation_loss,
+        kv_variance_explained,
+        spectrum,
+        truncated_latent_loss,
+    )
+    from labkit.checkpoint import load
+
+    rows = []
+    for path in _milestones(args):
+        model, meta = load(path)
+        if model.cfg.attention != "mla":
+            raise ValueError(
+                f"{path} is a {model.cfg.attention.upper()} model: `labkit latent` needs MLA"
+            )
+        seqs = _eval_sequences(meta["data_dir"], args.split, args.documents, args.max_len)
+        layers = list(range(model.cfg.n_layers))
+        acts = collect(model, seqs, ["kv_latent"], layers, progress=False)
+        width = min(len(s) for s in seqs)
+        tokens = torch.tensor([s[:width] for s in seqs])
+        r = model.cfg.kv_lora_rank
+        ranks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if k < r} | {r})
+        for layer in layers:
+            spec = spectrum(np.asarray(acts["kv_latent", layer]))
+            c_kv = acts["kv_latent", layer]
+            row = {
+                "milestone": path.name,
+                "tokens": meta["tokens"],
+                "layer": layer,
+                "participation_ratio": spec.participation_ratio,
+                "entropy_rank": spec.entropy_rank,
+                "singular_values": spec.singular_values.tolist(),
+                "ranks": ranks,
+                "kv_variance_explained": kv_variance_explained(model, layer, c_kv, ranks),
+                "truncated_loss": truncated_latent_loss(model, tokens, layer, spec, ranks),
+                "direction_ablation_loss": direction_ablation_loss(
+                    model, tokens, layer, spec, list(range(min(3, r)))
+                ),
+            }
+            rows.append(row)
+            print(f"{path.name} layer {layer}: participation ratio {spec.participation_ratio:.1f}, "
+                  f"entropy rank {spec.entropy_rank:.1f} of {r}")  # fmt: skip
+    _write_json(args.json, {"rows": rows})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labkit", description="Pre-train small MLA/GQA models and look inside them."
@@ -215,6 +381,47 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--max-documents", type=int, help="cap the spec's number of documents")
     probe.add_argument("--probes-dir", default=str(Path(__file__).resolve().parents[1] / "probes"))
     probe.set_defaults(func=cmd_probe)
+
+    def run_args(p, multi: bool = False) -> None:
+        if not multi:
+            where = p.add_mutually_exclusive_group(required=True)
+            where.add_argument("--run", help="a run directory")
+            where.add_argument("--checkpoint", help="one milestone directory")
+            p.add_argument("--milestones", default="all", help="'all' or a comma list")
+        p.add_argument("--json", help="write the results here")
+
+    ind = sub.add_parser(
+        "induction", help="induction, previous/duplicate-token and copying scores over milestones"
+    )
+    run_args(ind)
+    ind.add_argument(
+        "--seq-len", type=int, default=32, help="length of the repeated random sequence"
+    )
+    ind.add_argument("--batch", type=int, default=8)
+    ind.add_argument(
+        "--threshold", type=float, default=0.3, help="induction score that counts as formed"
+    )
+    ind.set_defaults(func=cmd_induction)
+
+    ck = sub.add_parser(
+        "cka", help="CKA layer x layer within a run, to the final state, and between two runs"
+    )
+    ck.add_argument("--runs", nargs="+", required=True, help="one run, or two (e.g. MLA and GQA)")
+    ck.add_argument("--site", default="resid_post", choices=list(PROBE_SITES))
+    ck.add_argument("--split", default="general", help="held-out split whose text is used")
+    ck.add_argument("--documents", type=int, default=64)
+    ck.add_argument("--max-len", type=int, default=128)
+    run_args(ck, multi=True)
+    ck.set_defaults(func=cmd_cka)
+
+    la = sub.add_parser(
+        "latent", help="the MLA latent c_kv over milestones: spectrum, k/v variance, truncation"
+    )
+    run_args(la)
+    la.add_argument("--split", default="general")
+    la.add_argument("--documents", type=int, default=32)
+    la.add_argument("--max-len", type=int, default=64)
+    la.set_defaults(func=cmd_latent)
     return parser
 
 

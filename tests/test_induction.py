@@ -153,3 +153,24 @@ def test_phase_change():
     out = phase_change(tokens, scores, threshold=0.3)
     assert out["first_above_threshold"] == 4000 and out["steepest_rise"] == (2000, 4000)
     assert phase_change(tokens, [0.0] * 6)["first_above_threshold"] is None
+
+
+def test_copying_score_finds_a_planted_copying_head():
+    """Make head 1 of layer 0 an identity-like OV circuit with a tied unembedding: it copies."""
+    cfg = odd_config(
+        "gqa", n_layers=1, n_heads=4, n_kv_heads=4, d_model=48, head_dim=12, tie_embeddings=True
+    )
+    model = LabModel(cfg).eval()
+    from labkit.analysis.induction import copying_scores
+
+    with torch.no_grad():
+        attn = model.blocks[0].attn
+        basis = torch.linalg.qr(torch.randn(48, 48))[0][:, :12]  # a 12-dim subspace of the residual
+        model.embed.weight.copy_(torch.randn(cfg.vocab_size, 12) @ basis.T)  # embeddings live in it
+        attn.v_proj.weight[12:24] = basis.T  # head 1 reads the subspace...
+        attn.o_proj.weight[:, 12:24] = basis  # ...and writes it back unchanged
+        attn.o_proj.weight[:, :12] = 0
+        attn.o_proj.weight[:, 24:] = 0
+    scores = copying_scores(model, n_tokens=150)
+    assert scores[0, 1] > 0.9
+    assert scores[0, [0, 2, 3]].max() < 0.1

@@ -148,3 +148,61 @@ def test_probe_errors_list_the_valid_choices(reference, capsys):
         == 2
     )
     assert "layers 0..1" in capsys.readouterr().err
+
+
+def test_induction_cka_and_latent_commands_on_the_ci_run(reference, tmp_path, capsys):
+    ind, ck, lat = tmp_path / "ind.json", tmp_path / "cka.json", tmp_path / "lat.json"
+    assert (
+        main(
+            [
+                "induction",
+                "--run",
+                str(reference),
+                "--json",
+                str(ind),
+                "--seq-len",
+                "16",
+                "--batch",
+                "2",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(ind.read_text())
+    assert len(result["milestones"]) >= 3 and "phase_change" in result
+    first = result["milestones"][0]
+    assert np.array(first["induction"]).shape == (2, 4) and np.array(first["copying"]).shape == (
+        2,
+        4,
+    )
+    assert (
+        main(
+            ["cka", "--runs", str(reference), str(reference), "--documents", "8", "--json", str(ck)]
+        )
+        == 0
+    )
+    cka = json.loads(ck.read_text())
+    final = max(cka["to_final"], key=lambda k: int(k.split("_")[-1]))
+    assert np.allclose(cka["to_final"][final], 1.0) and np.allclose(
+        np.diag(cka["between"][final]), 1.0
+    )
+    assert (
+        main(
+            [
+                "latent",
+                "--run",
+                str(reference),
+                "--milestones",
+                "24576",
+                "--documents",
+                "4",
+                "--json",
+                str(lat),
+            ]
+        )
+        == 0
+    )
+    rows = json.loads(lat.read_text())["rows"]
+    assert [r["layer"] for r in rows] == [0, 1]
+    assert rows[0]["kv_variance_explained"]["k"][-1] == pytest.approx(1.0, abs=1e-9)
+    assert 1 <= rows[0]["participation_ratio"] <= 32

@@ -179,3 +179,43 @@ def phase_change(
         "rise": float(rise[k]),
         "threshold": threshold,
     }
+
+
+@torch.no_grad()
+def copying_scores(
+    model: torch.nn.Module,
+    tokens: torch.Tensor | None = None,
+    n_tokens: int = 200,
+    top_k: int = 5,
+    seed: int = 0,
+) -> torch.Tensor:
+    """[layers, heads]: the share of tokens t whose own logit is among the top-k when each head's
+    OV circuit writes what attending to t would move (embedding -> ln1 -> values -> output
+    projection -> ln_final -> unembedding; the direct path). MLA's values are computed exactly, its
+    latent norm included. High for heads that copy the token they attend to (Olsson et al.)."""
+    cfg = model.cfg
+    if tokens is None:
+        tokens = torch.randperm(cfg.vocab_size, generator=torch.Generator().manual_seed(seed))[
+            :n_tokens
+        ]
+    emb = model.embed.weight[tokens]  # [n, d]
+    out = torch.zeros(cfg.n_layers, cfg.n_heads)
+    for layer, block in enumerate(model.blocks):
+        x = block.ln1(emb[:, None])[:, 0].float()
+        attn = block.attn
+        if cfg.attention == "mla":
+            c = attn.kv_norm(attn.kv_down(x)[:, : cfg.kv_lora_rank])
+            v = attn.kv_up(c).view(len(tokens), cfg.n_heads, -1)[..., cfg.qk_nope_head_dim :]
+            heads = range(cfg.n_heads)
+            values = {h: v[:, h] for h in heads}
+        else:
+            v = attn.v_proj(x).view(len(tokens), cfg.n_kv_heads, -1)
+            group = cfg.n_heads // cfg.n_kv_heads
+            values = {h: v[:, h // group] for h in range(cfg.n_heads)}
+        w_o = attn.o_proj.weight.view(cfg.d_model, cfg.n_heads, -1)  # [d, H, dv]
+        for h, vh in values.items():
+            written = vh @ w_o[:, h].T  # [n, d]
+            logits = model.unembed(model.ln_final(written[:, None])[:, 0])
+            top = logits.topk(top_k, dim=-1).indices
+            out[layer, h] = (top == tokens[:, None]).any(-1).float().mean()
+    return out
