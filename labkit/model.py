@@ -451,12 +451,14 @@ class LabModel(HookedRootModule):
         targets: Tensor | None = None,
         cache: KVCache | None = None,
         return_type: str = "logits",
+        stop_at_layer: int | None = None,
     ) -> Tensor | ForwardOutput:
         """tokens [batch, pos] -> logits [batch, pos, vocab].
 
         return_type "loss": mean next-token cross-entropy (on `targets` [batch, pos] if given,
         ignore index -100, else on the shifted tokens); "both": ForwardOutput(logits, loss).
-        With a `cache`, tokens continue the cached sequence.
+        With a `cache`, tokens continue the cached sequence. `stop_at_layer=k` (as in
+        TransformerLens) runs only blocks 0..k-1 and returns the residual stream after them.
         """
         if return_type not in ("logits", "loss", "both"):
             raise ValueError(f"return_type must be 'logits', 'loss' or 'both', got {return_type!r}")
@@ -473,8 +475,10 @@ class LabModel(HookedRootModule):
         cos, sin = rope_tables(self.cfg.rope_dim, positions, self.cfg.rope_theta)
 
         h = self.hook_embed(self.embed(tokens))
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(self.blocks[:stop_at_layer]):
             h = block(h, cos, sin, cache.layers[i] if cache is not None else None)
+        if stop_at_layer is not None:
+            return h
         logits = self.unembed(self.ln_final(h))
         if return_type == "logits":
             return logits

@@ -37,3 +37,26 @@ def test_model_benchmark_runs():
     results = bench.main(args)
     assert {"labkit", "transformers", "labkit_no_hooks"} <= set(results["tiny-gqa"])
     assert all(math.isfinite(v) and v > 0 for v in results["tiny-gqa"].values())
+
+
+def test_analysis_benchmark_runs():
+    """Not a timing test: the analysis benchmark must run end to end."""
+    from labkit.bench import analysis as bench
+
+    out = bench.main(
+        [
+            "--preset",
+            "tiny-mla",
+            "--sequences",
+            "4",
+            "--seq-len",
+            "32",
+            "--rounds",
+            "1",
+            "--cka-tokens",
+            "1500",
+        ]
+    )
+    assert set(out["collection"]) == {"labkit", "bridge", "labkit_bf16"}
+    assert all(math.isfinite(v) and v > 0 for v in out["collection"].values())
+    assert out["cka"]["diag_min"] == pytest.approx(1.0, abs=1e-6)

@@ -271,3 +271,11 @@ def test_bf16_autocast_training_step():
         losses.append(loss.item())
     assert model.embed.weight.dtype == torch.float32
     assert losses[-1] < losses[0] - 0.1
+
+
+def test_stop_at_layer_returns_the_residual_stream(model):
+    toks = tokens(model.cfg)
+    _, cache = model.run_with_cache(toks)
+    resid = model(toks, stop_at_layer=2)
+    torch.testing.assert_close(resid, cache["blocks.1.hook_resid_post"])
+    assert model(toks, stop_at_layer=0).shape == (2, 19, model.cfg.d_model)

@@ -98,6 +98,12 @@ def test_cka_matrix_is_symmetric_with_unit_diagonal(data):
     m = cka_matrix(layers)
     assert np.allclose(m, m.T) and np.allclose(np.diag(m), 1.0)
     assert cka_matrix(layers, layers[:2]).shape == (3, 2)
+    direct = np.array([[cka(a, b) for b in layers] for a in layers])
+    assert np.allclose(m, direct, rtol=1e-10)  # the shared-work path equals pairwise cka()
+    assert np.allclose(
+        cka_matrix(layers, kernel="rbf"),
+        [[cka(a, b, kernel="rbf") for b in layers] for a in layers],
+    )
 
 
 def test_rsa(data):

@@ -130,11 +130,26 @@ def cka_matrix(
 ) -> np.ndarray:
     """[len(acts_a), len(acts_b)] CKA between every pair of layers (or milestones). With one list,
     the symmetric layer x layer matrix of a single model."""
+    symmetric = acts_b is None
     acts_b = acts_a if acts_b is None else acts_b
     out = np.zeros((len(acts_a), len(acts_b)))
+    if kernel == "linear" and not debiased:
+        # Centre each layer and take its ||Xc^T Xc||_F once; a pair then costs one product.
+        ca = [_t(a) - _t(a).mean(0) for a in acts_a]
+        cb = ca if symmetric else [_t(b) - _t(b).mean(0) for b in acts_b]
+        na = [(x.T @ x).norm() for x in ca]
+        nb = na if symmetric else [(y.T @ y).norm() for y in cb]
+        for i, x in enumerate(ca):
+            for j, y in enumerate(cb):
+                if symmetric and j < i:
+                    out[i, j] = out[j, i]
+                else:
+                    _same_n(x, y)
+                    out[i, j] = float((y.T @ x).pow(2).sum() / (na[i] * nb[j]))
+        return out
     for i, a in enumerate(acts_a):
         for j, b in enumerate(acts_b):
-            if acts_b is acts_a and j < i:
+            if symmetric and j < i:
                 out[i, j] = out[j, i]
             else:
                 out[i, j] = cka(a, b, kernel=kernel, debiased=debiased)
