@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import odd_config
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
+from labkit.data.tokenizer import train_tokenizer
 from labkit.export import from_hf, to_hf
 from labkit.model import LabModel
 
@@ -21,16 +21,9 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=301,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    return train_tokenizer(
+        ["the latent cache of layer seven holds 512 values"] * 20, vocab_size=301
     )
-    tok.train_from_iterator(["the latent cache of layer seven holds 512 values"] * 20, trainer)
-    return tok
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))

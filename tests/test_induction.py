@@ -3,7 +3,6 @@
 import pytest
 import torch
 from conftest import odd_config
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformer_lens import head_detector as tl
 
 from labkit.analysis.induction import (
@@ -15,6 +14,7 @@ from labkit.analysis.induction import (
     repeated_random_tokens,
     repeated_tokens_test,
 )
+from labkit.data.tokenizer import train_tokenizer
 from labkit.export import to_hf
 from labkit.model import LabModel
 
@@ -58,15 +58,9 @@ def test_pattern_score_equals_transformerlens(measure, exclude):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=301,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    tok = train_tokenizer(
+        ["the cat sat on the mat and the dog ran to the cat"] * 30, vocab_size=301
     )
-    tok.train_from_iterator(["the cat sat on the mat and the dog ran to the cat"] * 30, trainer)
     torch.manual_seed(3)
     model = LabModel(odd_config("mla", n_layers=2)).eval()
     out = to_hf(model, tmp_path_factory.mktemp("induction"), tokenizer=tok)
