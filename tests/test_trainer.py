@@ -89,10 +89,15 @@ def test_sigkill_then_resume_is_bit_identical(ci_data, reference, tmp_path):
     assert losses(run_dir) == losses(reference)  # every step, bit for bit
 
 
+@pytest.mark.slow
 def test_torchrun_max_restarts_resumes(ci_data, reference, tmp_path):
     """A worker SIGKILLs itself at step 10 on the first attempt; torchrun restarts the group and
-    --resume picks up from the step-8 state. More than one restart is allowed because gloo's
-    reconnection after an elastic restart can race once on a loaded machine."""
+    --resume picks up from the step-8 state, bit-identically.
+
+    In the slow suite (`make test-slow`), not CI: on a loaded 2-core CPU, gloo's reconnection
+    after an elastic restart failed twice in about eight runs (once refused, once hung), a flake
+    of the restart machinery rather than of the resume. The resume itself is covered in CI by
+    test_sigkill_then_resume_is_bit_identical, which relaunches a fresh process group."""
     run_dir = tmp_path / "restarted"
     proc = run(
         ["--run-dir", str(run_dir), "--resume", "--set", "debug.kill_at_step=10"],
