@@ -262,10 +262,11 @@ def cmd_cka(args: argparse.Namespace) -> int:
     result: dict = {"site": args.site, "split": args.split, "documents": len(seqs)}
     final, _ = layer_acts(first[-1], seqs)
     result["within"] = {first[-1].name: cka_matrix(final).tolist()}
-    to_final = {}
-    for path in first:
-        acts, meta = layer_acts(path, seqs)
-        to_final[path.name] = [cka(a, b) for a, b in zip(acts, final, strict=True)]
+
+    def acts_of(path):  # one milestone in memory at a time; the final one is reused
+        return final if path == first[-1] else layer_acts(path, seqs)[0]
+
+    to_final = {p.name: [cka(a, b) for a, b in zip(acts_of(p), final, strict=True)] for p in first}
     result["to_final"] = to_final
     print(f"{runs[0].name}: CKA of each layer to its final state")
     for name, vals in to_final.items():
@@ -275,9 +276,8 @@ def cmd_cka(args: argparse.Namespace) -> int:
         between = {}
         for path in first:
             if path.name in other:
-                a, _ = layer_acts(path, seqs)
                 b, _ = layer_acts(other[path.name], seqs)
-                between[path.name] = cka_matrix(a, b).tolist()
+                between[path.name] = cka_matrix(acts_of(path), b).tolist()
         if not between:
             raise ValueError(f"{runs[0].name} and {runs[1].name} share no milestone names")
         result["between"] = between

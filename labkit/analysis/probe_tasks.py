@@ -66,7 +66,7 @@ def validate_spec(spec: dict[str, Any]) -> None:
         raise ValueError(f"probe {spec['name']}: task must be classification or regression")
 
 
-def _documents(spec: dict, manifest: dict, data_dir: Path | None) -> list[dict]:
+def _documents(spec: dict, manifest: dict, data_dir: Path | None, world) -> list[dict]:
     from labkit.data.documents import generate_documents
     from labkit.data.retrieval import generate_retrieval
 
@@ -80,7 +80,6 @@ def _documents(spec: dict, manifest: dict, data_dir: Path | None) -> list[dict]:
             raise FileNotFoundError(f"probe {spec['name']}: {path} not found")
         docs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return docs[: source.get("documents", len(docs))]
-    world = _world(manifest)
     n, seed = source.get("documents", 300), source.get("seed", manifest["config"]["seed"])
     if kind == "world":
         return generate_documents(world, n, seed, split=f"probe-{spec['name']}")
@@ -106,9 +105,12 @@ def build_probe_data(
     """Tokenize the spec's documents and pick its positions and labels. `tokenizer` is a
     `tokenizers.Tokenizer` (the run's tokenizer.json)."""
     validate_spec(spec)
-    docs = _documents(spec, manifest, data_dir)
+    world_needed = (
+        spec["source"].get("kind", "world") != "data" or spec["label"]["kind"] == "entity_attr"
+    )
+    world = _world(manifest) if world_needed else None  # built once, for the text and the labels
+    docs = _documents(spec, manifest, data_dir, world)
     pos_spec, label_spec = spec["positions"], spec["label"]
-    world = _world(manifest) if label_spec["kind"] == "entity_attr" else None
     sequences, positions, labels, types, groups = [], [], [], [], []
     for d_idx, doc in enumerate(docs):
         enc = tokenizer.encode(doc["text"])

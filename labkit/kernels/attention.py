@@ -45,6 +45,19 @@ def _blocks(q: torch.Tensor) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- forward
 @triton.jit
+def _online_softmax_step(s, m_i, l_i, acc, values):
+    """One key block of the online softmax: fold masked scores s [M, N] (-inf where masked) into
+    the running max m_i, normaliser l_i and output acc [M, D] with values [N, D]."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # fully masked rows stay finite
+    p = tl.exp(s - m_safe[:, None])
+    alpha = tl.exp(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(values.dtype), values)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _fwd_kernel(
     Q, K, V, O, LSE,
     sqb, sqh, sqt, skb, skh, sks, svb, svh, svs, sob, soh, sot,
@@ -85,17 +98,11 @@ def _fwd_kernel(
         if CAUSAL:
             keep = keep & (cols[None, :] <= q_pos[:, None])
         s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp(s - m_safe[:, None])
-        alpha = tl.exp(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(
             V + b * svb + hk * svh + cols[:, None] * svs + offs_dv[None, :],
             mask=col_ok[:, None] & (offs_dv[None, :] < DV), other=0.0,
         )  # fmt: skip
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = _online_softmax_step(s, m_i, l_i, acc, v)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     acc = acc / l_safe[:, None]
     tl.store(
@@ -385,13 +392,7 @@ def _mla_decode_kernel(
         s = (tl.dot(ql, tl.trans(c)) + tl.dot(qr, tl.trans(kr))) * scale
         keep = row_ok[:, None] & col_ok[None, :] & (cols[None, :] <= q_pos[:, None])
         s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp(s - m_safe[:, None])
-        alpha = tl.exp(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(c.dtype), c)
-        m_i = m_new
+        m_i, l_i, acc = _online_softmax_step(s, m_i, l_i, acc, c)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     tl.store(
         O + (b * H * T + rows[:, None]) * R + offs_r[None, :],
