@@ -105,62 +105,25 @@ def cmd_probe(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    import yaml
+    from labkit.study import load_probe_spec, probe_over_milestones
 
-    from labkit.analysis.probe_tasks import build_probe_data
-    from labkit.analysis.probing import probe_model
-    from labkit.checkpoint import load
-    from labkit.data.build import load_manifest
-    from labkit.data.tokenizer import load_tokenizer
-
-    probes_dir = Path(args.probes_dir)
-    spec_path = probes_dir / f"{args.target}.yaml"
-    if not spec_path.exists():
-        names = sorted(p.stem for p in probes_dir.glob("*.yaml"))
-        raise ValueError(f"unknown target {args.target!r}; targets in {probes_dir}: {names}")
     if args.site not in PROBE_SITES:
         raise ValueError(f"unknown site {args.site!r}; sites: {list(PROBE_SITES)}")
-    spec = yaml.safe_load(spec_path.read_text())
-    if args.max_documents:
-        spec["source"]["documents"] = min(spec["source"].get("documents", 300), args.max_documents)
+    spec = load_probe_spec(args.target, args.probes_dir, args.max_documents)
     milestones = _milestones(args)
-    rows, data, layers = [], None, None
-    for path in milestones:
-        model, meta = load(path)
-        if data is None:
-            data_dir = Path(args.data or meta["data_dir"])
-            manifest = load_manifest(data_dir)
-            data = build_probe_data(
-                spec,
-                load_tokenizer(data_dir / "tokenizer.json"),
-                manifest,
-                data_dir,
-                model.cfg.max_seq_len,
-            )
-            n = model.cfg.n_layers
-            layers = (
-                list(range(n)) if args.layer == "all" else [int(x) for x in args.layer.split(",")]
-            )
-            if any(not 0 <= layer < n for layer in layers):
-                raise ValueError(
-                    f"--layer {args.layer}: the model has layers 0..{n - 1} (or 'all')"
-                )
-        if args.site in ("kv_latent", "q_latent") and model.cfg.attention != "mla":
-            raise ValueError(
-                f"site {args.site!r} exists only in MLA models; sites: {list(PROBE_SITES)}"
-            )
-        for layer, r in probe_model(model, data, args.site, layers, args.probe).items():
-            where = {"layer": layer, "milestone": path.name, "tokens": meta["tokens"]}
-            rows.append({"target": args.target, "site": args.site, "probe": args.probe, **where})
-            rows[-1].update(r.to_dict())
-    metric = "R^2" if data.task == "regression" else "accuracy"
+    layers = None if args.layer == "all" else [int(x) for x in args.layer.split(",")]
+    rows = probe_over_milestones(
+        milestones, spec, args.site, layers, args.probe, args.data, progress=True
+    )
+    first = rows[0]
+    metric = "R^2" if first["task"] == "regression" else "accuracy"
     print(
-        f"{args.target} ({data.task}, {data.n_examples} examples) at {args.site}: "
+        f"{args.target} ({first['task']}, {first['examples']} examples) at {args.site}: "
         f"{metric} / control / selectivity"
     )
     names = [p.name for p in milestones]
     print(f"{'layer':<7}" + "".join(f"{n[-14:]:>26}" for n in names))
-    for layer in layers:
+    for layer in sorted({r["layer"] for r in rows}):
         cells = []
         for name in names:
             r = next(x for x in rows if x["layer"] == layer and x["milestone"] == name)
@@ -174,21 +137,6 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_sequences(data_dir, split: str, n_docs: int, max_len: int) -> list[list[int]]:
-    """Token sequences of the first documents of a held-out split of the run's data set."""
-    import json
-    from pathlib import Path
-
-    from labkit.data.tokenizer import load_tokenizer
-
-    path = Path(data_dir) / "text" / f"eval_{split}.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {data_dir} a built data set?")
-    tok = load_tokenizer(Path(data_dir) / "tokenizer.json")
-    docs = [json.loads(line)["text"] for line in path.read_text().splitlines()[:n_docs]]
-    return [ids[:max_len] for ids in (e.ids for e in tok.encode_batch(docs)) if len(ids) >= 4]
-
-
 def _write_json(path: str | None, payload) -> None:
     import json
     from pathlib import Path
@@ -199,143 +147,163 @@ def _write_json(path: str | None, payload) -> None:
 
 
 def cmd_induction(args: argparse.Namespace) -> int:
-    import torch
+    from labkit.study import induction_over_milestones
 
-    from labkit.analysis.induction import (
-        copying_scores,
-        head_scores,
-        phase_change,
-        repeated_random_tokens,
-        repeated_tokens_test,
+    result = induction_over_milestones(
+        _milestones(args), args.seq_len, args.batch, args.threshold, progress=True
     )
-    from labkit.checkpoint import load
-
-    rows = []
-    for path in _milestones(args):
-        model, meta = load(path)
-        seq_len = min(args.seq_len, (model.cfg.max_seq_len - 1) // 2)
-        tokens = repeated_random_tokens(model.cfg.vocab_size, seq_len, batch=args.batch, seed=0)
-        rep = repeated_tokens_test(model, tokens, seq_len)
-        text = torch.tensor(
-            _eval_sequences(meta["data_dir"], "general", 1, model.cfg.max_seq_len)[0]
-        )
-        row = {"milestone": path.name, "tokens": meta["tokens"], "seq_len": seq_len,
-               "induction": rep.induction_score.tolist(), "loss_first_copy": rep.loss_first,
-               "loss_second_copy": rep.loss_second,
-               "max_induction": float(rep.induction_score.max()),
-               "previous_token": head_scores(model, text, "previous_token").tolist(),
-               "duplicate_token": head_scores(model, text, "duplicate_token").tolist(),
-               "copying": copying_scores(model).tolist()}  # fmt: skip
-        rows.append(row)
-        print(f"{path.name}: max induction {row['max_induction']:.3f}, loss on the copies "
-              f"{rep.loss_first:.2f} -> {rep.loss_second:.2f}")  # fmt: skip
-    result = {"milestones": rows}
-    if len(rows) >= 2:
-        result["phase_change"] = phase_change(
-            [r["tokens"] for r in rows], [r["max_induction"] for r in rows], args.threshold
-        )
+    for row in result["milestones"]:
+        print(f"{row['milestone']}: max induction {row['max_induction']:.3f}, loss on the copies "
+              f"{row['loss_first_copy']:.2f} -> {row['loss_second_copy']:.2f}")  # fmt: skip
+    if "phase_change" in result:
         print(f"phase change: {result['phase_change']}")
     _write_json(args.json, result)
     return 0
 
 
 def cmd_cka(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from labkit.study import (
+        cka_to_final,
+        compare_runs,
+        eval_sequences,
+        open_run,
+        run_data_dir,
+        shared_milestones,
+    )
 
-    import numpy as np
-
-    from labkit.analysis.activations import collect
-    from labkit.analysis.similarity import cka, cka_matrix
-    from labkit.checkpoint import list_milestones, load
-
-    def layer_acts(path, seqs):
-        model, meta = load(path)
-        acts = collect(model, seqs, [args.site], list(range(model.cfg.n_layers)), progress=False)
-        return [np.asarray(acts[args.site, i]) for i in range(model.cfg.n_layers)], meta
-
-    runs = [Path(r) for r in args.runs]
-    first = list_milestones(runs[0])
-    if not first:
-        raise FileNotFoundError(f"no milestones in {runs[0]}")
-    _, meta0 = load(first[-1])
-    seqs = _eval_sequences(meta0["data_dir"], args.split, args.documents, args.max_len)
+    runs = [open_run(r) for r in args.runs]
+    first = runs[0]
+    seqs = eval_sequences(
+        run_data_dir(first.milestones[-1]), args.split, args.documents, args.max_len
+    )
     result: dict = {"site": args.site, "split": args.split, "documents": len(seqs)}
-    final, _ = layer_acts(first[-1], seqs)
-    result["within"] = {first[-1].name: cka_matrix(final).tolist()}
-
-    def acts_of(path):  # one milestone in memory at a time; the final one is reused
-        return final if path == first[-1] else layer_acts(path, seqs)[0]
-
-    to_final = {p.name: [cka(a, b) for a, b in zip(acts_of(p), final, strict=True)] for p in first}
-    result["to_final"] = to_final
-    print(f"{runs[0].name}: CKA of each layer to its final state")
-    for name, vals in to_final.items():
+    to_final = cka_to_final(first.milestones, seqs, args.site, progress=True)
+    result["within"] = {first.milestones[-1].name: to_final["within_final"]}
+    result["to_final"] = {r["milestone"]: r["cka"] for r in to_final["rows"]}
+    print(f"{first.name}: CKA of each layer to its final state")
+    for name, vals in result["to_final"].items():
         print(f"  {name}: " + " ".join(f"{v:.2f}" for v in vals))
     if len(runs) == 2:
-        other = {p.name: p for p in list_milestones(runs[1])}
-        between = {}
-        for path in first:
-            if path.name in other:
-                b, _ = layer_acts(other[path.name], seqs)
-                between[path.name] = cka_matrix(acts_of(path), b).tolist()
-        if not between:
-            raise ValueError(f"{runs[0].name} and {runs[1].name} share no milestone names")
-        result["between"] = between
-        last = list(between)[-1]
-        diagonal = " ".join(f"{between[last][i][i]:.2f}" for i in range(len(between[last])))
-        print(f"{runs[0].name} vs {runs[1].name} at {last}: diagonal {diagonal}")
+        pairs = shared_milestones(first, runs[1])
+        if not pairs:
+            raise ValueError(f"{first.name} and {runs[1].name} share no milestone names")
+        rows = compare_runs(pairs, seqs, args.site, progress=True)
+        result["between"] = {r["milestone"]: r["cka"] for r in rows}
+        result["rsa"] = {r["milestone"]: r["rsa"] for r in rows}
+        last = rows[-1]["cka"]
+        diagonal = " ".join(f"{last[i][i]:.2f}" for i in range(len(last)))
+        print(f"{first.name} vs {runs[1].name} at {rows[-1]['milestone']}: diagonal {diagonal}")
     _write_json(args.json, result)
     return 0
 
 
 def cmd_latent(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
+    from labkit.study import latent_over_milestones
 
-    from labkit.analysis.activations import collect
-    from labkit.analysis.latent import (
-        direction_ablation_loss,
-        kv_variance_explained,
-        spectrum,
-        truncated_latent_loss,
+    rows = latent_over_milestones(
+        _milestones(args), args.split, args.documents, args.max_len, progress=True
     )
-    from labkit.checkpoint import load
-
-    rows = []
-    for path in _milestones(args):
-        model, meta = load(path)
-        if model.cfg.attention != "mla":
-            raise ValueError(
-                f"{path} is a {model.cfg.attention.upper()} model: `labkit latent` needs MLA"
-            )
-        seqs = _eval_sequences(meta["data_dir"], args.split, args.documents, args.max_len)
-        layers = list(range(model.cfg.n_layers))
-        acts = collect(model, seqs, ["kv_latent"], layers, progress=False)
-        width = min(len(s) for s in seqs)
-        tokens = torch.tensor([s[:width] for s in seqs])
-        r = model.cfg.kv_lora_rank
-        ranks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if k < r} | {r})
-        for layer in layers:
-            spec = spectrum(np.asarray(acts["kv_latent", layer]))
-            c_kv = acts["kv_latent", layer]
-            row = {
-                "milestone": path.name,
-                "tokens": meta["tokens"],
-                "layer": layer,
-                "participation_ratio": spec.participation_ratio,
-                "entropy_rank": spec.entropy_rank,
-                "singular_values": spec.singular_values.tolist(),
-                "ranks": ranks,
-                "kv_variance_explained": kv_variance_explained(model, layer, c_kv, ranks),
-                "truncated_loss": truncated_latent_loss(model, tokens, layer, spec, ranks),
-                "direction_ablation_loss": direction_ablation_loss(
-                    model, tokens, layer, spec, list(range(min(3, r)))
-                ),
-            }
-            rows.append(row)
-            print(f"{path.name} layer {layer}: participation ratio {spec.participation_ratio:.1f}, "
-                  f"entropy rank {spec.entropy_rank:.1f} of {r}")  # fmt: skip
+    for row in rows:
+        print(f"{row['milestone']} layer {row['layer']}: participation ratio "
+              f"{row['participation_ratio']:.1f}, entropy rank {row['entropy_rank']:.1f} of "
+              f"{row['ranks'][-1]}")  # fmt: skip
     _write_json(args.json, {"rows": rows})
+    return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from labkit.figures import NotebookFailed, build
+
+    try:
+        manifest = build(
+            args.runs, args.out, args.smoke, args.notebooks, args.kernel, args.executed
+        )
+    except NotebookFailed as err:
+        print(f"labkit figures: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(manifest['figures'])} figures and MANIFEST.json to {args.out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from labkit.eval.tasks import build_tasks
+
+    if args.action == "build-tasks":
+        if not args.data:
+            raise ValueError("labkit eval build-tasks needs --data DIR (a built data set)")
+        out = build_tasks(args.data, args.out, args.examples)
+        print(
+            f"wrote the labkit_suite tasks to {out}; run them with `labkit eval --run RUN` or "
+            f"`lm_eval --model labkit --include_path {out} --tasks labkit_suite ...`"
+        )
+        return 0
+    from labkit.eval.runner import evaluate_run, main_metric
+
+    if not args.run:
+        raise ValueError("labkit eval needs --run DIR (or the build-tasks action)")
+    tasks = [t.strip() for t in args.tasks.split(",")]
+    records = evaluate_run(
+        args.run, tasks, args.milestones, args.limit, args.batch_size, args.device, args.registry
+    )
+    names = sorted({t for r in records for t in r["scores"] if t.startswith("labkit_")})
+    print(f"{'milestone':<22}" + "".join(f"{t.replace('labkit_', '')[:11]:>12}" for t in names))
+    for r in records:
+        cells = [r["scores"].get(t, {}).get(main_metric(t)) for t in names]
+        print(
+            f"{r['milestone']:<22}"
+            + "".join(f"{c:>12.3f}" if c is not None else f"{'-':>12}" for c in cells)
+        )
+    print(
+        f"results in {Path(args.run) / 'evals'} and the registry "
+        f"{args.registry or Path(args.run).parent / 'index.jsonl'}"
+    )
+    return 0
+
+
+def cmd_baselines(args: argparse.Namespace) -> int:
+    from labkit.eval.baselines import establish_baselines
+
+    record = establish_baselines(
+        args.preset,
+        args.config,
+        [int(s) for s in args.seeds.split(",")],
+        args.untrained_steps,
+        args.trained_steps,
+        args.out,
+        args.limit,
+        args.set or [],
+    )
+    checks = record["checks"]
+    print(f"{'task':<22}{'random':>8}{'untrained':>11}{'trained':>9}")
+    for t in sorted(record["random"]):
+        u = record["scores"]["untrained"].get(t, [float("nan")])
+        tr = record["scores"]["trained"].get(t, [float("nan")])
+        print(
+            f"{t:<22}{record['random'][t]:>8.3f}{sum(u) / len(u):>11.3f}{sum(tr) / len(tr):>9.3f}"
+        )
+    print(
+        f"consistent across seeds: {checks['consistent']}; trained > untrained > random on "
+        f"{100 * checks['monotonic_share']:.0f} % of tasks"
+    )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from labkit.eval.report import read_registry, write_report
+
+    out = write_report(read_registry(*args.registry), args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from labkit.sweep import run_sweep
+
+    entries = run_sweep(args.file, args.print, args.nproc)
+    if not args.print:
+        print(f"{len(entries)} runs done; `labkit report` summarises them")
     return 0
 
 
@@ -422,6 +390,60 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--documents", type=int, default=32)
     la.add_argument("--max-len", type=int, default=64)
     la.set_defaults(func=cmd_latent)
+
+    fig = sub.add_parser(
+        "figures", help="execute the notebooks headless and regenerate figures/ and its manifest"
+    )
+    fig.add_argument(
+        "--runs",
+        nargs="+",
+        default=["runs/paper-mini"],
+        help="run directories, or a directory of runs (default: runs/paper-mini from make paper)",
+    )
+    fig.add_argument("--out", default="figures", help="output directory (default: figures)")
+    fig.add_argument("--smoke", action="store_true", help="few milestones and documents: fast")
+    fig.add_argument("--notebooks", nargs="*", help="only these (e.g. 02 03_probes)")
+    fig.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
+    fig.add_argument("--executed", help="also save the executed notebooks (.ipynb) here")
+    fig.set_defaults(func=cmd_figures)
+
+    ev = sub.add_parser(
+        "eval", help="evaluate milestones with lm-eval (offline labkit_suite), or build the suite"
+    )
+    ev.add_argument("action", nargs="?", default="run", choices=["run", "build-tasks"])
+    ev.add_argument("--run", help="a run directory")
+    ev.add_argument("--tasks", default="labkit_suite", help="comma list (default labkit_suite)")
+    ev.add_argument("--milestones", default="all", help="'all' or a comma list")
+    ev.add_argument("--limit", type=int, help="examples per task (quick looks)")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--registry", help="registry file (default: index.jsonl beside the run)")
+    ev.add_argument("--data", help="build-tasks: the data set (e.g. data/demo)")
+    ev.add_argument("--out", help="build-tasks: output directory (default DATA/tasks)")
+    ev.add_argument("--examples", type=int, default=200, help="build-tasks: examples per task")
+    ev.set_defaults(func=cmd_eval)
+
+    bl = sub.add_parser("baselines", help="random / untrained / small-trained baselines, 3 seeds")
+    bl.add_argument("--preset", default="tiny-mla")
+    bl.add_argument("--config", default="pretrain/configs/demo.toml", help="base trainer config")
+    bl.add_argument("--seeds", default="0,1,2")
+    bl.add_argument("--untrained-steps", type=int, default=100)
+    bl.add_argument("--trained-steps", type=int, default=1000)
+    bl.add_argument("--out", default="runs/baselines")
+    bl.add_argument("--limit", type=int, help="examples per task")
+    bl.add_argument("--set", action="append", help="extra trainer override (section.key=value)")
+    bl.set_defaults(func=cmd_baselines)
+
+    rp = sub.add_parser("report", help="research_report.md from the experiment registry")
+    rp.add_argument("--registry", nargs="+", default=["runs/index.jsonl"])
+    rp.add_argument("--out", default="research_report.md")
+    rp.set_defaults(func=cmd_report)
+
+    sw = sub.add_parser("sweep", help="train a grid of runs (or print torchrun commands)")
+    sw.add_argument("file", help="e.g. pretrain/configs/sweeps/learning-rate.toml")
+    sw.add_argument("--print", action="store_true", help="print one torchrun command per run")
+    sw.add_argument("--nproc", type=int, default=1)
+    sw.set_defaults(func=cmd_sweep)
     return parser
 
 

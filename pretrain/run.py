@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 from labkit import checkpoint as ckpt  # noqa: E402
 from labkit.config import TrainConfig  # noqa: E402
 from labkit.data.loader import MixedData, Position, eval_windows  # noqa: E402
+from labkit.fileio import atomic_write_bytes  # noqa: E402
 from labkit.model import LabModel  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "pretrain" / "configs" / "demo.toml"
@@ -710,6 +711,8 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> dict:
         }
         with (run_dir.parent / "index.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
+        # The marker of a finished run: `make paper` and the registry read it.
+        atomic_write_bytes(run_dir / "final.json", (json.dumps(record, indent=2) + "\n").encode())
         milestones = ckpt.list_milestones(run_dir)
         print(f"\ndone: {step} steps, {tokens_seen:,} tokens, final train loss {last_loss:.3f}")
         if final["val"]:

@@ -1,0 +1,413 @@
+"""Runs and their milestones, and the analyses of `labkit.analysis` applied across them.
+
+This is the layer the `labkit` commands and the notebooks share: it opens run directories, picks
+milestones, loads each checkpoint once and returns plain rows (dicts of floats and lists) that a
+table or a plot can use directly. The analyses themselves stay pure functions in `labkit.analysis`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from labkit.checkpoint import list_milestones, load
+from labkit.config import ModelConfig
+
+REPO = Path(__file__).resolve().parents[1]
+PROBES_DIR = REPO / "probes"
+
+
+# ----------------------------------------------------------------------------------------- runs
+@dataclass
+class Run:
+    """A training run directory: its config, its milestones and its logged metrics."""
+
+    path: Path
+    model: ModelConfig
+    train: dict[str, Any]
+    milestones: list[Path] = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def attention(self) -> str:
+        return self.model.attention
+
+    @property
+    def mix(self) -> str:
+        return self.train["data"]["mix"]
+
+    @property
+    def label(self) -> str:
+        return f"{self.attention.upper()} / {self.mix}"
+
+    @property
+    def finished(self) -> bool:
+        return (self.path / "final.json").exists()
+
+    def tokens(self, milestone: Path) -> int:
+        return json.loads((milestone / "meta.json").read_text())["tokens"]
+
+    def metrics(self) -> tuple[list[dict], list[dict]]:
+        """(training rows, evaluation rows) of metrics.jsonl; eval rows carry `val/<split>`."""
+        rows = [json.loads(line) for line in (self.path / "metrics.jsonl").read_text().splitlines()]
+        evals = [r for r in rows if any(k.startswith("val/") for k in r)]
+        return [r for r in rows if "loss" in r], evals
+
+
+def open_run(path: str | Path) -> Run:
+    """A run directory written by pretrain/run.py (config.json and checkpoints/)."""
+    path = Path(path)
+    config = path / "config.json"
+    if not config.exists():
+        raise FileNotFoundError(f"{path} is not a labkit run (no config.json); train one with "
+                                "`python pretrain/run.py` or `make paper`")  # fmt: skip
+    saved = json.loads(config.read_text())
+    milestones = list_milestones(path)
+    if not milestones:
+        raise FileNotFoundError(f"{path} has no milestones in {path / 'checkpoints'}")
+    return Run(path, ModelConfig.from_dict(saved["model"]), saved["train"], milestones)
+
+
+def is_run(path: Path) -> bool:
+    return (path / "config.json").exists() and (path / "checkpoints").is_dir()
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """Runs named directly, or every run one level inside a directory (e.g. runs/paper-mini)."""
+    runs = []
+    for p in map(Path, paths):
+        if is_run(p):
+            runs.append(open_run(p))
+            continue
+        inside = sorted(d for d in p.glob("*") if is_run(d))
+        if not inside:
+            raise FileNotFoundError(
+                f"no runs in {p}: give run directories or a directory of runs (`make paper` "
+                "writes runs/paper-mini)"
+            )
+        runs.extend(open_run(d) for d in inside)
+    return runs
+
+
+def pick_run(runs: Sequence[Run], attention: str, mix: str | None = None) -> Run | None:
+    """The first run with this attention kind (and mix, when given)."""
+    for r in runs:
+        if r.attention == attention and (mix is None or r.mix == mix):
+            return r
+    return None
+
+
+def pick_milestones(milestones: Sequence[Path], n: int | None) -> list[Path]:
+    """At most `n` milestones spread evenly in log(tokens), always with the first and the last."""
+    milestones = list(milestones)
+    if n is None or len(milestones) <= n:
+        return milestones
+    if n < 2:
+        return milestones[-1:]
+    tokens = np.log([max(1, _tokens(m)) for m in milestones])
+    targets = np.linspace(tokens[0], tokens[-1], n)
+    chosen = sorted({int(np.argmin(np.abs(tokens - t))) for t in targets})
+    return [milestones[i] for i in chosen]
+
+
+def shared_milestones(a: Run, b: Run) -> list[tuple[Path, Path]]:
+    """Milestones the two runs both have (same token count), in order."""
+    other = {p.name: p for p in b.milestones}
+    return [(p, other[p.name]) for p in a.milestones if p.name in other]
+
+
+# ----------------------------------------------------------------------------------- text inputs
+def eval_sequences(data_dir: str | Path, split: str, n_docs: int, max_len: int) -> list[list[int]]:
+    """Token sequences of the first documents of a held-out split of a built data set."""
+    from labkit.data.tokenizer import load_tokenizer
+
+    path = Path(data_dir) / "text" / f"eval_{split}.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {data_dir} a built data set?")
+    tok = load_tokenizer(Path(data_dir) / "tokenizer.json")
+    docs = [json.loads(line)["text"] for line in path.read_text().splitlines()[:n_docs]]
+    return [ids[:max_len] for ids in (e.ids for e in tok.encode_batch(docs)) if len(ids) >= 4]
+
+
+def run_data_dir(milestone: Path) -> Path:
+    """The data set a milestone was trained on (relative paths resolve from the repository)."""
+    data_dir = Path(json.loads((milestone / "meta.json").read_text())["data_dir"])
+    return data_dir if data_dir.is_absolute() else REPO / data_dir
+
+
+def _progress(items: Sequence, desc: str, progress: bool) -> Iterable:
+    return tqdm(items, desc=desc, disable=not progress, leave=False)
+
+
+# ------------------------------------------------------------------------------------- induction
+def induction_over_milestones(
+    milestones: Sequence[Path],
+    seq_len: int = 32,
+    batch: int = 8,
+    threshold: float = 0.3,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Per milestone: induction scores on repeated random tokens, loss on both copies,
+    previous/duplicate-token scores on held-out text, copying scores; and the phase change."""
+    from labkit.analysis.induction import (
+        copying_scores,
+        head_scores,
+        phase_change,
+        repeated_random_tokens,
+        repeated_tokens_test,
+    )
+
+    rows = []
+    for path in _progress(milestones, "induction", progress):
+        model, meta = load(path)
+        n = min(seq_len, (model.cfg.max_seq_len - 1) // 2)
+        tokens = repeated_random_tokens(model.cfg.vocab_size, n, batch=batch, seed=0)
+        rep = repeated_tokens_test(model, tokens, n)
+        text = eval_sequences(run_data_dir(path), "general", 1, model.cfg.max_seq_len)[0]
+        text = torch.tensor(text)
+        rows.append({
+            "milestone": path.name, "tokens": meta["tokens"], "seq_len": n,
+            "induction": rep.induction_score.tolist(),
+            "loss_first_copy": rep.loss_first, "loss_second_copy": rep.loss_second,
+            "max_induction": float(rep.induction_score.max()),
+            "previous_token": head_scores(model, text, "previous_token").tolist(),
+            "duplicate_token": head_scores(model, text, "duplicate_token").tolist(),
+            "copying": copying_scores(model).tolist(),
+        })  # fmt: skip
+    result: dict[str, Any] = {"milestones": rows}
+    if len(rows) >= 2:
+        result["phase_change"] = phase_change(
+            [r["tokens"] for r in rows], [r["max_induction"] for r in rows], threshold
+        )
+    return result
+
+
+def icl_over_milestones(
+    milestones: Sequence[Path],
+    split: str = "general",
+    documents: int = 32,
+    early: int = 16,
+    late: int = 200,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Olsson et al.'s in-context-learning score (loss at token `late` minus at `early`) on
+    held-out documents at least `late + 1` tokens long."""
+    from labkit.analysis.induction import in_context_learning_score
+
+    rows = []
+    for path in _progress(milestones, "in-context learning", progress):
+        model, meta = load(path)
+        late_ = min(late, model.cfg.max_seq_len - 1)
+        seqs = eval_sequences(run_data_dir(path), split, 4 * documents, late_ + 1)
+        long = [s for s in seqs if len(s) > late_][:documents]
+        if not long:
+            raise ValueError(f"no {split} document has more than {late_} tokens")
+        score = in_context_learning_score(model, torch.tensor(long), early, late_)
+        rows.append({"milestone": path.name, "tokens": meta["tokens"], "icl_score": score,
+                     "documents": len(long), "early": early, "late": late_})  # fmt: skip
+    return rows
+
+
+def attention_on_repeat(milestone: Path, seq_len: int = 16, seed: int = 0) -> dict[str, Any]:
+    """Attention patterns [layers, heads, q, k] of one repeated random sequence, with the
+    induction scores that rank the heads."""
+    from labkit.analysis.induction import (
+        attention_patterns,
+        repeated_random_tokens,
+        repeated_tokens_test,
+    )
+
+    model, meta = load(milestone)
+    tokens = repeated_random_tokens(model.cfg.vocab_size, seq_len, batch=1, seed=seed)
+    with torch.no_grad():
+        patterns = attention_patterns(model, tokens)[0].float()
+    scores = repeated_tokens_test(model, tokens, seq_len).induction_score
+    return {"tokens": meta["tokens"], "patterns": patterns.numpy(), "induction": scores.numpy()}
+
+
+# ------------------------------------------------------------------------------------ similarity
+def layer_activations(
+    milestone: Path, sequences: Sequence[Sequence[int]], site: str = "resid_post"
+) -> list[np.ndarray]:
+    """One [tokens, width] array per layer at `site`."""
+    from labkit.analysis.activations import collect
+
+    model, _ = load(milestone)
+    layers = list(range(model.cfg.n_layers))
+    acts = collect(model, sequences, [site], layers, progress=False)
+    return [np.asarray(acts[site, i]) for i in layers]
+
+
+def cka_to_final(
+    milestones: Sequence[Path],
+    sequences: Sequence[Sequence[int]],
+    site: str = "resid_post",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """CKA of each layer at each milestone to the same layer at the last milestone, and the
+    last milestone's layer x layer CKA."""
+    from labkit.analysis.similarity import cka, cka_matrix
+
+    final = layer_activations(milestones[-1], sequences, site)
+    rows = []
+    for path in _progress(milestones, "CKA to final", progress):
+        acts = final if path == milestones[-1] else layer_activations(path, sequences, site)
+        rows.append({"milestone": path.name, "tokens": _tokens(path),
+                     "cka": [cka(a, b) for a, b in zip(acts, final, strict=True)]})  # fmt: skip
+    return {"rows": rows, "within_final": cka_matrix(final).tolist()}
+
+
+def compare_runs(
+    pairs: Sequence[tuple[Path, Path]],
+    sequences: Sequence[Sequence[int]],
+    site: str = "resid_post",
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """For matched milestones of two runs: layer x layer CKA (rows: first run) and RSA per layer
+    (correlation RDMs over a subsample of tokens)."""
+    from labkit.analysis.similarity import cka_matrix, rsa
+
+    rows = []
+    for a, b in _progress(pairs, "compare runs", progress):
+        acts_a = layer_activations(a, sequences, site)
+        acts_b = layer_activations(b, sequences, site)
+        keep = np.random.default_rng(0).permutation(len(acts_a[0]))[:500]
+        rows.append({
+            "milestone": a.name, "tokens": _tokens(a),
+            "cka": cka_matrix(acts_a, acts_b).tolist(),
+            "rsa": [rsa(x[keep], y[keep]) for x, y in zip(acts_a, acts_b, strict=True)],
+        })  # fmt: skip
+    return rows
+
+
+def _tokens(milestone: Path) -> int:
+    return json.loads((milestone / "meta.json").read_text())["tokens"]
+
+
+# ---------------------------------------------------------------------------------------- latent
+def latent_over_milestones(
+    milestones: Sequence[Path],
+    split: str = "general",
+    documents: int = 32,
+    max_len: int = 64,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Per MLA milestone and layer: the c_kv spectrum, k/v variance carried by the top latent
+    directions, the loss when c_kv is truncated to rank k, and single-direction ablations."""
+    from labkit.analysis.activations import collect
+    from labkit.analysis.latent import (
+        direction_ablation_loss,
+        kv_variance_explained,
+        spectrum,
+        truncated_latent_loss,
+    )
+
+    rows = []
+    for path in _progress(milestones, "c_kv latent", progress):
+        model, meta = load(path)
+        if model.cfg.attention != "mla":
+            raise ValueError(f"{path} is a {model.cfg.attention.upper()} model: c_kv needs MLA")
+        seqs = eval_sequences(run_data_dir(path), split, documents, max_len)
+        layers = list(range(model.cfg.n_layers))
+        acts = collect(model, seqs, ["kv_latent"], layers, progress=False)
+        width = min(len(s) for s in seqs)
+        tokens = torch.tensor([s[:width] for s in seqs])
+        r = model.cfg.kv_lora_rank
+        ranks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if k < r} | {r})
+        for layer in layers:
+            c_kv = acts["kv_latent", layer]
+            spec = spectrum(np.asarray(c_kv))
+            rows.append({
+                "milestone": path.name, "tokens": meta["tokens"], "layer": layer,
+                "participation_ratio": spec.participation_ratio,
+                "entropy_rank": spec.entropy_rank,
+                "singular_values": spec.singular_values.tolist(),
+                "ranks": ranks,
+                "kv_variance_explained": kv_variance_explained(model, layer, c_kv, ranks),
+                "truncated_loss": truncated_latent_loss(model, tokens, layer, spec, ranks),
+                "direction_ablation_loss": direction_ablation_loss(
+                    model, tokens, layer, spec, list(range(min(3, r)))
+                ),
+            })  # fmt: skip
+    return rows
+
+
+# ---------------------------------------------------------------------------------------- probes
+def probe_targets(probes_dir: str | Path = PROBES_DIR) -> list[str]:
+    return sorted(p.stem for p in Path(probes_dir).glob("*.yaml"))
+
+
+def load_probe_spec(
+    target: str, probes_dir: str | Path = PROBES_DIR, max_documents: int | None = None
+) -> dict[str, Any]:
+    import yaml
+
+    path = Path(probes_dir) / f"{target}.yaml"
+    if not path.exists():
+        raise ValueError(f"unknown target {target!r}; targets in {probes_dir}: "
+                         f"{probe_targets(probes_dir)}")  # fmt: skip
+    spec = yaml.safe_load(path.read_text())
+    if max_documents:
+        spec["source"]["documents"] = min(spec["source"].get("documents", 300), max_documents)
+    return spec
+
+
+def probe_over_milestones(
+    milestones: Sequence[Path],
+    spec: dict[str, Any],
+    site: str = "resid_post",
+    layers: Sequence[int] | None = None,
+    kind: str = "linear",
+    data_dir: str | Path | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Probe rows (accuracy or R^2, control accuracy, selectivity) for every layer x milestone.
+    The probe data are built once, from the data set of the first milestone unless given."""
+    from labkit.analysis.probe_tasks import build_probe_data
+    from labkit.analysis.probing import probe_model
+    from labkit.data.build import load_manifest
+    from labkit.data.tokenizer import load_tokenizer
+
+    rows, data = [], None
+    for path in _progress(milestones, f"probe {spec.get('name', '')}".strip(), progress):
+        model, meta = load(path)
+        if data is None:
+            root = Path(data_dir) if data_dir else run_data_dir(path)
+            tok = load_tokenizer(root / "tokenizer.json")
+            data = build_probe_data(spec, tok, load_manifest(root), root, model.cfg.max_seq_len)
+        chosen = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+        bad = [x for x in chosen if not 0 <= x < model.cfg.n_layers]
+        if bad:
+            raise ValueError(f"layers {bad}: the model has layers 0..{model.cfg.n_layers - 1}")
+        if site in ("kv_latent", "q_latent") and model.cfg.attention != "mla":
+            raise ValueError(f"site {site!r} exists only in MLA models")
+        for layer, r in probe_model(model, data, site, chosen, kind).items():
+            rows.append({"target": spec.get("name"), "site": site, "probe": kind, "layer": layer,
+                         "milestone": path.name, "tokens": meta["tokens"], "task": data.task,
+                         "examples": data.n_examples, **r.to_dict()})  # fmt: skip
+    return rows
+
+
+# ---------------------------------------------------------------------------------- bookkeeping
+def loss_at_milestones(run: Run) -> list[dict[str, Any]]:
+    """Each milestone's tokens, train loss and latest validation losses, from its meta.json."""
+    out = []
+    for path in run.milestones:
+        meta = json.loads((path / "meta.json").read_text())
+        val = meta.get("val") or {}
+        out.append({"milestone": path.name, "tokens": meta["tokens"],
+                    "train_loss": meta.get("train_loss"),
+                    "val_mean": float(np.mean(list(val.values()))) if val else math.nan,
+                    **{f"val/{k}": v for k, v in val.items()}})  # fmt: skip
+    return out
