@@ -5,19 +5,37 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Exact pin: an unpinned torch resolves to several GB of CUDA wheels.
 TORCH_PIN := torch==2.13.0
+# Exact pin: committed figures are byte-identical only under the same matplotlib (and its fonts).
+MPL_PIN := matplotlib==3.11.2
 
-.PHONY: demo test test-slow test-gpu lint format bench clean-venv
+.PHONY: demo paper figures lab test test-slow test-gpu lint format bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[dev]' $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[dev]' $(TORCH_PIN) $(MPL_PIN)
 	touch $(STAMP)
 
 # Builds the demo corpus on first use, then trains tiny-mla for about five minutes.
 demo: $(STAMP)
 	$(PY) pretrain/run.py --config pretrain/configs/demo.toml
+
+# The miniature study (pretrain/configs/paper-mini/study.toml): trains whichever of its four runs
+# is missing, resumes unfinished ones, then regenerates figures/. SCALE=gpu: seed 002's small
+# presets on a GPU; SCALE=1.3b: seed 000's configuration (a cluster and a corpus of your own).
+SCALE ?= cpu
+paper: $(STAMP)
+	$(PY) pretrain/paper.py --scale $(SCALE)
+
+# Re-executes every notebook against existing runs (no training) and rewrites figures/.
+RUNS ?= runs/paper-mini
+figures: $(STAMP)
+	$(VENV)/bin/labkit figures --runs $(RUNS)
+
+# JupyterLab with jupytext: notebooks/*.py open as notebooks and stay paired with their .ipynb.
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

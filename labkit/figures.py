@@ -1,0 +1,298 @@
+"""Figures of the study: one plotting style, deterministic files, and the build that executes every
+notebook headless and writes `figures/` with its `MANIFEST.json`.
+
+Inside a notebook:
+
+    from labkit.figures import use_style, save_figure
+    use_style()
+    ...
+    save_figure(fig, "02_induction_heads", figures_dir, sources=[milestone, ...])
+
+`save_figure` writes NAME.png and NAME.pdf with no timestamps, software versions or random ids, so
+the same checkpoints give byte-identical files (under the same matplotlib and fonts), and leaves a
+record of the checkpoints and files the figure was made from. `build` (the `labkit figures` command)
+runs the notebooks, collects those records and writes the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from labkit.fileio import atomic_write_bytes, sha256_file
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+RECORDS = ".records"  # per-figure records inside the output directory, gathered by `build`
+
+# A fixed style: every figure looks the same whatever the user's matplotlibrc says.
+STYLE: dict[str, Any] = {
+    "figure.dpi": 100,
+    "savefig.dpi": 150,
+    "savefig.bbox": "tight",
+    "font.family": "DejaVu Sans",
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+    "image.cmap": "viridis",
+    "lines.linewidth": 1.5,
+    "pdf.fonttype": 42,
+    "svg.hashsalt": "labkit",
+    "path.simplify": True,
+}
+# The four runs of the study keep one colour and one line style each in every figure.
+RUN_COLORS = {"mla": "#1f77b4", "gqa": "#d62728"}
+MIX_STYLES = {"dense": "-", "control": "--"}
+
+
+def use_style() -> None:
+    """Agg backend and the fixed style (call once at the top of a notebook)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcdefaults()
+    plt.rcParams.update(STYLE)
+
+
+def run_style(attention: str, mix: str) -> dict[str, str]:
+    """Line colour by attention kind, line style by corpus."""
+    return {"color": RUN_COLORS.get(attention, "black"), "linestyle": MIX_STYLES.get(mix, ":")}
+
+
+def save_figure(
+    fig: Any, name: str, out: str | Path, sources: Iterable[str | Path] = ()
+) -> list[Path]:
+    """Write `name`.png and `name`.pdf deterministically into `out`, and a record of `sources`
+    (milestone directories, run directories or data files) for the manifest. Closes the figure."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"figure name {name!r}: use letters, digits, '_' and '-'")
+    files = [out / f"{name}.png", out / f"{name}.pdf"]
+    fig.savefig(files[0], metadata={"Software": None})
+    fig.savefig(files[1], metadata={"Creator": None, "Producer": None, "CreationDate": None})
+    plt.close(fig)
+    records = out / RECORDS
+    records.mkdir(exist_ok=True)
+    record = {"name": name, "files": [f.name for f in files],
+              "sources": sorted({str(Path(s).resolve()) for s in sources})}  # fmt: skip
+    (records / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    return files
+
+
+# ------------------------------------------------------------------------------------ validation
+def check_image(path: Path) -> None:
+    """Raise ValueError unless `path` is a non-empty, readable PNG or a complete PDF."""
+    data = path.read_bytes() if path.exists() else b""
+    if not data:
+        raise ValueError(f"{path} is missing or empty")
+    if path.suffix == ".png":
+        import matplotlib.image
+
+        if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+            raise ValueError(f"{path} is not a PNG")
+        pixels = matplotlib.image.imread(path)
+        if pixels.ndim != 3 or min(pixels.shape[:2]) < 10:
+            raise ValueError(f"{path}: unexpected image shape {pixels.shape}")
+        if float(pixels.std()) == 0.0:
+            raise ValueError(f"{path} is a blank image")
+    elif path.suffix == ".pdf":
+        if not data.startswith(b"%PDF-") or b"%%EOF" not in data[-1024:]:
+            raise ValueError(f"{path} is not a complete PDF")
+    else:
+        raise ValueError(f"{path}: figures are .png or .pdf")
+
+
+# ----------------------------------------------------------------------------------------- build
+class NotebookFailed(RuntimeError):
+    """A notebook raised: the message shows the failing cell and its traceback."""
+
+
+def notebooks(names: Sequence[str] | None = None, directory: Path = NOTEBOOKS) -> list[Path]:
+    """The paired notebooks NN_name.py in order, or those whose names start with `names`."""
+    found = sorted(p for p in directory.glob("[0-9][0-9]_*.py"))
+    if not names:
+        return found
+    chosen = [p for p in found if any(p.stem.startswith(n) for n in names)]
+    missing = [n for n in names if not any(p.stem.startswith(n) for p in found)]
+    if missing:
+        raise ValueError(f"unknown notebooks {missing}; notebooks: {[p.stem for p in found]}")
+    return chosen
+
+
+def inject_parameters(nb: Any, params: dict[str, Any]) -> Any:
+    """Papermill's convention: a cell tagged `injected-parameters` right after the one tagged
+    `parameters`, assigning each value (its repr) so it overrides the default."""
+    import nbformat
+
+    index = next(
+        (
+            i
+            for i, c in enumerate(nb.cells)
+            if "parameters" in c.get("metadata", {}).get("tags", [])
+        ),
+        None,
+    )
+    if index is None:
+        raise ValueError("the notebook has no cell tagged 'parameters'")
+    source = "\n".join(f"{k} = {v!r}" for k, v in params.items())
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+    nb.cells.insert(index + 1, cell)
+    return nb
+
+
+def execute_notebook(
+    path: Path, params: dict[str, Any], kernel: str = "python3", timeout: int = 1800
+) -> Any:
+    """Run a jupytext notebook headless in `kernel` from its own directory; the executed notebook
+    is returned. A failing cell raises NotebookFailed with the cell and its traceback."""
+    import jupytext
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = inject_parameters(jupytext.read(path), params)
+    # The kernel inherits this environment: headless plotting, no hash randomisation.
+    os.environ.update({"MPLBACKEND": "Agg", "PYTHONHASHSEED": "0"})
+    client = NotebookClient(
+        nb,
+        kernel_name=kernel,
+        timeout=timeout,
+        resources={"metadata": {"path": str(path.parent)}},
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],  # not its TCP-transport notice
+    )
+    try:
+        client.execute()
+    except CellExecutionError as err:
+        raise NotebookFailed(f"{path.name} failed:\n{err}") from None
+    return nb
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _display(path: Path) -> str:
+    """A path relative to the repository when it is inside it (manifests stay portable)."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path.resolve())
+
+
+def describe_sources(sources: Iterable[str]) -> dict[str, Any]:
+    """Runs and checkpoint hashes behind a figure. A milestone is identified by the SHA-256 of its
+    weights (from its meta.json, verified when written); other files by their own SHA-256."""
+    runs, checkpoints, files = set(), {}, {}
+    for s in map(Path, sources):
+        if (s / "meta.json").exists():  # a milestone directory
+            meta = json.loads((s / "meta.json").read_text())
+            checkpoints[_display(s)] = meta["checksums"]["model.safetensors"]
+            runs.add(_display(s.parent.parent))
+        elif (s / "config.json").exists():  # a run directory (its logged metrics)
+            runs.add(_display(s))
+        elif s.is_file():
+            files[_display(s)] = sha256_file(s)
+    return {"runs": sorted(runs), "checkpoints": dict(sorted(checkpoints.items())), "inputs": files}
+
+
+def build(
+    runs: Sequence[str | Path],
+    out: str | Path = REPO / "figures",
+    smoke: bool = False,
+    names: Sequence[str] | None = None,
+    kernel: str = "python3",
+    executed_dir: str | Path | None = None,
+    log: Any = print,
+    directory: Path = NOTEBOOKS,
+) -> dict[str, Any]:
+    """Execute the notebooks against `runs`, write every figure into `out` and `MANIFEST.json`.
+    Returns the manifest. With every notebook built, figures no notebook wrote any more are
+    removed from `out`."""
+    import nbformat
+
+    from labkit.study import find_runs
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    found = find_runs(runs)
+    for r in found:
+        if not r.finished:
+            log(f"[figures] warning: {r.name} has not finished training (no final.json)")
+    run_dirs = [str(r.path.resolve()) for r in found]
+    chosen = notebooks(names, directory)
+    records_dir = out / RECORDS
+    manifest: dict[str, Any] = {
+        "labkit_commit": _git_commit(),
+        "smoke": smoke,
+        "runs": [_display(Path(r)) for r in run_dirs],
+        "figures": {},
+    }
+    for path in chosen:
+        for stale in records_dir.glob("*.json"):
+            stale.unlink()
+        start = time.perf_counter()
+        params = {"runs": run_dirs, "smoke": smoke, "figures_dir": str(out)}
+        nb = execute_notebook(path, params, kernel)
+        if executed_dir:
+            Path(executed_dir).mkdir(parents=True, exist_ok=True)
+            nbformat.write(nb, Path(executed_dir) / f"{path.stem}.ipynb")
+        made = sorted(records_dir.glob("*.json")) if records_dir.exists() else []
+        if not made:
+            raise NotebookFailed(f"{path.name} wrote no figure (did it call save_figure?)")
+        for rec_path in made:
+            record = json.loads(rec_path.read_text())
+            for f in record["files"]:
+                check_image(out / f)
+            manifest["figures"][record["name"]] = {
+                "notebook": _display(path),
+                "files": record["files"],
+                **describe_sources(record["sources"]),
+            }
+        log(f"[figures] {path.stem}: {len(made)} figures in {time.perf_counter() - start:.0f} s")
+    if records_dir.exists():
+        for rec in records_dir.glob("*.json"):
+            rec.unlink()
+        records_dir.rmdir()
+    if names:  # a partial build keeps the other notebooks' entries
+        previous = out / "MANIFEST.json"
+        if previous.exists():
+            old = json.loads(previous.read_text())["figures"]
+            manifest["figures"] = {**old, **manifest["figures"]}
+    else:
+        wanted = {f for fig in manifest["figures"].values() for f in fig["files"]}
+        for stale in sorted([*out.glob("*.png"), *out.glob("*.pdf")]):
+            if stale.name not in wanted:
+                stale.unlink()
+                log(f"[figures] removed {stale.name} (no notebook makes it any more)")
+    manifest["figures"] = dict(sorted(manifest["figures"].items()))
+    text = json.dumps(manifest, indent=2) + "\n"
+    atomic_write_bytes(out / "MANIFEST.json", text.encode())
+    return manifest

@@ -1,0 +1,197 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 — The MLA latent `c_kv`
+#
+# MLA caches one `kv_lora_rank`-wide latent per token and layer (`hook_kv_latent`, after its
+# norm) and rebuilds every head's keys and values from it. How much of that width does the model
+# use? The spectrum and effective rank (participation ratio, entropy rank) of `c_kv` across
+# training; the share of k and v variance carried by its top-r principal directions; the loss when
+# `c_kv` is projected onto them; and probes reading `c_kv` against probes reading the residual
+# stream of the same layer. GQA runs have no latent and are skipped here.
+
+# %% tags=["parameters"]
+runs = ["../runs/paper-mini"]  # run directories, or directories of runs
+smoke = False  # few milestones and documents (CI)
+figures_dir = "../figures"
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+
+from labkit.figures import run_style, save_figure, use_style
+from labkit.study import (
+    find_runs,
+    latent_over_milestones,
+    load_probe_spec,
+    pick_milestones,
+    probe_over_milestones,
+)
+
+use_style()
+mla_runs = [r for r in find_runs(runs) if r.attention == "mla"]
+if not mla_runs:
+    raise ValueError(f"no MLA run among {runs}: the latent exists only in MLA models")
+documents, max_len = (4, 32) if smoke else (32, 128)
+chosen = {r.name: pick_milestones(r.milestones, 2 if smoke else 6) for r in mla_runs}
+latent = {
+    r.name: latent_over_milestones(chosen[r.name], "general", documents, max_len, True)
+    for r in mla_runs
+}
+n_layers = mla_runs[0].model.n_layers
+rank = mla_runs[0].model.kv_lora_rank
+sources = [m for ms in chosen.values() for m in ms]
+
+
+def final_rows(name):
+    last = latent[name][-1]["milestone"]
+    return [row for row in latent[name] if row["milestone"] == last]
+
+
+# %% [markdown]
+# ## Spectrum and effective rank
+
+# %%
+fig, (ax_sv, ax_pr, ax_er) = plt.subplots(1, 3, figsize=(12, 3.4))
+for r in mla_runs:
+    style = run_style(r.attention, r.mix)
+    for row in final_rows(r.name):
+        sv = np.array(row["singular_values"])
+        ax_sv.plot(
+            np.arange(1, len(sv) + 1),
+            sv**2 / (sv**2).sum(),
+            linestyle=style["linestyle"],
+            color=plt.cm.viridis(row["layer"] / n_layers),
+            label=f"{r.mix}, layer {row['layer']}",
+        )
+    for layer in range(n_layers):
+        rows = [row for row in latent[r.name] if row["layer"] == layer]
+        color = plt.cm.viridis(layer / n_layers)
+        for ax, key in ((ax_pr, "participation_ratio"), (ax_er, "entropy_rank")):
+            ax.plot(
+                [x["tokens"] for x in rows],
+                [x[key] for x in rows],
+                marker=".",
+                color=color,
+                linestyle=style["linestyle"],
+                label=f"{r.mix}, layer {layer}",
+            )
+ax_sv.set_yscale("log")
+ax_sv.set_xlabel("principal direction")
+ax_sv.set_ylabel("share of c_kv variance")
+ax_sv.set_title("c_kv spectrum at the final milestone")
+ax_pr.set_title(f"participation ratio (of {rank})")
+ax_er.set_title(f"entropy rank (of {rank})")
+for ax in (ax_pr, ax_er):
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens")
+ax_sv.legend(fontsize=6, ncol=2)
+fig.suptitle("solid: dense corpus, dashed: control corpus", fontsize=8)
+fig.tight_layout()
+save_figure(fig, "05_latent_spectrum", figures_dir, sources=sources)
+
+# %% [markdown]
+# ## How many latent directions do k, v and the loss need?
+
+# %%
+fig, (ax_k, ax_v, ax_loss) = plt.subplots(1, 3, figsize=(12, 3.4))
+for r in mla_runs:
+    style = run_style(r.attention, r.mix)
+    for row in final_rows(r.name):
+        color = plt.cm.viridis(row["layer"] / n_layers)
+        ranks = row["ranks"]
+        label = f"{r.mix}, layer {row['layer']}"
+        ax_k.plot(
+            ranks,
+            row["kv_variance_explained"]["k"],
+            marker=".",
+            color=color,
+            linestyle=style["linestyle"],
+            label=label,
+        )
+        ax_v.plot(
+            ranks,
+            row["kv_variance_explained"]["v"],
+            marker=".",
+            color=color,
+            linestyle=style["linestyle"],
+        )
+        ax_loss.plot(
+            ranks,
+            [row["truncated_loss"][k] for k in ranks],
+            marker=".",
+            color=color,
+            linestyle=style["linestyle"],
+        )
+ax_k.set_title("k (no-RoPE part) variance kept")
+ax_v.set_title("v variance kept")
+ax_loss.set_title("loss with c_kv truncated to rank r\n(one layer at a time)")
+for ax in (ax_k, ax_v, ax_loss):
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("rank r of the projected c_kv")
+ax_k.legend(fontsize=6)
+fig.tight_layout()
+save_figure(
+    fig, "05_latent_truncation", figures_dir, sources=[chosen[r.name][-1] for r in mla_runs]
+)
+
+# %%
+for r in mla_runs:
+    for row in final_rows(r.name):
+        kept = dict(zip(row["ranks"], row["kv_variance_explained"]["v"], strict=True))
+        enough = min((k for k, share in kept.items() if share >= 0.9), default=None)
+        print(
+            f"{r.name} layer {row['layer']}: participation ratio "
+            f"{row['participation_ratio']:.1f}, smallest rank keeping 90 % of v variance: "
+            f"{enough}"
+        )
+
+# %% [markdown]
+# ## Probes on `c_kv` against the residual stream
+
+# %%
+targets = ["domain"] if smoke else ["domain", "factual_density", "person_occupation", "digit"]
+rows = {}
+for target in targets:
+    spec = load_probe_spec(target, max_documents=24 if smoke else 150)
+    for r in mla_runs:
+        for site in ("kv_latent", "resid_pre"):
+            rows[target, r.name, site] = probe_over_milestones(r.milestones[-1:], spec, site)
+fig, axes = plt.subplots(1, len(targets), figsize=(3.2 * len(targets), 3.2), squeeze=False)
+for ax, target in zip(axes[0], targets, strict=True):
+    for r in mla_runs:
+        style = run_style(r.attention, r.mix)
+        for site, marker, alpha in (("kv_latent", "o", 1.0), ("resid_pre", "s", 0.45)):
+            got = rows[target, r.name, site]
+            ax.plot(
+                [x["layer"] for x in got],
+                [x["accuracy"] for x in got],
+                marker=marker,
+                alpha=alpha,
+                label=f"{r.mix}: {site}",
+                **style,
+            )
+    ax.set_title(target)
+    ax.set_xlabel("layer")
+    ax.set_xticks(range(n_layers))
+axes[0, 0].set_ylabel("probe accuracy / R² (held-out documents)")
+axes[0, 0].legend(fontsize=6)
+fig.suptitle(
+    "c_kv (the cached latent, circles) against the residual stream entering the layer (squares)",
+    fontsize=8,
+)
+fig.tight_layout()
+save_figure(fig, "05_latent_probes", figures_dir, sources=[r.milestones[-1] for r in mla_runs])

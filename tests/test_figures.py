@@ -1,0 +1,259 @@
+"""The study's figure pipeline: deterministic files, notebook conventions, the headless build
+against CI-sized runs trained through `make paper`'s driver, and JupyterLab serving .py notebooks."""
+
+import ast
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import jupytext
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from conftest import CI, ROOT  # noqa: E402
+
+from labkit.cli import main  # noqa: E402
+from labkit.config import TrainConfig, params_gap  # noqa: E402
+from labkit.figures import (  # noqa: E402
+    NotebookFailed,
+    build,
+    check_image,
+    inject_parameters,
+    notebooks,
+    save_figure,
+    use_style,
+)
+from labkit.study import find_runs, open_run, pick_milestones  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "pretrain"))
+import paper  # noqa: E402
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+
+
+def _figure(seed: int = 0):
+    use_style()
+    fig, (a, b) = plt.subplots(1, 2)
+    a.imshow(np.random.default_rng(seed).random((6, 6)))
+    b.plot([1, 2, 3], [3, 1, 2], label="µ-line")
+    b.legend()
+    b.set_title("déjà vu")
+    return fig
+
+
+# --------------------------------------------------------------------------------- files
+def test_save_figure_is_byte_identical_and_records_its_sources(tmp_path):
+    a = save_figure(_figure(), "x_fig", tmp_path / "a", sources=[tmp_path])
+    time.sleep(1.1)  # a timestamp in the files would now differ
+    b = save_figure(_figure(), "x_fig", tmp_path / "b", sources=[tmp_path])
+    for fa, fb in zip(a, b, strict=True):
+        assert fa.read_bytes() == fb.read_bytes(), fa.name
+        check_image(fa)
+    record = json.loads((tmp_path / "a" / ".records" / "x_fig.json").read_text())
+    assert record["files"] == ["x_fig.png", "x_fig.pdf"]
+    assert record["sources"] == [str(tmp_path.resolve())]
+    assert save_figure(_figure(1), "x_fig", tmp_path / "c")[0].read_bytes() != a[0].read_bytes()
+    with pytest.raises(ValueError, match="figure name"):
+        save_figure(_figure(), "../escape", tmp_path)
+
+
+def test_check_image_rejects_broken_files(tmp_path):
+    empty, blank, cut = tmp_path / "e.png", tmp_path / "b.png", tmp_path / "c.pdf"
+    empty.write_bytes(b"")
+    fig = plt.figure()
+    fig.savefig(blank)
+    plt.close(fig)
+    pdf = save_figure(_figure(), "ok", tmp_path)[1]
+    cut.write_bytes(pdf.read_bytes()[: len(pdf.read_bytes()) // 2])
+    for path, message in [(empty, "empty"), (blank, "blank"), (cut, "complete PDF")]:
+        with pytest.raises(ValueError, match=message):
+            check_image(path)
+
+
+def test_parameters_are_injected_after_the_parameters_cell():
+    nb = jupytext.reads("# %%\nimport os\n\n# %% tags=['parameters']\nx = 1\n\n# %%\nprint(x)\n",
+                        fmt="py:percent")  # fmt: skip
+    inject_parameters(nb, {"x": 2, "runs": ["/a b"]})
+    assert nb.cells[2].source == "x = 2\nruns = ['/a b']"
+    assert nb.cells[2].metadata["tags"] == ["injected-parameters"]
+    with pytest.raises(ValueError, match="parameters"):
+        inject_parameters(jupytext.reads("# %%\nx = 1\n", fmt="py:percent"), {"x": 2})
+
+
+# ----------------------------------------------------------------------------- notebooks
+def test_notebooks_are_paired_and_follow_the_conventions():
+    assert [p.stem[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05", "06"]
+    for path in NOTEBOOKS:
+        py = jupytext.read(path)
+        paired = path.with_suffix(".ipynb")
+        assert paired.exists(), f"{paired.name} missing: run `jupytext --sync {path}`"
+        ipynb = jupytext.read(paired)
+        assert [c.source for c in py.cells] == [c.source for c in ipynb.cells], (
+            f"{path.name} and {paired.name} differ: run `jupytext --sync {path}`"
+        )
+        code = [c for c in py.cells if c.cell_type == "code"]
+        assert "parameters" in code[0].metadata.get("tags", []), path.name
+        params = {t.id for node in ast.parse(code[0].source).body for t in node.targets}
+        assert {"runs", "smoke", "figures_dir"} <= params, path.name
+        # No analysis logic: the only imports are labkit, numpy and matplotlib.
+        for node in ast.walk(ast.parse(jupytext.writes(py, fmt="py:percent"))):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                mods = (
+                    [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                )
+                assert all(m.split(".")[0] in {"labkit", "numpy", "matplotlib"} for m in mods), (
+                    f"{path.name} imports {mods}"
+                )
+        assert "save_figure(" in path.read_text(), path.name
+
+
+def test_notebook_selection_names_unknown_ones():
+    assert [p.stem for p in notebooks(["02", "04_sim"])] == ["02_induction", "04_similarity"]
+    with pytest.raises(ValueError, match="unknown notebooks"):
+        notebooks(["09"])
+
+
+# --------------------------------------------------------------------------------- study
+def test_every_scale_of_the_study_loads_and_pairs_twins_within_two_percent():
+    for scale_name in ("cpu", "gpu", "1.3b"):
+        scale, runs = paper.load_study(paper.STUDY, scale_name)
+        assert set(runs) == {"mla-dense", "gqa-dense", "mla-control", "gqa-control"}
+        presets, budgets = {}, set()
+        for name, run in runs.items():
+            cmd = paper.train_command(scale, name, run, ROOT / "runs" / "x" / name)
+            sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+            cfg = TrainConfig.load(ROOT / scale["config"], sets)
+            assert cfg.data.mix == run["mix"]
+            presets[name] = cfg.model_config(vocab_size=4096)
+            budgets.add((cfg.train.tokens, cfg.seed, cfg.train.batch_tokens))
+            assert presets[name].attention == run["attention"]
+        gap = params_gap(presets["mla-dense"], presets["gqa-dense"])
+        assert gap < 0.02, (scale_name, gap)
+        assert len(budgets) == 1, budgets  # equal token budgets, one seed
+    with pytest.raises(SystemExit, match="allowed values"):
+        paper.load_study(paper.STUDY, "tpu")
+
+
+@pytest.fixture(scope="session")
+def study_runs(ci_data, tmp_path_factory):
+    """MLA and GQA on the dense mix at CI size, trained through `make paper`'s driver."""
+    root = tmp_path_factory.mktemp("study")
+    study = root / "study.toml"
+    study.write_text(
+        '[runs.mla-dense]\nattention = "mla"\nmix = "dense"\n'
+        '[runs.gqa-dense]\nattention = "gqa"\nmix = "dense"\n'
+        f'[scales.ci]\nconfig = "{CI}"\npreset = "tiny-{{attention}}"\n'
+        f'runs_dir = "{root / "runs"}"\nnproc = 1\n'
+        f'set = ["data.dir={ci_data}", "log.tensorboard=false", "checkpoint.every_tokens=4096"]\n'
+    )
+    cmd = [sys.executable, str(ROOT / "pretrain" / "paper.py"), "--study", str(study)]
+    cmd += ["--scale", "ci", "--no-figures"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0 and again.stdout.count("finished") == 2, again.stdout
+    return root / "runs"
+
+
+def test_study_runs_are_found_and_milestones_picked(study_runs):
+    runs = find_runs([study_runs])
+    assert {(r.name, r.attention, r.mix) for r in runs} == {
+        ("gqa-dense", "gqa", "dense"),
+        ("mla-dense", "mla", "dense"),
+    }
+    assert all(r.finished for r in runs)
+    ms = runs[0].milestones
+    picked = pick_milestones(ms, 3)
+    assert len(picked) == 3 and picked[0] == ms[0] and picked[-1] == ms[-1]
+    assert pick_milestones(ms, None) == ms
+    with pytest.raises(FileNotFoundError, match="not a labkit run"):
+        open_run(study_runs.parent)
+    with pytest.raises(FileNotFoundError, match="make paper"):
+        find_runs([study_runs / "mla-dense" / "checkpoints"])
+
+
+def test_smoke_build_writes_every_declared_figure_deterministically(study_runs, tmp_path):
+    """What CI checks: every notebook runs in smoke mode against the CI runs, every figure in the
+    manifest exists and is a valid image, and a rebuild from the same checkpoints is identical."""
+    out = tmp_path / "figures"
+    assert main(["figures", "--runs", str(study_runs), "--smoke", "--out", str(out)]) == 0
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    assert manifest["smoke"] is True and len(manifest["runs"]) == 2
+    notebooks_seen = {fig["notebook"] for fig in manifest["figures"].values()}
+    assert notebooks_seen == {f"notebooks/{p.name}" for p in NOTEBOOKS}
+    for name, fig in manifest["figures"].items():
+        assert fig["files"] == [f"{name}.png", f"{name}.pdf"]
+        for f in fig["files"]:
+            check_image(out / f)
+        for path, sha in fig["checkpoints"].items():
+            where = Path(path) if Path(path).is_absolute() else ROOT / path
+            meta = json.loads((where / "meta.json").read_text())
+            assert meta["checksums"]["model.safetensors"] == sha
+    # A figure from checkpoints names them; the MLA-vs-GQA comparison ran.
+    assert manifest["figures"]["02_top_heads"]["checkpoints"]
+    assert "04_cka_mla_vs_gqa" in manifest["figures"]
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(["MANIFEST.json", *(f for fig in manifest["figures"].values()
+                                                  for f in fig["files"])])  # fmt: skip
+
+    again = tmp_path / "again"
+    build([study_runs], again, smoke=True, names=["01", "04"], log=lambda *_: None)
+    rebuilt = json.loads((again / "MANIFEST.json").read_text())["figures"]
+    assert rebuilt
+    for fig in rebuilt.values():
+        for f in fig["files"]:
+            assert (again / f).read_bytes() == (out / f).read_bytes(), f
+
+
+def test_a_failing_notebook_stops_the_build_and_shows_the_cell(study_runs, tmp_path, capsys):
+    book = tmp_path / "nbs"
+    book.mkdir()
+    (book / "00_broken.py").write_text(
+        '# %% tags=["parameters"]\nruns = []\nsmoke = False\nfigures_dir = "."\n\n'
+        '# %%\nvalue = 41\nraise RuntimeError(f"boom {value + 1}")\n'
+    )
+    with pytest.raises(NotebookFailed) as err:
+        build([study_runs], tmp_path / "out", directory=book, log=lambda *_: None)
+    assert "00_broken.py failed" in str(err.value)
+    assert "value = 41" in str(err.value) and "boom 42" in str(err.value)
+
+
+# ------------------------------------------------------------------------------- JupyterLab
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_jupyter_lab_serves_py_notebooks_as_notebooks(tmp_path):
+    port, token = _free_port(), "labkit-test"
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
+           "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
+           f"--ServerApp.root_dir={ROOT}", "--allow-root"]  # fmt: skip
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path), JUPYTER_DATA_DIR=str(tmp_path))
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    url = f"http://127.0.0.1:{port}/api/contents/notebooks/00_dataset.py?token={token}"
+    try:
+        deadline, reply = time.time() + 60, None
+        while time.time() < deadline and reply is None:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    reply = json.loads(r.read())
+            except OSError:
+                assert server.poll() is None, "jupyter lab exited"
+                time.sleep(0.5)
+        assert reply is not None, "jupyter lab did not answer within 60 s"
+        assert reply["type"] == "notebook"
+        assert reply["content"]["cells"][0]["cell_type"] == "markdown"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
