@@ -1,0 +1,198 @@
+"""Evaluate milestones with lm-eval through the `labkit` adapter, and keep the results: one JSON per
+milestone in the run (`evals/<milestone>.json`) and one line per milestone in the registry
+(`index.jsonl` next to the run, the file the trainer appends its final record to)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from labkit.checkpoint import list_milestones
+from labkit.eval.tasks import SUITE, build_tasks
+
+# The number each task is ranked by (lm-eval reports several).
+MAIN_METRIC = {
+    "labkit_lambada": "acc",
+    "labkit_arithmetic": "exact_match",
+    "labkit_squad": "f1",
+}
+DEFAULT_METRIC = "acc"
+
+
+def main_metric(task: str) -> str:
+    return MAIN_METRIC.get(task, DEFAULT_METRIC)
+
+
+def tasks_dir_for(checkpoint: Path, rebuild: bool = False) -> Path:
+    """The suite of the data set a checkpoint trained on (DATA/tasks), built on first use."""
+    from labkit.eval.adapter import checkpoint_tokenizer
+
+    data_dir = checkpoint_tokenizer(checkpoint).parent
+    tasks = data_dir / "tasks"
+    if rebuild or not (tasks / f"{SUITE}.yaml").exists():
+        build_tasks(data_dir, tasks)
+    return tasks
+
+
+def flatten(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """lm-eval's {"task": {"acc,none": x, "acc_stderr,none": s, ...}} as
+    {"task": {"acc": x, "acc_stderr": s, ...}} (filter names dropped; groups without numbers
+    left out)."""
+    out: dict[str, dict[str, float]] = {}
+    for task, metrics in results.items():
+        row = {}
+        for key, value in metrics.items():
+            if "," in key and isinstance(value, int | float) and not isinstance(value, bool):
+                row[key.split(",")[0]] = float(value)
+        if row:
+            out[task] = row
+    return out
+
+
+def load_tasks(tasks: Sequence[str], tasks_dir: str | Path) -> dict:
+    """lm-eval's loaded tasks (zero-shot), to evaluate several checkpoints without reloading
+    the data sets each time."""
+    from lm_eval.tasks import TaskManager
+
+    for name in ("lm-eval", "lm_eval"):  # its per-task INFO lines drown the progress bar
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
+    loaded = TaskManager(include_path=str(tasks_dir)).load(list(tasks))
+    for task in loaded["tasks"].values():
+        if task.get_config("num_fewshot") is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=0)
+    return loaded
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    tasks: Sequence[str] = (SUITE,),
+    tasks_dir: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 32,
+    device: str = "cpu",
+    dtype: str = "float32",
+    loaded: dict | None = None,
+) -> dict[str, dict[str, float]]:
+    """{task: {metric: value}} of one checkpoint on lm-eval tasks (the offline suite by default;
+    Hub tasks by name where a network exists). `loaded` reuses `load_tasks`'s result."""
+    import random
+
+    import numpy as np
+    import torch
+    from lm_eval.evaluator import evaluate
+
+    from labkit.eval.adapter import LabkitLM
+
+    checkpoint = Path(checkpoint)
+    if loaded is None:
+        loaded = load_tasks(tasks, tasks_dir or tasks_dir_for(checkpoint))
+    lm = LabkitLM(checkpoint=str(checkpoint), batch_size=batch_size, device=device, dtype=dtype)
+    random.seed(0)  # the bootstrap of standard errors draws from these
+    np.random.seed(0)
+    torch.manual_seed(0)
+    result = evaluate(
+        lm=lm,
+        task_dict=loaded,
+        limit=limit,
+        bootstrap_iters=1000,
+        log_samples=False,
+        verbosity="WARNING",
+    )
+    return flatten(result["results"])
+
+
+def select_milestones(run_dir: Path, milestones: str | Sequence[str] = "all") -> list[Path]:
+    found = list_milestones(run_dir)
+    if not found:
+        raise FileNotFoundError(f"no milestones in {run_dir}/checkpoints: is it a labkit run?")
+    if milestones in ("all", None):
+        return found
+    wanted = milestones.split(",") if isinstance(milestones, str) else list(milestones)
+    by_key = {p.name: p for p in found} | {str(int(p.name.split("_")[-1])): p for p in found}
+    missing = [m for m in wanted if m.strip() not in by_key]
+    if missing:
+        raise ValueError(f"unknown milestones {missing}; available: {[p.name for p in found]}")
+    return [by_key[m.strip()] for m in wanted]
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    tasks: Sequence[str] = (SUITE,),
+    milestones: str | Sequence[str] = "all",
+    limit: int | None = None,
+    batch_size: int = 32,
+    device: str = "cpu",
+    registry: str | Path | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Evaluate milestones of a run; write evals/<milestone>.json into the run and append one
+    record per milestone to the registry (default: index.jsonl beside the run)."""
+    run_dir = Path(run_dir)
+    chosen = select_milestones(run_dir, milestones)
+    loaded = load_tasks(tasks, tasks_dir_for(chosen[0]))
+    registry = Path(registry) if registry else run_dir.parent / "index.jsonl"
+    (run_dir / "evals").mkdir(exist_ok=True)
+    records = []
+    for path in tqdm(chosen, desc=f"eval {run_dir.name}", disable=not progress):
+        meta = json.loads((path / "meta.json").read_text())
+        scores = evaluate_checkpoint(path, tasks, None, limit, batch_size, device, loaded=loaded)
+        record = {
+            "kind": "eval",
+            "experiment_id": run_dir.name,
+            "run_dir": str(run_dir.resolve()),
+            "milestone": path.name,
+            "step": meta["step"],
+            "tokens": meta["tokens"],
+            "model_sha256": meta["checksums"]["model.safetensors"],
+            "val_loss": sum(meta["val"].values()) / len(meta["val"]) if meta.get("val") else None,
+            "tasks": list(tasks),
+            "limit": limit,
+            "timestamp": dt.datetime.now().isoformat(timespec="seconds"),
+            "scores": scores,
+        }
+        (run_dir / "evals" / f"{path.name}.json").write_text(json.dumps(record, indent=2) + "\n")
+        with registry.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        records.append(record)
+    return records
+
+
+def milestone_scores(
+    run_dir: str | Path,
+    milestones: Sequence[Path],
+    limit: int | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """The suite's results for these milestones of a run: read from the run's evals/ when an
+    earlier evaluation used the same `limit`, evaluated (and recorded) otherwise."""
+    run_dir = Path(run_dir)
+    out, missing = [], []
+    for path in milestones:
+        saved = run_dir / "evals" / f"{path.name}.json"
+        record = json.loads(saved.read_text()) if saved.exists() else None
+        if record is None or record.get("limit") != limit or SUITE not in record["tasks"]:
+            missing.append(path.name)
+        out.append(record)
+    if missing:
+        fresh = {
+            r["milestone"]: r
+            for r in evaluate_run(run_dir, (SUITE,), missing, limit, progress=progress)
+        }
+        out = [
+            r if r and r["milestone"] not in fresh else fresh[p.name]
+            for r, p in zip(out, milestones, strict=True)
+        ]
+    return out

@@ -1,0 +1,311 @@
+"""The offline task suite: seed 002's nine tiny-model tasks as lm-eval YAML tasks over local JSONL.
+
+`build_tasks(data_dir, out)` (the `labkit eval build-tasks` command) writes, deterministically from
+the data set's synthetic world and its held-out documents (never its training text):
+
+| task | kind | from | random baseline |
+|---|---|---|---|
+| labkit_lambada | last word, loglikelihood (acc = greedy) | held-out sentences | 0 |
+| labkit_completion | sentence ending, 4-way | held-out sentences | 0.25 |
+| labkit_hellaswag | next sentence of a document, 4-way | held-out documents | 0.25 |
+| labkit_piqa | the right procedure, 2-way | world facts | 0.5 |
+| labkit_siqa | a person's life, 3-way | world people | 1/3 |
+| labkit_arithmetic | a + b, 1 <= a, b <= 20, generated | - | 1/39 |
+| labkit_association | the kind of a named thing, 4-way | world species, organisations | 0.25 |
+| labkit_qa | a fact about an entity, 4-way | world facts | 0.25 |
+| labkit_squad | extraction, exact match and F1 | held-out retrieval passages | 0 |
+
+Each task YAML names its JSONL by absolute path, so lm-eval finds it from any working directory;
+`labkit_suite` is the group of all nine. Hub tasks (hellaswag, piqa, social_iqa, arc_easy,
+lambada_openai) run through the same adapter where a network exists.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from labkit.data.build import load_manifest
+from labkit.data.world import World, build_world
+
+SUITE = "labkit_suite"
+UNANSWERABLE = "not in the passage"
+
+
+def _sentences(text: str) -> list[str]:
+    parts = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
+    return [p for p in parts if len(p.split()) >= 6 and p[-1] in ".!?"]
+
+
+def _held_out(data_dir: Path, split: str) -> list[dict[str, Any]]:
+    path = data_dir / "text" / f"eval_{split}.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: build the data set with `labkit data build`")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _world(manifest: dict[str, Any]) -> World:
+    sizes = manifest["config"].get("world", {})
+    return build_world(manifest["seed"], **{f"n_{k}": v for k, v in sizes.items()})
+
+
+def _choices(rng: random.Random, right: str, pool: list[str], k: int) -> tuple[list[str], int]:
+    wrong = rng.sample(sorted({p for p in pool if p != right}), k - 1)
+    options = [right, *wrong]
+    rng.shuffle(options)
+    return options, options.index(right)
+
+
+# ------------------------------------------------------------------------------------ the nine
+def lambada(docs, world, rng, n):
+    out = []
+    for doc in docs:
+        sents = _sentences(doc["text"])
+        for i, s in enumerate(sents):
+            words = s[:-1].split()
+            if len(words) >= 8 and words[-1].isalpha() and len(words[-1]) >= 3:
+                context = " ".join([*sents[max(0, i - 3) : i], " ".join(words[:-1])])
+                out.append({"context": context, "target": words[-1]})
+                break
+    return rng.sample(out, min(n, len(out)))
+
+
+def completion(docs, world, rng, n):
+    sents = [s for d in docs for s in _sentences(d["text"])]
+    rng.shuffle(sents)
+    endings = [" ".join(s.split()[-3:]) for s in sents]
+    out = []
+    for s, ending in zip(sents[:n], endings[:n], strict=True):
+        options, label = _choices(rng, ending, endings, 4)
+        out.append({"context": " ".join(s.split()[:-3]), "choices": options, "label": label})
+    return out
+
+
+def hellaswag(docs, world, rng, n):
+    by_doc = [(d["labels"]["format"], _sentences(d["text"])) for d in docs]
+    by_doc = [(f, s) for f, s in by_doc if len(s) >= 3]
+    thirds: dict[str, list[str]] = {}
+    for f, s in by_doc:
+        thirds.setdefault(f, []).append(s[2])
+    out = []
+    for f, s in rng.sample(by_doc, min(n, len(by_doc))):
+        pool = thirds[f] if len(set(thirds[f])) >= 4 else [x for v in thirds.values() for x in v]
+        options, label = _choices(rng, s[2], pool, 4)
+        out.append({"context": " ".join(s[:2]), "choices": options, "label": label})
+    return out
+
+
+def piqa(docs, world, rng, n):
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.5:
+            a, b = rng.sample(world.organisations, 2)
+            early, late = sorted([a.founded, b.founded])
+            goal = (f"To find how many years passed between the founding of the {a.name} "
+                    f"({a.founded}) and of the {b.name} ({b.founded}),")  # fmt: skip
+            right, wrong = f"subtract {early} from {late}.", f"subtract {late} from {early}."
+        else:
+            p = rng.choice(world.people)
+            goal = f"To find the age {p.name} (born {p.born}) turns in 2025,"
+            right, wrong = f"subtract {p.born} from 2025.", f"subtract 2025 from {p.born}."
+        options = [right, wrong]
+        rng.shuffle(options)
+        out.append({"context": goal, "choices": options, "label": options.index(right)})
+    return out
+
+
+def siqa(docs, world, rng, n):
+    hobbies = [p.hobby for p in world.people]
+    cities = [c.name for c in world.cities]
+    out = []
+    for p in rng.sample(world.people, min(n, len(world.people))):
+        if rng.random() < 0.5:
+            context = f"{p.name} works as a {p.occupation}. In free hours, {p.first} enjoys"
+            options, label = _choices(rng, p.hobby, hobbies, 3)
+        else:
+            org = world.organisations[p.employer]
+            context = f"{p.name} works for the {org.name}. Every evening, {p.first} goes home to"
+            options, label = _choices(rng, world.cities[p.city].name, cities, 3)
+        out.append({"context": context, "choices": options, "label": label})
+    return out
+
+
+def arithmetic(docs, world, rng, n):
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(1, 20), rng.randint(1, 20)
+        out.append({"context": f"Question: What is {a} plus {b}?\nAnswer:", "answer": str(a + b)})
+    return out
+
+
+def association(docs, world, rng, n):
+    classes = sorted({s.cls for s in world.species})
+    kinds = sorted({o.kind for o in world.organisations})
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.5:
+            s = rng.choice(world.species)
+            context, right, pool = f"The {s.name} is a kind of", s.cls, classes
+        else:
+            o = rng.choice(world.organisations)
+            # the name holds its kind ("the X Guild"): ask about the field instead
+            context = f"{o.name.rsplit(' ', 1)[0]}: a word that goes with it is"
+            right, pool = o.kind, kinds
+        options, label = _choices(rng, right, pool, 4)
+        out.append({"context": context, "choices": options, "label": label})
+    return out
+
+
+def qa(docs, world, rng, n):
+    occupations = sorted({p.occupation for p in world.people})
+    countries = [c.name for c in world.countries]
+    fields = sorted({o.field for o in world.organisations})
+    out = []
+    for _ in range(n):
+        kind = rng.randrange(3)
+        if kind == 0:
+            p = rng.choice(world.people)
+            q, right, pool = f"What is the occupation of {p.name}?", p.occupation, occupations
+        elif kind == 1:
+            c = rng.choice(world.cities)
+            q, right, pool = (
+                f"In which country is {c.name}?",
+                world.countries[c.country].name,
+                countries,
+            )
+        else:
+            o = rng.choice(world.organisations)
+            q, right, pool = f"What does the {o.name} focus on?", o.field, fields
+        options, label = _choices(rng, right, pool, 4)
+        out.append({"context": f"Question: {q}\nAnswer:", "choices": options, "label": label})
+    return out
+
+
+def squad(docs, world, rng, n):
+    out = []
+    for d in docs:
+        passage = d["text"].split("\nQuestion:")[0]
+        context = f"{passage}\nQuestion: {d['question']}\nAnswer:"
+        answer = d["answer"] if d["answerable"] else UNANSWERABLE
+        out.append({"context": context, "answer": answer, "answerable": d["answerable"]})
+    return rng.sample(out, min(n, len(out)))
+
+
+# ---------------------------------------------------------------------------------- the suite
+Builder = Callable[[list, World, random.Random, int], list[dict[str, Any]]]
+TASKS: dict[str, dict[str, Any]] = {
+    "labkit_lambada": {"build": lambada, "source": "general", "kind": "loglikelihood",
+                       "baseline": 0.0, "description": "the last word of a held-out sentence"},
+    "labkit_completion": {"build": completion, "source": "general", "kind": "choice",
+                          "baseline": 0.25, "description": "the ending of a held-out sentence"},
+    "labkit_hellaswag": {"build": hellaswag, "source": "general", "kind": "choice",
+                         "baseline": 0.25, "description": "the next sentence of a document"},
+    "labkit_piqa": {"build": piqa, "source": None, "kind": "choice", "baseline": 0.5,
+                    "description": "the right procedure for a goal"},
+    "labkit_siqa": {"build": siqa, "source": None, "kind": "choice", "baseline": 1 / 3,
+                    "description": "a person's hobby or home"},
+    "labkit_arithmetic": {"build": arithmetic, "source": None, "kind": "generate",
+                          "baseline": 1 / 39, "description": "a + b for 1 <= a, b <= 20"},
+    "labkit_association": {"build": association, "source": None, "kind": "choice",
+                           "baseline": 0.25, "description": "the kind a named thing belongs to"},
+    "labkit_qa": {"build": qa, "source": None, "kind": "choice", "baseline": 0.25,
+                  "description": "a fact about a person, city or organisation"},
+    "labkit_squad": {"build": squad, "source": "retrieval", "kind": "extract", "baseline": 0.0,
+                     "description": "extract the answer from a passage, or say it is not there"},
+}  # fmt: skip
+
+FUNCTION = "!function utils.squad_process_results"
+UTILS = '''"""lm-eval hooks of the labkit suite (written by `labkit eval build-tasks`)."""
+
+from labkit.eval.metrics import squad_process_results  # noqa: F401
+'''
+
+
+def _yaml(name: str, spec: dict[str, Any], data_file: Path) -> dict[str, Any]:
+    base = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
+        "test_split": "test",
+        "doc_to_text": "{{context}}",
+        "metadata": {"version": 1.0, "random_baseline": spec["baseline"],
+                     "description": spec["description"]},
+    }  # fmt: skip
+    mean = {"aggregation": "mean", "higher_is_better": True}
+    if spec["kind"] == "choice":
+        base |= {
+            "output_type": "multiple_choice",
+            "doc_to_choice": "{{choices}}",
+            "doc_to_target": "{{label}}",
+            "metric_list": [{"metric": "acc", **mean}, {"metric": "acc_norm", **mean}],
+        }
+    elif spec["kind"] == "loglikelihood":
+        base |= {
+            "output_type": "loglikelihood",
+            "doc_to_target": "{{target}}",
+            "metric_list": [
+                {"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
+                {"metric": "acc", **mean},
+            ],
+        }
+    else:
+        base |= {
+            "output_type": "generate_until",
+            "doc_to_target": "{{answer}}",
+            "generation_kwargs": {"until": ["\n"], "max_gen_toks": 16, "do_sample": False},
+        }
+        if spec["kind"] == "generate":
+            base["metric_list"] = [{"metric": "exact_match", "ignore_case": True,
+                                    "ignore_punctuation": True, **mean}]  # fmt: skip
+            base["filter_list"] = [
+                {
+                    "name": "strip",
+                    "filter": [{"function": "remove_whitespace"}, {"function": "take_first"}],
+                }
+            ]
+        else:
+            base["process_results"] = "!function utils.squad_process_results"
+            base["metric_list"] = [{"metric": "exact_match", **mean}, {"metric": "f1", **mean}]
+    return base
+
+
+def build_tasks(
+    data_dir: str | Path, out: str | Path | None = None, n: int = 200, seed: int = 0
+) -> Path:
+    """Write the suite's JSONL files, task YAMLs and group into `out` (default DATA/tasks)."""
+    data_dir = Path(data_dir).resolve()
+    manifest = load_manifest(data_dir)
+    out = Path(out).resolve() if out else data_dir / "tasks"
+    out.mkdir(parents=True, exist_ok=True)
+    world = _world(manifest)
+    sources = {s: _held_out(data_dir, s) for s in ("general", "retrieval")}
+    index = {}
+    for name, spec in TASKS.items():
+        rng = random.Random(f"{name}-{seed}")
+        rows = spec["build"](sources.get(spec["source"], []), world, rng, n)
+        if not rows:
+            raise ValueError(f"{name}: no examples could be built from {data_dir}")
+        data_file = out / f"{name}.jsonl"
+        data_file.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        text = yaml.safe_dump(_yaml(name, spec, data_file), sort_keys=False, width=100)
+        # the one YAML tag lm-eval needs: a function from the task directory's utils.py
+        text = text.replace("'!function utils.squad_process_results'", FUNCTION)
+        (out / f"{name}.yaml").write_text(text)
+        index[name] = {"examples": len(rows), "random_baseline": spec["baseline"],
+                       "kind": spec["kind"], "description": spec["description"]}  # fmt: skip
+    (out / "utils.py").write_text(UTILS)
+    group = {"group": SUITE, "task": list(TASKS), "metadata": {"version": 1.0}}
+    (out / f"{SUITE}.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
+    (out / "suite.json").write_text(json.dumps(index, indent=2) + "\n")
+    return out
+
+
+def random_baselines(tasks_dir: str | Path) -> dict[str, float]:
+    index = json.loads((Path(tasks_dir) / "suite.json").read_text())
+    return {name: entry["random_baseline"] for name, entry in index.items()}
