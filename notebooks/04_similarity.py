@@ -66,7 +66,11 @@ print("MLA vs GQA pairs on:", list(pairs) or "none (needs one MLA and one GQA ru
 if pairs:
     cols = max(len(rows) for rows in compared.values())
     fig, axes = plt.subplots(
-        len(pairs), cols, figsize=(2.6 * cols, 2.5 * len(pairs) + 0.4), squeeze=False
+        len(pairs),
+        cols,
+        figsize=(2.6 * cols + 1, 2.5 * len(pairs) + 0.4),
+        squeeze=False,
+        layout="constrained",
     )
     for i, (mix, rows) in enumerate(compared.items()):
         for j, ax in enumerate(axes[i]):
