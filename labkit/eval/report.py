@@ -20,6 +20,8 @@ from labkit.config import ModelConfig
 from labkit.eval.runner import main_metric
 from labkit.eval.stats import correlations, mean_ci, paired_ttest, power_law_fit
 
+SPAN = 1.5  # the largest model at least this many times the smallest for a scaling fit
+
 
 def read_registry(*paths: str | Path) -> list[dict[str, Any]]:
     """Every record of the given index.jsonl files (a missing file is an error naming it)."""
@@ -153,7 +155,8 @@ def analyse(records: Sequence[dict]) -> dict[str, Any]:
         if c["val_loss"]
     ]
     sizes = sorted({p for p, _, _ in points})
-    if len(sizes) >= 2:
+    # A fit needs sizes far enough apart: MLA and GQA twins differ by < 1 % and are one size.
+    if len(sizes) >= 2 and sizes[-1] >= SPAN * sizes[0]:
         x = [p for p, _, _ in points]
         scaling["loss"] = power_law_fit(x, [loss for _, loss, _ in points]).to_dict()
         errors = [(p, 1 - s) for p, _, s in points if not math.isnan(s) and s < 1]
@@ -166,7 +169,8 @@ def analyse(records: Sequence[dict]) -> dict[str, Any]:
     for r in rows:
         for t in tasks:
             table[t].append(r["scores"][t][main_metric(t)])
-        table["val_loss"].append(r.get("val_loss", math.nan))
+        loss = r.get("val_loss")
+        table["val_loss"].append(math.nan if loss is None else loss)
     corr = None
     if len(rows) >= 3 and tasks:
         names_c, matrix = correlations(table)
@@ -324,9 +328,12 @@ def write_report(records: Sequence[dict], out: str | Path = "research_report.md"
             cells = []
             for t in result["tasks"]:
                 s = c["tasks"].get(t)
-                cells.append(
-                    "-" if not s else f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
-                )
+                if not s:
+                    cells.append("-")
+                elif s["n"] == 1:
+                    cells.append(f"{s['mean']:.3f} (1 seed)")
+                else:
+                    cells.append(f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]")
             lines.append(
                 f"| {name} | " + " | ".join(cells) + f" | {_fmt(c['mean_score'])} | "
                 f"{_fmt(c['score_per_million_params'])} | {_fmt(c['score_per_pflop'])} |"
@@ -344,7 +351,15 @@ def write_report(records: Sequence[dict], out: str | Path = "research_report.md"
                 f"| {t['a']} | {t['b']} | {t['paired_over']} | {t['n']} | "
                 f"{t['mean_difference']:+.4f} | {_fmt(t['t'], 2)} | {_fmt(t['p'], 4)} |"
             )
-    if result["scaling"]:
+    if not result["scaling"]:
+        lines += [
+            "",
+            "## Scaling",
+            "",
+            "No fit: the registry needs models of at least two sizes "
+            f"{SPAN}x apart (e.g. `labkit sweep pretrain/configs/sweeps/architecture.toml`).",
+        ]
+    else:
         fit = result["scaling"]["loss"]
         lines += [
             "",

@@ -106,13 +106,17 @@ def power_law_fit(x: Sequence[float], y: Sequence[float], irreducible: bool = Fa
 
 
 def correlations(table: Mapping[str, Sequence[float]]) -> tuple[list[str], np.ndarray]:
-    """Pearson correlation matrix between the columns of {name: values} (NaN where a column is
-    constant)."""
+    """Pearson correlation matrix between the columns of {name: values}, each pair over the rows
+    where both are finite (NaN where fewer than 3 such rows, or a column is constant there)."""
     names = list(table)
-    data = np.array([np.asarray(table[n], dtype=float) for n in names])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        matrix = np.corrcoef(data) if len(names) > 1 else np.ones((1, 1))
-    return names, np.atleast_2d(matrix)
+    data = [np.asarray(table[n], dtype=float) for n in names]
+    matrix = np.full((len(names), len(names)), np.nan)
+    for i, x in enumerate(data):
+        for j, y in enumerate(data):
+            ok = np.isfinite(x) & np.isfinite(y)
+            if ok.sum() >= 3 and x[ok].std() > 0 and y[ok].std() > 0:
+                matrix[i, j] = float(np.corrcoef(x[ok], y[ok])[0, 1])
+    return names, matrix
 
 
 # ------------------------------------------------------------------------------ baseline checks
