@@ -8,7 +8,6 @@ table or a plot can use directly. The analyses themselves stay pure functions in
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -397,17 +396,3 @@ def probe_over_milestones(
                          "milestone": path.name, "tokens": meta["tokens"], "task": data.task,
                          "examples": data.n_examples, **r.to_dict()})  # fmt: skip
     return rows
-
-
-# ---------------------------------------------------------------------------------- bookkeeping
-def loss_at_milestones(run: Run) -> list[dict[str, Any]]:
-    """Each milestone's tokens, train loss and latest validation losses, from its meta.json."""
-    out = []
-    for path in run.milestones:
-        meta = json.loads((path / "meta.json").read_text())
-        val = meta.get("val") or {}
-        out.append({"milestone": path.name, "tokens": meta["tokens"],
-                    "train_loss": meta.get("train_loss"),
-                    "val_mean": float(np.mean(list(val.values()))) if val else math.nan,
-                    **{f"val/{k}": v for k, v in val.items()}})  # fmt: skip
-    return out

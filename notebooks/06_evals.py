@@ -23,7 +23,7 @@ from labkit.eval.runner import main_metric, milestone_scores
 from labkit.eval.stats import power_law_fit
 from labkit.eval.tasks import TASKS
 from labkit.figures import run_style, save_figure, use_style
-from labkit.study import find_runs, loss_at_milestones, pick_milestones
+from labkit.study import find_runs, pick_milestones
 
 use_style()
 study = find_runs(runs)
@@ -80,7 +80,7 @@ for task in tasks:
 # %% [markdown]
 # ## Scaling with data: validation loss against tokens
 #
-# The fit uses the milestones after the first 10 % of training (the warmup transient left out).
+# The fit uses the evaluations after the first 10 % of training (the warmup transient left out).
 # With one model size in the study, a fit against parameter count needs more sizes: run
 # `labkit sweep pretrain/configs/sweeps/architecture.toml` and `labkit report`.
 
@@ -88,9 +88,9 @@ for task in tasks:
 fig, ax = plt.subplots(figsize=(6, 3.8))
 fits = {}
 for r in study:
-    rows = [x for x in loss_at_milestones(r) if np.isfinite(x["val_mean"])]
-    tokens = np.array([x["tokens"] for x in rows], dtype=float)
-    loss = np.array([x["val_mean"] for x in rows])
+    evals = r.metrics()[1]  # every evaluation of the run, at the tokens it was made
+    tokens = np.array([x["tokens"] for x in evals], dtype=float)
+    loss = np.array([x["val/mean"] for x in evals])
     style = run_style(r.attention, r.mix)
     ax.scatter(tokens, loss, s=12, color=style["color"])
     late = tokens >= 0.1 * tokens.max()

@@ -4,7 +4,9 @@ milestone in the run (`evals/<milestone>.json`) and one line per milestone in th
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -103,14 +105,15 @@ def evaluate_checkpoint(
     random.seed(0)  # the bootstrap of standard errors draws from these
     np.random.seed(0)
     torch.manual_seed(0)
-    result = evaluate(
-        lm=lm,
-        task_dict=loaded,
-        limit=limit,
-        bootstrap_iters=1000,
-        log_samples=False,
-        verbosity="WARNING",
-    )
+    with contextlib.redirect_stdout(io.StringIO()):  # lm-eval prints a line per bootstrap
+        result = evaluate(
+            lm=lm,
+            task_dict=loaded,
+            limit=limit,
+            bootstrap_iters=1000,
+            log_samples=False,
+            verbosity="WARNING",
+        )
     return flatten(result["results"])
 
 
