@@ -273,6 +273,7 @@ def build(
                 check_image(out / f)
             manifest["figures"][record["name"]] = {
                 "notebook": _display(path),
+                "labkit_commit": manifest["labkit_commit"],
                 "files": record["files"],
                 **describe_sources(record["sources"]),
             }
