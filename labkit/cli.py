@@ -84,21 +84,11 @@ def _milestones(args: argparse.Namespace) -> list:
     """The milestone directories named by --checkpoint, or by --run and --milestones."""
     from pathlib import Path
 
-    from labkit.checkpoint import list_milestones
+    from labkit.study import select_milestones
 
     if args.checkpoint:
         return [Path(args.checkpoint)]
-    found = list_milestones(args.run)
-    if not found:
-        raise FileNotFoundError(f"no milestones in {args.run}/checkpoints: is it a labkit run?")
-    if args.milestones in (None, "all"):
-        return found
-    wanted = [m.strip() for m in args.milestones.split(",")]
-    by_name = {p.name: p for p in found} | {p.name.split("_")[-1].lstrip("0"): p for p in found}
-    missing = [m for m in wanted if m not in by_name and m.lstrip("0") not in by_name]
-    if missing:
-        raise ValueError(f"unknown milestones {missing}; available: {[p.name for p in found]}")
-    return [by_name.get(m) or by_name[m.lstrip("0")] for m in wanted]
+    return select_milestones(args.run, args.milestones)
 
 
 def cmd_probe(args: argparse.Namespace) -> int:

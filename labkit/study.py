@@ -54,9 +54,6 @@ class Run:
     def finished(self) -> bool:
         return (self.path / "final.json").exists()
 
-    def tokens(self, milestone: Path) -> int:
-        return json.loads((milestone / "meta.json").read_text())["tokens"]
-
     def metrics(self) -> tuple[list[dict], list[dict]]:
         """(training rows, evaluation rows) of metrics.jsonl; eval rows carry `val/<split>`."""
         rows = [json.loads(line) for line in (self.path / "metrics.jsonl").read_text().splitlines()]
@@ -118,6 +115,26 @@ def pick_milestones(milestones: Sequence[Path], n: int | None) -> list[Path]:
     targets = np.linspace(tokens[0], tokens[-1], n)
     chosen = sorted({int(np.argmin(np.abs(tokens - t))) for t in targets})
     return [milestones[i] for i in chosen]
+
+
+def select_milestones(
+    run_dir: str | Path, milestones: str | Sequence[str] | None = "all"
+) -> list[Path]:
+    """A run's milestones: all, or those named (directory names or token counts) in a comma
+    list or sequence."""
+    found = list_milestones(run_dir)
+    if not found:
+        raise FileNotFoundError(f"no milestones in {run_dir}/checkpoints: is it a labkit run?")
+    if milestones in (None, "all"):
+        return found
+    wanted = [
+        m.strip() for m in (milestones.split(",") if isinstance(milestones, str) else milestones)
+    ]
+    by_name = {p.name: p for p in found} | {p.name.split("_")[-1].lstrip("0"): p for p in found}
+    missing = [m for m in wanted if m not in by_name and m.lstrip("0") not in by_name]
+    if missing:
+        raise ValueError(f"unknown milestones {missing}; available: {[p.name for p in found]}")
+    return [by_name.get(m) or by_name[m.lstrip("0")] for m in wanted]
 
 
 def shared_milestones(a: Run, b: Run) -> list[tuple[Path, Path]]:

@@ -32,13 +32,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def checkpoint_tokenizer(checkpoint: Path) -> Path:
     """The tokenizer.json of the data set a checkpoint was trained on."""
-    meta = json.loads((checkpoint / "meta.json").read_text())
+    from labkit.study import run_data_dir
+
     candidates = [checkpoint / "tokenizer.json"]
-    if meta.get("data_dir"):
-        data_dir = Path(meta["data_dir"])
-        if not data_dir.is_absolute():
-            data_dir = Path(__file__).resolve().parents[2] / data_dir
-        candidates.append(data_dir / "tokenizer.json")
+    if json.loads((checkpoint / "meta.json").read_text()).get("data_dir"):
+        candidates.append(run_data_dir(checkpoint) / "tokenizer.json")
     for c in candidates:
         if c.exists():
             return c

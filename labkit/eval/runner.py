@@ -15,8 +15,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from labkit.checkpoint import list_milestones
 from labkit.eval.tasks import SUITE, build_tasks
+from labkit.study import select_milestones
 
 # The number each task is ranked by (lm-eval reports several).
 MAIN_METRIC = {
@@ -115,20 +115,6 @@ def evaluate_checkpoint(
             verbosity="WARNING",
         )
     return flatten(result["results"])
-
-
-def select_milestones(run_dir: Path, milestones: str | Sequence[str] = "all") -> list[Path]:
-    found = list_milestones(run_dir)
-    if not found:
-        raise FileNotFoundError(f"no milestones in {run_dir}/checkpoints: is it a labkit run?")
-    if milestones in ("all", None):
-        return found
-    wanted = milestones.split(",") if isinstance(milestones, str) else list(milestones)
-    by_key = {p.name: p for p in found} | {str(int(p.name.split("_")[-1])): p for p in found}
-    missing = [m for m in wanted if m.strip() not in by_key]
-    if missing:
-        raise ValueError(f"unknown milestones {missing}; available: {[p.name for p in found]}")
-    return [by_key[m.strip()] for m in wanted]
 
 
 def evaluate_run(
