@@ -202,6 +202,85 @@ class ModelConfig:
         attn_per_layer = 2 * self.n_heads * (self.qk_head_dim + self.value_head_dim) * seq_len / 2
         return 6.0 * matmul_params + 3.0 * self.n_layers * attn_per_layer
 
+    # ------------------------------------------------------------------ TransformerLens's names
+    # TransformerLens's utilities (ActivationCache, patching, head_detector) read `model.cfg` by
+    # TransformerLens's field names. They are derived here, never stored, so LabModel keeps one
+    # config: nothing below is serialised and nothing can drift from the fields above.
+    @property
+    def d_head(self) -> int:
+        """Width of hook_z and of each head's rows of W_O (MLA: v_head_dim; W_Q/W_K are
+        qk_head_dim wide)."""
+        return self.value_head_dim
+
+    @property
+    def d_mlp(self) -> int:
+        return self.d_ff
+
+    @property
+    def d_vocab(self) -> int:
+        return self.vocab_size
+
+    @property
+    def d_vocab_out(self) -> int:
+        return self.vocab_size
+
+    @property
+    def n_ctx(self) -> int:
+        return self.max_seq_len
+
+    @property
+    def n_key_value_heads(self) -> int | None:
+        """GQA: the K/V heads of hook_k/hook_v. MLA: None (hook_k/hook_v have n_heads heads)."""
+        return self.n_kv_heads if self.attention == "gqa" else None
+
+    @property
+    def rotary_dim(self) -> int:
+        return self.rope_dim
+
+    @property
+    def eps(self) -> float:
+        return self.norm_eps
+
+    @property
+    def model_name(self) -> str:
+        return self.name
+
+    @property
+    def original_architecture(self) -> str:
+        return f"LabModel-{self.attention.upper()}"
+
+    # The norms keep their gains (they are not folded into the next matrices), and the model has
+    # no biases, no absolute positions, no parallel attention/MLP and no split q/k/v inputs.
+    normalization_type = "RMS"
+    final_rms = True
+    positional_embedding_type = "rotary"
+    act_fn = "silu"
+    gated_mlp = True
+    attn_only = False
+    parallel_attn_mlp = False
+    use_attn_result = False
+    use_split_qkv_input = False
+    use_attn_in = False
+    use_hook_mlp_in = False
+    default_prepend_bos = False
+    tokenizer_prepends_bos = False
+    n_devices = 1
+
+    @property
+    def device(self) -> Any:
+        """Where the model that owns this config lives (a torch.device; LabModel keeps it
+        current)."""
+        return self.__dict__.get("_device", "cpu")
+
+    @property
+    def dtype(self) -> Any:
+        """The torch dtype of the owning model's parameters (LabModel keeps it current)."""
+        if "_dtype" in self.__dict__:
+            return self.__dict__["_dtype"]
+        import torch
+
+        return torch.float32
+
     # ------------------------------------------------------------------ presets
     @classmethod
     def preset(cls, name: str) -> ModelConfig:

@@ -11,6 +11,7 @@ def expected_hooks(cfg: ModelConfig, b: int, t: int) -> dict[str, tuple]:
     """DESIGN.md's hook table, spelled out."""
     d, h = cfg.d_model, cfg.n_heads
     shapes = {"hook_embed": (b, t, d), "ln_final.hook_normalized": (b, t, d)}
+    shapes["ln_final.hook_scale"] = (b, t, 1)
     kv_heads = cfg.n_kv_heads if cfg.attention == "gqa" else h
     for i in range(cfg.n_layers):
         p = f"blocks.{i}."
@@ -18,6 +19,7 @@ def expected_hooks(cfg: ModelConfig, b: int, t: int) -> dict[str, tuple]:
             shapes[p + name] = (b, t, d)
         shapes |= {p + "hook_attn_out": (b, t, d), p + "hook_mlp_out": (b, t, d)}
         shapes |= {p + "ln1.hook_normalized": (b, t, d), p + "ln2.hook_normalized": (b, t, d)}
+        shapes |= {p + "ln1.hook_scale": (b, t, 1), p + "ln2.hook_scale": (b, t, 1)}
         a = p + "attn."
         shapes |= {
             a + "hook_q": (b, t, h, cfg.qk_head_dim),

@@ -1,0 +1,302 @@
+"""LabModel speaks TransformerLens's model protocol: TransformerLens's own ActivationCache, patching
+and head detector run on it, for MLA and GQA, and the identities they promise hold numerically.
+
+Models are built on the odd-size configs with every weight — norm gains included — drawn at a
+scale that makes attention peaked, so a wrong layout, a dropped gain or a lost norm scale shows."""
+
+import pytest
+import torch
+from conftest import odd_config
+from transformer_lens import ActivationCache, patching
+from transformer_lens.FactoredMatrix import FactoredMatrix
+from transformer_lens.head_detector import detect_head
+from transformer_lens.model_protocol import TransformerLensModel
+
+from labkit.analysis.induction import head_scores
+from labkit.config import ModelConfig
+from labkit.data.tokenizer import train_tokenizer
+from labkit.model import LabModel, apply_rope, rope_tables
+
+CONFIGS = {"mla": odd_config("mla"), "mla-fullq": odd_config("mla", q_lora_rank=0)}
+CONFIGS |= {"gqa": odd_config("gqa"), "mha-tied": odd_config("gqa", n_kv_heads=6)}
+TEXTS = [
+    "The cat sat on the mat. The dog sat on the log.",
+    "Alice met Bob in Paris in 2024, and Bob met Alice again.",
+    "one two three four five six seven eight nine ten",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(TEXTS, vocab_size=301)
+
+
+def build(cfg: ModelConfig) -> LabModel:
+    torch.manual_seed(1)
+    model = LabModel(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:  # every RMSNorm gain, the latent norms' included
+                p.uniform_(0.5, 1.5)
+            else:
+                p.normal_(0.0, 0.25)
+    return model
+
+
+@pytest.fixture(params=sorted(CONFIGS))
+def model(request):
+    return build(CONFIGS[request.param])
+
+
+def tokens(cfg: ModelConfig, b: int = 2, t: int = 13) -> torch.Tensor:
+    return torch.randint(0, cfg.vocab_size, (b, t), generator=torch.Generator().manual_seed(3))
+
+
+# --------------------------------------------------------------------------- protocol and cfg
+def test_protocol_and_one_config(model):
+    assert isinstance(model, TransformerLensModel)
+    cfg = model.cfg
+    assert isinstance(cfg, ModelConfig)
+    assert (cfg.d_head, cfg.d_mlp, cfg.d_vocab, cfg.n_ctx) == (
+        cfg.value_head_dim,
+        cfg.d_ff,
+        cfg.vocab_size,
+        cfg.max_seq_len,
+    )
+    assert cfg.n_key_value_heads == (cfg.n_kv_heads if cfg.attention == "gqa" else None)
+    assert cfg.normalization_type == "RMS" and cfg.positional_embedding_type == "rotary"
+    assert cfg.act_fn == "silu" and cfg.gated_mlp and not cfg.attn_only
+    # Derived, never stored: the serialised config is labkit's own fields only.
+    assert set(cfg.to_dict()) == {f for f in ModelConfig.__dataclass_fields__}
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.device == torch.device("cpu") and cfg.dtype == torch.float32
+    model.double()
+    assert model.cfg.dtype == torch.float64
+    other = LabModel(cfg)  # a config handed to a second model is copied, not shared
+    assert other.cfg is not model.cfg and other.cfg.dtype == torch.float32
+
+
+def test_run_with_cache_returns_activation_cache(model):
+    toks = tokens(model.cfg)
+    logits, cache = model.run_with_cache(toks)
+    assert isinstance(cache, ActivationCache)
+    torch.testing.assert_close(cache["pattern", 0], cache["blocks.0.attn.hook_pattern"])
+    torch.testing.assert_close(cache["resid_post", -1], cache["blocks.2.hook_resid_post"])
+    assert cache["scale", 1, "ln1"].shape == (*toks.shape, 1)
+    _, plain = model.run_with_cache(toks, return_cache_object=False)
+    assert type(plain) is dict and plain.keys() == cache.cache_dict.keys()
+    _, single = model.run_with_cache(toks[:1], remove_batch_dim=True)
+    assert single["resid_pre", 0].shape == (toks.shape[1], model.cfg.d_model)
+    if model.cfg.attention == "mla":  # TransformerLens's spelling of the latent hooks
+        assert cache["kv_latent", 1] is cache["blocks.1.attn.hook_kv_latent"]
+
+
+# --------------------------------------------------------------------------- ActivationCache
+@torch.no_grad()
+def test_residual_decomposition_identities(model):
+    cfg = model.cfg
+    toks = tokens(cfg)
+    logits, cache = model.run_with_cache(toks)
+    final = cache["resid_post", cfg.n_layers - 1]
+    stack, labels = cache.decompose_resid(return_labels=True)
+    assert labels[0] == "embed" and len(labels) == 1 + 2 * cfg.n_layers
+    torch.testing.assert_close(stack.sum(0), final, rtol=0, atol=1e-5)
+    for layer in range(cfg.n_layers):
+        torch.testing.assert_close(
+            cache.decompose_resid(layer=layer).sum(0), cache["resid_pre", layer], rtol=0, atol=1e-5
+        )
+        # stack_head_results (hook_z x W_O) sums to the layer's attention output.
+        heads = cache.stack_head_results(layer=layer + 1)[-cfg.n_heads :]
+        assert heads.shape == (cfg.n_heads, *toks.shape, cfg.d_model)
+        torch.testing.assert_close(heads.sum(0), cache["attn_out", layer], rtol=0, atol=1e-5)
+    # logit_attrs of the decomposition sum to each token's logit (ln_final's gain included).
+    attrs = cache.logit_attrs(stack, tokens=toks)
+    torch.testing.assert_close(
+        attrs.sum(0), logits.gather(-1, toks[..., None])[..., 0], rtol=0, atol=1e-4
+    )
+    directions = model.tokens_to_residual_directions(toks)
+    assert directions.shape == (*toks.shape, cfg.d_model)
+    # Logit lens: the last accumulated residual, through ln_final and W_U, is the logits.
+    acc, acc_labels = cache.accumulated_resid(apply_ln=True, return_labels=True)
+    assert acc_labels[-1] == "final_post" and len(acc) == cfg.n_layers + 1
+    torch.testing.assert_close(acc[-1] @ model.W_U + model.b_U, logits, rtol=0, atol=1e-4)
+    # Mid-stack: divided by the cached ln1 scale it is exactly ln1's normalized input.
+    mid = cache.accumulated_resid(layer=1, apply_ln=True)
+    torch.testing.assert_close(mid[-1], cache["normalized", 1, "ln1"], rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- weights
+def _head_inputs(model, cache, layer):
+    """ln1's output at `layer` and MLA's per-token norm divisors (ones for GQA)."""
+    block = model.blocks[layer]
+    x = cache["normalized", layer, "ln1"] * block.ln1.weight
+    if model.cfg.attention == "mla":
+        return x, block.attn.query_norm_scale(x), block.attn.kv_norm_scale(x)
+    ones = torch.ones(x.shape[:-1])
+    return x, ones, ones
+
+
+@torch.no_grad()
+def test_per_head_weights_reproduce_q_k_v(model):
+    cfg = model.cfg
+    toks = tokens(cfg)
+    _, cache = model.run_with_cache(toks)
+    cos, sin = rope_tables(cfg.rope_dim, torch.arange(toks.shape[1]), cfg.rope_theta)
+    group = cfg.n_heads // cfg.n_kv_heads if cfg.attention == "gqa" else 1
+    assert model.W_Q.shape == (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.qk_head_dim)
+    assert model.W_O.shape == (cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.d_model)
+    for layer in range(cfg.n_layers):
+        attn = model.blocks[layer].attn
+        x, s_q, s_kv = _head_inputs(model, cache, layer)
+        for h in range(cfg.n_heads):
+            q = torch.einsum("bpd,de->bpe", x, attn.W_Q[h]) / s_q[..., None]
+            k = torch.einsum("bpd,de->bpe", x, attn.W_K[h])
+            v = torch.einsum("bpd,de->bpe", x, attn.W_V[h]) / s_kv[..., None]
+            torch.testing.assert_close(q, cache["q", layer][:, :, h], rtol=1e-4, atol=1e-5)
+            kv_h = h // group
+            torch.testing.assert_close(v, cache["v", layer][:, :, kv_h], rtol=1e-4, atol=1e-5)
+            if cfg.attention == "mla":  # nope part / s_kv; RoPE part exact, rotated in hook_k
+                nope = cfg.qk_nope_head_dim
+                k_cached = cache["k", layer][:, :, h]
+                torch.testing.assert_close(
+                    k[..., :nope] / s_kv[..., None], k_cached[..., :nope], rtol=1e-4, atol=1e-5
+                )
+                torch.testing.assert_close(
+                    apply_rope(k[..., nope:], cos, sin), k_cached[..., nope:], rtol=1e-4, atol=1e-5
+                )
+                torch.testing.assert_close(
+                    cache["k_rope", layer], k_cached[..., nope:], rtol=0, atol=0
+                )
+            else:
+                torch.testing.assert_close(k, cache["k", layer][:, :, kv_h], rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_ov_and_qk_reproduce_head_computations(model):
+    cfg = model.cfg
+    toks = tokens(cfg)
+    _, cache = model.run_with_cache(toks)
+    scale = cfg.qk_head_dim**-0.5
+    for layer in range(cfg.n_layers):
+        attn = model.blocks[layer].attn
+        x, s_q, s_kv = _head_inputs(model, cache, layer)
+        pattern = cache["pattern", layer]  # [b, h, dest, src]
+        result = torch.einsum("bphd,hde->bphe", cache["z", layer], attn.W_O)
+        ov, qk = attn.OV, attn.QK
+        assert isinstance(ov, FactoredMatrix) and ov.shape == (
+            cfg.n_heads,
+            cfg.d_model,
+            cfg.d_model,
+        )
+        torch.testing.assert_close(model.OV[layer].AB, ov.AB)
+        for h in range(cfg.n_heads):
+            # OV: a head writes pattern-weighted (x_src / s_kv(src)) @ OV.
+            moved = (x / s_kv[..., None]) @ ov[h].AB
+            torch.testing.assert_close(pattern[:, h] @ moved, result[:, :, h], rtol=1e-4, atol=1e-5)
+            # QK: where source == destination RoPE cancels; the score is the bilinear form
+            # (MLA: its no-RoPE part over s_q(dest) s_kv(src), its RoPE part over s_q(dest)).
+            scores = cache["attn_scores", layer][:, h].diagonal(dim1=-2, dim2=-1)
+            if cfg.attention == "mla":
+                nope = ((x @ attn.QK_nope[h].AB) * x).sum(-1) / (s_q * s_kv)
+                rope = ((x @ attn.QK_rope[h].AB) * x).sum(-1) / s_q
+                torch.testing.assert_close(
+                    attn.QK_nope[h].AB + attn.QK_rope[h].AB, qk[h].AB, rtol=1e-5, atol=1e-5
+                )
+                expected = (nope + rope) * scale
+            else:
+                expected = ((x @ qk[h].AB) * x).sum(-1) * scale
+            torch.testing.assert_close(expected, scores, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- patching
+def _logit_metric(target: int):
+    return lambda logits: logits[:, -1, target].mean()
+
+
+@torch.no_grad()
+def test_activation_patching_agrees_with_a_manual_patch(model):
+    cfg = model.cfg
+    clean, corrupted = tokens(cfg, b=1, t=6), tokens(cfg, b=1, t=6).roll(1, dims=1)
+    _, clean_cache = model.run_with_cache(clean)
+    metric = _logit_metric(int(model(clean)[0, -1].argmax()))
+
+    def manual(name, index, fn):
+        def hook(act, hook):
+            act = act.clone()
+            fn(act, index)
+            return act
+
+        return metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, hook)]))
+
+    resid = patching.get_act_patch_resid_pre(model, corrupted, clean_cache, metric)
+    assert resid.shape == (cfg.n_layers, clean.shape[1])
+    name = "blocks.1.hook_resid_pre"
+    want = manual(name, 3, lambda a, p: a.__setitem__((slice(None), p), clean_cache[name][:, p]))
+    torch.testing.assert_close(resid[1, 3], want)
+    # The patches move the metric away from the unpatched corrupted run.
+    assert not torch.allclose(resid, metric(model(corrupted)).expand_as(resid))
+
+    heads = patching.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, metric)
+    assert heads.shape == (cfg.n_layers, cfg.n_heads)
+    name = "blocks.2.attn.hook_z"
+    want = manual(
+        name,
+        4,
+        lambda a, h: a.__setitem__((slice(None), slice(None), h), clean_cache[name][:, :, h]),
+    )
+    torch.testing.assert_close(heads[2, 4], want)
+
+    values = patching.get_act_patch_attn_head_v_all_pos(model, corrupted, clean_cache, metric)
+    assert values.shape == (cfg.n_layers, cfg.n_key_value_heads or cfg.n_heads)
+
+
+@pytest.mark.parametrize("name", ["mla", "mla-fullq"])
+@torch.no_grad()
+def test_patching_c_kv_with_transformer_lens(name):
+    model = build(CONFIGS[name])
+    cfg = model.cfg
+    clean, corrupted = tokens(cfg, b=1, t=5), tokens(cfg, b=1, t=5).flip(1)
+    _, clean_cache = model.run_with_cache(clean)
+    metric = _logit_metric(7)
+    out = patching.generic_activation_patch(
+        model,
+        corrupted,
+        clean_cache,
+        metric,
+        patch_setter=patching.layer_pos_patch_setter,
+        activation_name="kv_latent",
+        index_axis_names=("layer", "pos"),
+    )
+    assert out.shape == (cfg.n_layers, clean.shape[1])
+    name = "blocks.1.attn.hook_kv_latent"
+
+    def hook(act, hook):
+        act = act.clone()
+        act[:, 2] = clean_cache[name][:, 2]
+        return act
+
+    want = metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, hook)]))
+    torch.testing.assert_close(out[1, 2], want)
+    assert not torch.allclose(out[1, 2], metric(model(corrupted)))  # the patch did something
+
+
+# --------------------------------------------------------------------------- head detector
+@torch.no_grad()
+def test_head_detector_equals_labkit_induction(model, tokenizer):
+    model.set_tokenizer(tokenizer)
+    text = "Alice met Bob in Paris. Alice met Bob in Paris."
+    toks = model.to_tokens(text)
+    assert model.to_string(toks[0]) == text
+    assert "".join(model.to_str_tokens(text)) == text
+    for tl_name, ours in (
+        ("previous_token_head", "previous_token"),
+        ("duplicate_token_head", "duplicate_token"),
+        ("induction_head", "induction"),
+    ):
+        for measure in ("mul", "abs"):
+            theirs = detect_head(model, text, tl_name, error_measure=measure, exclude_bos=True)
+            mine = head_scores(model, toks, ours, error_measure=measure, exclude_bos=True)
+            torch.testing.assert_close(theirs, mine, rtol=0, atol=1e-6)
+    # Peaked heads: the scores differ between heads, so equality is not a uniform-attention echo.
+    scores = detect_head(model, text, "previous_token_head")
+    assert scores.max() - scores.min() > 0.1
