@@ -1,7 +1,7 @@
 """Milestone and resume checkpoints: directories of safetensors + JSON, written atomically, with a
 SHA-256 of every file in `meta.json` so a corrupted checkpoint is an error, not a silent surprise.
 
-    checkpoints/<milestone>/model.safetensors, config.json, meta.json
+    checkpoints/<milestone>/model.safetensors, config.json, meta.json, tokenizer.json
     resume/step_<N>/        the same, plus optimizer.pt and trainer.json (scheduler, data position,
                             every rank's RNG states, eval history)
 
@@ -98,8 +98,29 @@ def verify(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+TOKENIZER_FILE = "tokenizer.json"  # a milestone carries its tokenizer (checksummed with the rest)
+
+
+def tokenizer_path(path: str | Path) -> Path | None:
+    """The tokenizer.json of a checkpoint: its own, else (run directories written before
+    checkpoints carried one) the one of the data set its meta.json names; None if neither."""
+    path = Path(path)
+    if (path / TOKENIZER_FILE).exists():
+        return path / TOKENIZER_FILE
+    data_dir = json.loads((path / "meta.json").read_text()).get("data_dir")
+    if data_dir:
+        from labkit.study import run_data_dir
+
+        candidate = run_data_dir(path) / TOKENIZER_FILE
+        if candidate.exists():
+            return candidate
+    return None
+
+
 def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[LabModel, dict[str, Any]]:
-    """A milestone (or resume state) as (LabModel in eval mode, meta). Checksums are verified."""
+    """A milestone (or resume state) as (LabModel in eval mode, meta). Checksums are verified.
+    The model's tokenizer is attached (`model.to_tokens`/`to_string` work) from the checkpoint's
+    tokenizer.json, or from its data set's for older checkpoints."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found")
@@ -112,6 +133,14 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[LabModel
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not fit config.json: missing {missing}, extra {unexpected}"
+        )
+    tok = tokenizer_path(path)
+    if tok is not None:
+        model.set_tokenizer(tok)
+    else:
+        print(
+            f"note: {path} has no {TOKENIZER_FILE} and its data set's is gone; the model loads "
+            "without one (model.set_tokenizer(PATH) to add it)"
         )
     return model.to(device).eval(), meta
 
@@ -188,5 +217,6 @@ __all__ = [
     "load_resume_state",
     "save_checkpoint",
     "save_resume_state",
+    "tokenizer_path",
     "verify",
 ]

@@ -99,9 +99,11 @@ def hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def to_hf(model: LabModel, out_dir: str | Path, tokenizer: Any = None) -> Path:
-    """Write `model` as a Hugging Face directory: model.safetensors, config.json, and tokenizer
-    files when `tokenizer` is given (a `tokenizers.Tokenizer`, a transformers tokenizer, or a path
-    to a tokenizer.json)."""
+    """Write `model` as a Hugging Face directory: model.safetensors, config.json, and the
+    tokenizer files — of `tokenizer` (a `tokenizers.Tokenizer`, a transformers tokenizer, or a
+    path to a tokenizer.json), else of the model's own (`labkit.checkpoint.load` attaches it).
+    With a tokenizer, config.json names <|endoftext|> as the end-of-text (and padding) token, so
+    `AutoTokenizer` + `AutoModelForCausalLM` (or a `pipeline`) generate from the folder alone."""
     cfg = model.cfg
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,14 +113,20 @@ def to_hf(model: LabModel, out_dir: str | Path, tokenizer: Any = None) -> Path:
         hf: state[ours].detach().to("cpu").contiguous().clone() for ours, hf in names.items()
     }
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2) + "\n")
-    (out / "labkit_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    hf_config = hf_config_dict(cfg)
+    tokenizer = tokenizer if tokenizer is not None else model.tokenizer
     if tokenizer is not None:
-        _save_tokenizer(tokenizer, out)
+        saved = _save_tokenizer(tokenizer, out, cfg.max_seq_len)
+        hf_config.update(eos_token_id=saved.eos_token_id, pad_token_id=saved.pad_token_id)
+        generation = {"eos_token_id": saved.eos_token_id, "pad_token_id": saved.pad_token_id}
+        (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    (out / "labkit_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     return out
 
 
-def _save_tokenizer(tokenizer: Any, out: Path) -> None:
+def _save_tokenizer(tokenizer: Any, out: Path, max_length: int) -> Any:
+    """Save a tokenizer as transformers reads it, with <|endoftext|> as eos and pad token."""
     from transformers import PreTrainedTokenizerFast
 
     if isinstance(tokenizer, (str, Path)):
@@ -128,7 +136,11 @@ def _save_tokenizer(tokenizer: Any, out: Path) -> None:
     eos = "<|endoftext|>"
     if tokenizer.eos_token is None and eos in tokenizer.get_vocab():
         tokenizer.eos_token = eos
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.model_max_length = max_length
     tokenizer.save_pretrained(str(out))
+    return tokenizer
 
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
@@ -197,6 +209,10 @@ def from_hf(model_dir: str | Path, device: str | torch.device = "cpu") -> LabMod
     missing = [m for m in missing if not (cfg.tie_embeddings and m == "unembed.weight")]
     if missing or unexpected:
         raise ValueError(f"weights do not fit the config: missing {missing}, extra {unexpected}")
+    if (model_dir / "tokenizer.json").exists():
+        from transformers import PreTrainedTokenizerFast
+
+        model.set_tokenizer(PreTrainedTokenizerFast.from_pretrained(str(model_dir)))
     return model.to(device)
 
 

@@ -403,6 +403,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> dict:
     data_dir = ensure_data(cfg, d)
     data = MixedData(data_dir, cfg.data.mix, cfg.train.tokens, cfg.seed)
     manifest_sha = hashlib.sha256((data_dir / "manifest.json").read_bytes()).hexdigest()
+    tokenizer_json = (data_dir / ckpt.TOKENIZER_FILE).read_bytes()
     vocab = data.manifest["tokenizer"]["vocab_size"]
 
     # Run directory: chosen on rank 0, shared with every rank.
@@ -507,7 +508,11 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> dict:
         state = full_model_state(model, strategy)
         if d.main:
             ckpt.save_checkpoint(
-                run_dir / "checkpoints" / name, state, mcfg, meta("milestone", extra)
+                run_dir / "checkpoints" / name,
+                state,
+                mcfg,
+                meta("milestone", extra),
+                extra={ckpt.TOKENIZER_FILE: tokenizer_json},  # a milestone tokenizes by itself
             )
 
     def save_resume() -> Path:

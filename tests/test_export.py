@@ -1,5 +1,6 @@
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,34 @@ def test_tokenizer_is_exported(exported, tokenizer):
     text = "the latent cache"
     assert loaded(text)["input_ids"] == tokenizer.encode(text).ids
     assert loaded.eos_token == "<|endoftext|>"
+
+
+def test_export_generates_from_the_folder_alone(exported, tokenizer, tmp_path):
+    """AutoTokenizer + AutoModelForCausalLM (and a pipeline) on the folder alone: greedy text
+    equals LabModel's own greedy decoding, and generation knows labkit's end-of-text token."""
+    from transformers import AutoTokenizer, pipeline
+
+    model, out = exported
+    alone = tmp_path / "alone"
+    shutil.copytree(out, alone)
+    hf_tok = AutoTokenizer.from_pretrained(alone)
+    hf = AutoModelForCausalLM.from_pretrained(alone, dtype=torch.float32).eval()
+    eot = tokenizer.token_to_id("<|endoftext|>")
+    assert hf.config.eos_token_id == eot == hf_tok.eos_token_id == hf.generation_config.eos_token_id
+    prompt = "the latent cache"
+    ids = hf_tok(prompt, return_tensors="pt")["input_ids"]
+    theirs = hf.generate(ids, max_new_tokens=8, do_sample=False)
+    ours = model.generate(ids, max_new_tokens=8, temperature=0, eos_token_id=eot)
+    assert theirs.shape[1] > ids.shape[1]
+    assert theirs[0].tolist() == ours[0, : theirs.shape[1]].tolist()
+    text = pipeline("text-generation", model=str(alone), device="cpu")(
+        prompt, max_new_tokens=8, do_sample=False
+    )[0]["generated_text"]
+    assert text == hf_tok.decode(theirs[0], skip_special_tokens=True)
+    # The model's own tokenizer is exported when none is passed; from_hf attaches it back.
+    model.set_tokenizer(tokenizer)
+    again = from_hf(to_hf(model, tmp_path / "own"))
+    assert again.to_string(again.to_tokens(prompt)[0]) == prompt
 
 
 def test_transformer_bridge_hooks_equal_ours(exported):

@@ -149,6 +149,43 @@ def test_corrupted_checkpoints_are_detected(reference, tmp_path):
     assert ckpt.latest_resume_state(runs) == sorted((runs / "resume").glob("step_*"))[-2]
 
 
+def test_a_milestone_copied_alone_loads_and_tokenizes(reference, ci_data, tmp_path, capsys):
+    import shutil
+
+    import torch
+
+    milestone = reference / "checkpoints" / "tokens_000000008192"
+    assert (milestone / "tokenizer.json").read_bytes() == (ci_data / "tokenizer.json").read_bytes()
+    copy = tmp_path / "elsewhere" / "milestone"
+    shutil.copytree(milestone, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    assert "tokenizer.json" in meta["checksums"]
+    meta["data_dir"] = str(tmp_path / "gone")  # the data set is not on this machine
+    (copy / "meta.json").write_text(json.dumps(meta))
+    model, _ = ckpt.load(copy)
+    text = "The river flows past 12 old houses."
+    toks = model.to_tokens(text)
+    assert toks.shape[0] == 1 and toks.dtype == torch.long
+    assert model.to_string(toks[0]) == text
+    assert "".join(model.to_str_tokens(text)) == text
+    assert "1" in model.to_str_tokens(text) and "2" in model.to_str_tokens(text)  # digit by digit
+    # An older checkpoint without tokenizer.json finds its data set's; with neither, it still
+    # loads, says so in one line, and to_tokens names the fix.
+    del meta["checksums"]["tokenizer.json"]
+    (copy / "tokenizer.json").unlink()
+    meta["data_dir"] = str(ci_data)
+    (copy / "meta.json").write_text(json.dumps(meta))
+    assert ckpt.load(copy)[0].to_string(toks[0]) == text
+    meta["data_dir"] = str(tmp_path / "gone")
+    (copy / "meta.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    model, _ = ckpt.load(copy)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "no tokenizer.json" in out
+    with pytest.raises(ValueError, match="set_tokenizer"):
+        model.to_tokens(text)
+
+
 def test_non_finite_losses_stop_cleanly(ci_data, tmp_path):
     run_dir = tmp_path / "nan"
     # One bad step is skipped and counted; the run goes on.

@@ -12,7 +12,6 @@ Numbers are the ones lm-eval's `hf` model gives on the exported checkpoint (test
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
-from labkit.checkpoint import load
+from labkit.checkpoint import load, tokenizer_path
 from labkit.data.tokenizer import EOT, load_tokenizer
 from labkit.model import KVCache
 
@@ -31,19 +30,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def checkpoint_tokenizer(checkpoint: Path) -> Path:
-    """The tokenizer.json of the data set a checkpoint was trained on."""
-    from labkit.study import run_data_dir
-
-    candidates = [checkpoint / "tokenizer.json"]
-    if json.loads((checkpoint / "meta.json").read_text()).get("data_dir"):
-        candidates.append(run_data_dir(checkpoint) / "tokenizer.json")
-    for c in candidates:
-        if c.exists():
-            return c
-    raise FileNotFoundError(
-        f"no tokenizer for {checkpoint}: looked for {[str(c) for c in candidates]}; pass "
-        "tokenizer=PATH/tokenizer.json or rebuild the data set with `labkit data build`"
-    )
+    """The tokenizer.json a checkpoint carries (or, for older ones, its data set's)."""
+    path = tokenizer_path(checkpoint)
+    if path is None:
+        raise FileNotFoundError(
+            f"no tokenizer for {checkpoint}: neither the checkpoint nor its data set has a "
+            "tokenizer.json; pass tokenizer=PATH/tokenizer.json or rebuild the data set with "
+            "`labkit data build`"
+        )
+    return path
 
 
 @register_model("labkit")

@@ -33,9 +33,14 @@ def main_metric(task: str) -> str:
 
 def tasks_dir_for(checkpoint: Path, rebuild: bool = False) -> Path:
     """The suite of the data set a checkpoint trained on (DATA/tasks), built on first use."""
-    from labkit.eval.adapter import checkpoint_tokenizer
+    from labkit.study import run_data_dir
 
-    data_dir = checkpoint_tokenizer(checkpoint).parent
+    data_dir = run_data_dir(checkpoint)
+    if not (data_dir / "manifest.json").exists():
+        raise FileNotFoundError(
+            f"the data set {data_dir} that {checkpoint} trained on is gone: the offline suite is "
+            "built from it (rebuild it with `labkit data build`)"
+        )
     tasks = data_dir / "tasks"
     if rebuild or not (tasks / f"{SUITE}.yaml").exists():
         build_tasks(data_dir, tasks)
