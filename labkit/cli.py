@@ -226,7 +226,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = build_tasks(args.data, args.out, args.examples)
         print(
             f"wrote the labkit_suite tasks to {out}; run them with `labkit eval --run RUN` or "
-            f"`lm_eval --model labkit --include_path {out} --tasks labkit_suite ...`"
+            f"`labkit lm-eval --model labkit --include_path {out} --tasks labkit_suite ...`"
         )
         return 0
     from labkit.eval.runner import evaluate_run, main_metric
@@ -413,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--examples", type=int, default=200, help="build-tasks: examples per task")
     ev.set_defaults(func=cmd_eval)
 
+    # Parsed by lm-eval itself (main() hands the arguments over before argparse sees them).
+    sub.add_parser(
+        "lm-eval",
+        add_help=False,
+        help="lm-eval's own command line with --model labkit registered (all lm_eval arguments)",
+    )
+
     bl = sub.add_parser("baselines", help="random / untrained / small-trained baselines, 3 seeds")
     bl.add_argument("--preset", default="tiny-mla")
     bl.add_argument("--config", default="pretrain/configs/demo.toml", help="base trainer config")
@@ -438,6 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"]:
+        from labkit.eval.adapter import lm_eval_cli
+
+        return lm_eval_cli(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

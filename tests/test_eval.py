@@ -118,6 +118,56 @@ def test_adapter_errors_name_the_fix(tmp_path):
         LabkitLM(checkpoint=str(tmp_path))
 
 
+# ------------------------------------------------------------------- lm-eval's own command line
+def test_lm_eval_command_registers_labkit_and_passes_every_argument(monkeypatch):
+    import lm_eval.__main__
+    from lm_eval.api.registry import get_model
+
+    seen = {}
+
+    def fake_cli():
+        import sys
+
+        seen["argv"] = list(sys.argv)
+        seen["model"] = get_model("labkit")
+        raise SystemExit(3)
+
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", fake_cli)
+    args = ["run", "--model", "labkit", "--model_args", "checkpoint=x,batch_size=2", "--tasks"]
+    args += ["a,b", "--include_path", "/t", "--limit", "2", "--log_samples", "--seed", "1,2,3"]
+    assert main(["lm-eval", *args]) == 3  # lm-eval's exit status is labkit's
+    assert seen == {"argv": ["lm_eval", *args], "model": LabkitLM}
+
+
+@pytest.mark.slow  # ~45 s on 2 cores: lm-eval's CLI indexes all of its own tasks first
+def test_lm_eval_command_runs_the_offline_suite_on_a_checkpoint(
+    final_milestone, ci_data, tmp_path, monkeypatch
+):
+    """`labkit lm-eval` with --include_path on a ci milestone: lm-eval's results file holds the
+    same scores as lm-eval's evaluator called on the adapter directly."""
+    from lm_eval.evaluator import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    tasks = build_tasks(ci_data, tmp_path / "tasks", n=6)
+    monkeypatch.chdir(tmp_path)
+    # lm-eval hands --batch_size and --device to the model itself (not in --model_args).
+    args = ["--model", "labkit", "--model_args", f"checkpoint={final_milestone}"]
+    args += ["--batch_size", "4", "--device", "cpu"]
+    args += ["--include_path", str(tasks), "--tasks", "labkit_qa,labkit_arithmetic"]
+    args += ["--limit", "4", "--output_path", str(tmp_path / "out")]
+    assert main(["lm-eval", *args]) == 0
+    (results_file,) = (tmp_path / "out").rglob("results_*.json")
+    theirs = json.loads(results_file.read_text())["results"]
+    direct = simple_evaluate(
+        model=LabkitLM(checkpoint=str(final_milestone), batch_size=4),
+        tasks=["labkit_qa", "labkit_arithmetic"],
+        task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
+        limit=4,
+    )["results"]
+    for task, metric in (("labkit_qa", "acc,none"), ("labkit_arithmetic", "exact_match,strip")):
+        assert theirs[task][metric] == pytest.approx(direct[task][metric]), task
+
+
 # ------------------------------------------------------------------------------------ the suite
 def test_build_tasks_is_deterministic_and_covers_the_nine(ci_data, tmp_path):
     a, b = build_tasks(ci_data, tmp_path / "a", n=20), build_tasks(ci_data, tmp_path / "b", n=20)

@@ -1,7 +1,12 @@
 """lm-eval's model interface for labkit checkpoints: `--model labkit --model_args checkpoint=DIR`.
 
-    lm_eval --model labkit --model_args checkpoint=runs/x/checkpoints/tokens_000002621440 \\
-        --tasks labkit_suite --include_path tasks/labkit        # or: labkit eval --run runs/x
+lm-eval has no plugin entry point for models, so its own `lm_eval` command does not know `labkit`.
+`labkit lm-eval ARGS` registers the model, then runs lm-eval's command line with ARGS unchanged:
+
+    labkit lm-eval --model labkit --model_args checkpoint=runs/x/checkpoints/tokens_000002621440 \\
+        --include_path data/demo/tasks --tasks labkit_suite      # or: labkit eval --run runs/x
+
+(In Python, `import labkit.eval.adapter` registers it for `lm_eval.simple_evaluate`.)
 
 `loglikelihood` scores continuations in batches sorted by length (longest first, so a batch
 pads little and an out-of-memory error shows up on the first batch); `loglikelihood_rolling`
@@ -207,3 +212,22 @@ class LabkitLM(TemplateLM):
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
             out.append(text)
         return out
+
+
+def lm_eval_cli(argv: list[str]) -> int:
+    """`labkit lm-eval ARGS`: lm-eval's own command line (`lm_eval ARGS`, every flag and
+    subcommand) with the `labkit` model registered. Returns its exit status."""
+    import sys
+
+    from lm_eval.__main__ import cli_evaluate
+
+    saved = sys.argv
+    sys.argv = ["lm_eval", *argv]
+    try:
+        cli_evaluate()
+    except SystemExit as exit_:
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        sys.argv = saved
+    return 0
