@@ -7,6 +7,7 @@ eager), GQA, MLA, the block, the model, and generation. The equations are DESIGN
 
     hook_embed, blocks.{i}.hook_resid_pre|mid|post, hook_attn_out, hook_mlp_out  [b, pos, d_model]
     blocks.{i}.ln1|ln2.hook_normalized, ln_final.hook_normalized               [b, pos, d_model]
+    blocks.{i}.ln1|ln2.hook_scale, ln_final.hook_scale                         [b, pos, 1]
     blocks.{i}.attn.hook_q|k|v|rot_q|rot_k|z                                    [b, pos, head, d]
     blocks.{i}.attn.hook_attn_scores|hook_pattern                               [b, head, q, k]
     blocks.{i}.mlp.hook_pre|hook_pre_linear|hook_post                           [b, pos, d_ff]
@@ -540,6 +541,10 @@ class MultiHeadLatentAttention(AttentionCore):
 # --------------------------------------------------------------------------- block and model
 class TransformerBlock(nn.Module):
     """Pre-norm residual block: h + attn(ln1(h)), then h + mlp(ln2(h))."""
+
+    # TransformerLens's logit-lens tools check this: hook_resid_post is the stream the model
+    # unembeds (no parallel or stacked residual streams).
+    hook_out_is_single_residual_stream = True
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -360,6 +360,71 @@ def latent_over_milestones(
 
 
 # ---------------------------------------------------------------------------------------- probes
+def logit_lens_over_milestones(
+    milestones: Sequence[Path],
+    split: str = "general",
+    documents: int = 16,
+    max_len: int = 64,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Per milestone: the logit lens's next-token loss at every residual stream on held-out
+    documents (TransformerLens's accumulated_resid through ln_final and W_U)."""
+    from labkit.analysis.lens import logit_lens_loss
+
+    rows = []
+    for path in _progress(milestones, "logit lens", progress):
+        model, meta = load(path)
+        seqs = eval_sequences(run_data_dir(path), split, documents, max_len)
+        width = min(len(s) for s in seqs)
+        losses, labels = logit_lens_loss(model, torch.tensor([s[:width] for s in seqs]))
+        rows.append(
+            {"milestone": path.name, "tokens": meta["tokens"], "labels": labels, "loss": losses}
+        )
+    return rows
+
+
+def kv_patching(
+    milestone: Path, split: str = "general", documents: int = 8, length: int = 24, last: int = 4
+) -> dict[str, Any]:
+    """Which layer's c_kv, at which position, carries the context an MLA model uses. Clean:
+    held-out windows of `length` tokens; corrupted: the same windows with their first half taken
+    from other documents. Metric: the mean log-probability of the clean window's last `last`
+    tokens. Every (layer, position) of c_kv is patched from clean into corrupted with
+    TransformerLens's patching; `recovery` = (patched - corrupted) / (clean - corrupted)."""
+    from labkit.analysis.latent import kv_latent_patching
+
+    model, meta = load(milestone)
+    if model.cfg.attention != "mla":
+        raise ValueError(f"{milestone} is a {model.cfg.attention.upper()} model: c_kv needs MLA")
+    seqs = eval_sequences(run_data_dir(milestone), split, 2 * documents, length)
+    seqs = [s for s in seqs if len(s) == length]
+    if len(seqs) < 2:
+        raise ValueError(f"fewer than two {split} documents of {length} tokens")
+    clean = torch.tensor(seqs[: max(1, len(seqs) // 2)])
+    donors = torch.tensor(seqs[len(clean) : 2 * len(clean)]).roll(1, dims=0)
+    clean = clean[: len(donors)]
+    corrupted = clean.clone()
+    corrupted[:, : length // 2] = donors[:, : length // 2]
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits[:, -last - 1 : -1].float(), dim=-1)
+        return logp.gather(-1, clean[:, -last:, None]).mean()
+
+    with torch.no_grad():
+        clean_value, corrupted_value = metric(model(clean)).item(), metric(model(corrupted)).item()
+    patched = kv_latent_patching(model, clean, corrupted, metric)
+    return {
+        "milestone": milestone.name,
+        "tokens": meta["tokens"],
+        "clean": clean_value,
+        "corrupted": corrupted_value,
+        "patched": patched.tolist(),
+        "recovery": ((patched - corrupted_value) / (clean_value - corrupted_value)).tolist(),
+        "corrupted_positions": length // 2,
+        "documents": len(clean),
+    }
+
+
 def probe_targets(probes_dir: str | Path = PROBES_DIR) -> list[str]:
     return sorted(p.stem for p in Path(probes_dir).glob("*.yaml"))
 

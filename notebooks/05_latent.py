@@ -35,8 +35,10 @@ import numpy as np
 from labkit.figures import run_style, save_figure, use_style
 from labkit.study import (
     find_runs,
+    kv_patching,
     latent_over_milestones,
     load_probe_spec,
+    logit_lens_over_milestones,
     pick_milestones,
     probe_over_milestones,
 )
@@ -195,3 +197,61 @@ fig.suptitle(
 )
 fig.tight_layout()
 save_figure(fig, "05_latent_probes", figures_dir, sources=[r.milestones[-1] for r in mla_runs])
+
+# %% [markdown]
+# ## TransformerLens's toolbox on MLA: the logit lens and patching `c_kv`
+#
+# `LabModel` speaks TransformerLens's model protocol, so TransformerLens's own `ActivationCache`
+# and `patching` run on the MLA checkpoints unchanged. The logit lens reads the residual stream
+# entering each layer through the final norm and the unembedding
+# (`cache.accumulated_resid(apply_ln=True) @ model.W_U`) and scores it as a next-token
+# prediction; its last point is the model's own loss. Patching: held-out windows of 24 tokens
+# whose first 12 tokens are swapped for another document's (corrupted); one layer's `c_kv` at one
+# position is copied from the clean run into the corrupted one
+# (`transformer_lens.patching.generic_activation_patch` on `hook_kv_latent`), and the recovery of
+# the log-probability of the last 4 clean tokens is measured: 0 = corrupted, 1 = clean.
+
+# %%
+lens = {
+    r.name: logit_lens_over_milestones(chosen[r.name], "general", documents, max_len, True)
+    for r in mla_runs
+}
+fig, axes = plt.subplots(1, len(mla_runs), figsize=(4.2 * len(mla_runs), 3.4), squeeze=False)
+for ax, r in zip(axes[0], mla_runs, strict=True):
+    rows = lens[r.name]
+    for i, row in enumerate(rows):
+        ax.plot(
+            range(len(row["loss"])),
+            row["loss"],
+            marker=".",
+            color=plt.cm.viridis(i / max(1, len(rows) - 1)),
+            label=f"{row['tokens']:,} tokens",
+        )
+    labels = [label.replace("_pre", "").replace("final_post", "out") for label in rows[0]["labels"]]
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlabel("residual stream entering layer (out = after the last)")
+    ax.set_title(f"{r.mix}: logit lens")
+    ax.legend(fontsize=6)
+axes[0, 0].set_ylabel("next-token loss (nats)")
+fig.tight_layout()
+save_figure(fig, "05_logit_lens", figures_dir, sources=sources)
+
+# %%
+patched = {r.name: kv_patching(r.milestones[-1], "general", 2 if smoke else 8) for r in mla_runs}
+fig, axes = plt.subplots(1, len(mla_runs), figsize=(4.6 * len(mla_runs), 3.0), squeeze=False)
+for ax, r in zip(axes[0], mla_runs, strict=True):
+    result = patched[r.name]
+    image = ax.imshow(np.array(result["recovery"]), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+    ax.axvline(result["corrupted_positions"] - 0.5, color="black", linewidth=0.8)
+    ax.set_xlabel("position of the patched c_kv (left of the line: corrupted)")
+    ax.set_ylabel("layer")
+    ax.set_yticks(range(n_layers))
+    ax.set_title(f"{r.mix}: recovery by patching c_kv", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    print(
+        f"{r.name}: log-prob of the last tokens, clean {result['clean']:.3f}, corrupted "
+        f"{result['corrupted']:.3f}; best single patch recovers "
+        f"{np.max(result['recovery']):.2f} ({result['documents']} windows)"
+    )
+fig.tight_layout()
+save_figure(fig, "05_kv_patching", figures_dir, sources=[r.milestones[-1] for r in mla_runs])

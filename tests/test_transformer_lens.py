@@ -13,6 +13,8 @@ from transformer_lens.head_detector import detect_head
 from transformer_lens.model_protocol import TransformerLensModel
 
 from labkit.analysis.induction import head_scores
+from labkit.analysis.latent import kv_latent_patching
+from labkit.analysis.lens import logit_lens_loss
 from labkit.config import ModelConfig
 from labkit.data.tokenizer import train_tokenizer
 from labkit.model import LabModel, apply_rope, rope_tables
@@ -120,6 +122,12 @@ def test_residual_decomposition_identities(model):
     acc, acc_labels = cache.accumulated_resid(apply_ln=True, return_labels=True)
     assert acc_labels[-1] == "final_post" and len(acc) == cfg.n_layers + 1
     torch.testing.assert_close(acc[-1] @ model.W_U + model.b_U, logits, rtol=0, atol=1e-4)
+    # TransformerLens's own logit-lens tool (last position by default) ends at the logits.
+    torch.testing.assert_close(cache.logit_lens().values[-1], logits[:, -1], rtol=0, atol=1e-4)
+    # The full decomposition (every head, every neuron, embed, biases) sums to the residual.
+    full = cache.get_full_resid_decomposition(expand_neurons=True)
+    assert full.shape[0] == cfg.n_layers * (cfg.n_heads + cfg.d_mlp) + 2
+    torch.testing.assert_close(full.sum(0), final, rtol=0, atol=1e-4)
     # Mid-stack: divided by the cached ln1 scale it is exactly ln1's normalized input.
     mid = cache.accumulated_resid(layer=1, apply_ln=True)
     torch.testing.assert_close(mid[-1], cache["normalized", 1, "ln1"], rtol=0, atol=1e-5)
@@ -300,3 +308,36 @@ def test_head_detector_equals_labkit_induction(model, tokenizer):
     # Peaked heads: the scores differ between heads, so equality is not a uniform-attention echo.
     scores = detect_head(model, text, "previous_token_head")
     assert scores.max() - scores.min() > 0.1
+
+
+# --------------------------------------------------------------------------- labkit's analyses
+@pytest.mark.parametrize("name", ["mla", "gqa"])
+@torch.no_grad()
+def test_logit_lens_ends_at_the_models_own_loss(name):
+    model = build(CONFIGS[name])
+    toks = tokens(model.cfg, b=3, t=9)
+    losses, labels = logit_lens_loss(model, toks)
+    assert labels == [f"{i}_pre" for i in range(model.cfg.n_layers)] + ["final_post"]
+    assert losses[-1] == pytest.approx(model(toks, return_type="loss").item(), abs=1e-5)
+    # The embedding's lens: ln_final then W_U straight on the token embeddings.
+    embed = model.unembed(model.ln_final(model.embed(toks)))[:, :-1]
+    assert losses[0] == pytest.approx(LabModel.loss(embed, toks[:, 1:], toks[:, 1:]).item(), 1e-5)
+
+
+@torch.no_grad()
+def test_kv_latent_patching_is_transformer_lens_patching():
+    model = build(CONFIGS["mla"])
+    clean, corrupted = tokens(model.cfg, b=2, t=5), tokens(model.cfg, b=2, t=5).flip(1)
+    metric = _logit_metric(11)
+    out = kv_latent_patching(model, clean, corrupted, metric)
+    _, cache = model.run_with_cache(clean)
+    theirs = patching.generic_activation_patch(
+        model,
+        corrupted,
+        cache,
+        metric,
+        patch_setter=patching.layer_pos_patch_setter,
+        activation_name="kv_latent",
+        index_axis_names=("layer", "pos"),
+    )
+    torch.testing.assert_close(out, theirs)

@@ -7,11 +7,13 @@
 - `truncated_latent_loss(...)` / `direction_ablation_loss(...)`: next-token loss when a layer's
   latent is projected onto its top-r directions, or when single directions are mean-ablated,
   through the `hook_kv_latent` hook point.
+- `kv_latent_patching(model, clean, corrupted, metric)`: activation patching of c_kv at every
+  (layer, position) with TransformerLens's own `patching.generic_activation_patch`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,3 +137,27 @@ def direction_ablation_loss(
 
         out[j] = _loss(model, tokens, [(name, hook)])
     return out
+
+
+@torch.no_grad()
+def kv_latent_patching(
+    model: torch.nn.Module,
+    clean: torch.Tensor,
+    corrupted: torch.Tensor,
+    metric: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """[layers, pos]: `metric(logits)` of the corrupted run with one layer's c_kv at one position
+    replaced by the clean run's, for every (layer, position) — TransformerLens's
+    `generic_activation_patch` with its `layer_pos_patch_setter` on `hook_kv_latent`."""
+    from transformer_lens import patching
+
+    _, clean_cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("kv_latent"))
+    return patching.generic_activation_patch(
+        model,
+        corrupted,
+        clean_cache,
+        metric,
+        patch_setter=patching.layer_pos_patch_setter,
+        activation_name="kv_latent",
+        index_axis_names=("layer", "pos"),
+    )
