@@ -12,7 +12,7 @@ from transformer_lens.FactoredMatrix import FactoredMatrix
 from transformer_lens.head_detector import detect_head
 from transformer_lens.model_protocol import TransformerLensModel
 
-from labkit.analysis.induction import head_scores
+from labkit.analysis.induction import copying_scores, head_scores
 from labkit.analysis.latent import kv_latent_patching
 from labkit.analysis.lens import logit_lens_loss
 from labkit.config import ModelConfig
@@ -341,3 +341,25 @@ def test_kv_latent_patching_is_transformer_lens_patching():
         index_axis_names=("layer", "pos"),
     )
     torch.testing.assert_close(out, theirs)
+
+
+@torch.no_grad()
+def test_copying_scores_follow_from_ov(model):
+    """labkit's OV copying score, recomputed from TransformerLens-style OV matrices: a token's
+    embedding through ln1, OV (over MLA's s_kv), ln_final and W_U ranks the token itself in the
+    top 100 exactly as often as `copying_scores` says (a wide top-k, so that shares are far from
+    0 and differ between heads)."""
+    cfg = model.cfg
+    toks = torch.randperm(cfg.vocab_size, generator=torch.Generator().manual_seed(0))[:60]
+    ours = copying_scores(model, toks, top_k=100)
+    assert ours.std() > 0.02
+    emb = model.W_E[toks][None]  # [1, n, d]
+    for layer, block in enumerate(model.blocks):
+        x = block.ln1(emb)
+        s_kv = block.attn.kv_norm_scale(x) if cfg.attention == "mla" else torch.ones(x.shape[:-1])
+        for h in range(cfg.n_heads):
+            written = (x / s_kv[..., None]) @ model.OV[layer, h].AB
+            logits = model.ln_final(written)[0] @ model.W_U
+            top = logits.topk(100, dim=-1).indices
+            share = (top == toks[:, None]).any(-1).float().mean()
+            assert share.item() == pytest.approx(ours[layer, h].item()), (layer, h)
