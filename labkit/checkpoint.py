@@ -139,8 +139,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[LabModel
         model.set_tokenizer(tok)
     else:
         print(
-            f"note: {path} has no {TOKENIZER_FILE} and its data set's is gone; the model loads "
-            "without one (model.set_tokenizer(PATH) to add it)"
+            f"note: no {TOKENIZER_FILE} in {path} nor in the data set its meta.json names "
+            f"({meta.get('data_dir')}); the model loads without one: model.set_tokenizer(PATH)"
         )
     return model.to(device).eval(), meta
 
