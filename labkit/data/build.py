@@ -34,6 +34,7 @@ from labkit.data.code import generate_code, interpreter
 from labkit.data.control import generate_control
 from labkit.data.curation import curate, load_text_source
 from labkit.data.documents import DIMENSIONS, generate_documents, realized_distribution
+from labkit.data.measures import TARGETS, corpus_measures, measure_value, target_met
 from labkit.data.mixing import Stage, plan_mix
 from labkit.data.retrieval import generate_retrieval
 from labkit.data.shards import write_shards
@@ -272,6 +273,7 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
             len(gzip.compress(text_blob, mtime=0)) / max(1, len(text_blob)), 4
         ),
         "mixes": mixes,
+        "measures": corpus_measures(train, held, mixes),
     }
     atomic_write_bytes(
         work / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
@@ -367,7 +369,8 @@ def dataset_card(data_dir: str | Path) -> str:
         f"Tokenizer: vocab {m['tokenizer']['vocab_size']}, sha256 {m['tokenizer']['sha256'][:16]}..."
     )
     lines.append(f"Retrieval unanswerable share: {100 * m['retrieval_unanswerable_share']:.1f}%")
-    lines.append(f"gzip ratio of the synthetic text: {m['gzip_ratio_synthetic']} (aim >= 0.25)")
+    lines.append("")
+    lines += _measure_lines(m)
     lines.append("")
     lines.append("## Mixes")
     for name, stages in m["mixes"].items():
@@ -377,3 +380,44 @@ def dataset_card(data_dir: str | Path) -> str:
                 f"{name}/{st['name']}: tokens {st['start_token']:,}-{st['end_token']:,} ({st['sampling']}): {probs}"
             )
     return "\n".join(lines)
+
+
+def _measure_lines(m: dict[str, Any]) -> list[str]:
+    """The corpus measures next to their targets (issue 12), from the manifest."""
+    if "measures" not in m:
+        return ["## Measures: not in this manifest (built by an older labkit; rebuild it)"]
+    ms = m["measures"]
+    lines = ["## Measures (target; ok / MISSED)"]
+    for key, (op, bound) in TARGETS.items():
+        value, met = measure_value(ms, key), target_met(ms, key)
+        verdict = "n/a" if met is None else ("ok" if met else "MISSED")
+        lines.append(f"  {key:<38} {value!s:>8}   target {op} {bound:<6} {verdict}")
+    for name, share in ms["duplicate_sentence_share"].items():
+        lines.append(
+            f"  duplicate-sentence share {name:<13} {share}  gzip ratio {ms['gzip_ratio'][name]}"
+        )
+    cp, ec = ms["copy_pressure"], ms["entity_counts"]
+    lines.append(
+        f"  copy pressure: {cp['rare_repeated_mentions']:,} of {cp['repeated_mentions']:,} repeated "
+        f"in-document entity mentions are of entities in <= 2 training documents"
+    )
+    lines.append(
+        f"  entities in the synthetic train text: {ec['entities']:,} ({ec['rare_entities']:,} in "
+        f"<= 2 documents); core entities: median {ec['core_median_documents_per_entity']} documents each"
+    )
+    for example in ms["leaks"]["examples"]:
+        lines.append(f"  leak: {example}")
+    if ms.get("arms"):
+        a = ms["arms"]
+        lines.append(
+            f"  dense vs control: same stage boundaries {a['same_stage_boundaries']}; largest gap in "
+            f"any other source's share {a['max_other_source_gap_pp']} pp; they differ in {a['differs_in']}"
+        )
+    lines.append("## Source shares per mix and stage")
+    for name, stages in ms["source_shares"].items():
+        for st_name, st in stages.items():
+            shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in st["shares"].items())
+            lines.append(
+                f"  {name}/{st_name} [{st['start_token']:,}-{st['end_token']:,}]: {shares}"
+            )
+    return lines
