@@ -11,7 +11,7 @@ import datetime as dt
 import random
 from dataclasses import asdict, dataclass, field
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr"]
 _ONSETS += ["st", "th", "tr", "sh", "ch", "gl", "pl", "qu", "h", "j", "w", "y"]
@@ -160,6 +160,8 @@ class World:
     elements: list[Element] = field(default_factory=list)
     species: list[Species] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    # Concepts defined once per world (e.g. what counts as an "early" element), never per document.
+    concepts: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -281,4 +283,15 @@ def build_world(
                 attendance=rng.randint(40, 250_000),
             )
         )
+    years = sorted(e.discovered for e in w.elements)
+    # The median discovery year, to the decade: about half the elements are "early".
+    w.concepts["early_element_before"] = round(years[len(years) // 2], -1) if years else 1950
     return w
+
+
+def world_from_manifest(manifest: dict) -> World:
+    """The world a data set was built from: its seed and sizes as the manifest records them.
+    The one place that rebuilds a world from a data set (probes, eval tasks, the build)."""
+    cfg = manifest["config"]
+    sizes = cfg.get("world", {})
+    return build_world(cfg["seed"], **{f"n_{k}": v for k, v in sizes.items()})

@@ -1,0 +1,65 @@
+"""Each document's cast: people invented for that document alone, with novel multi-token names.
+
+The world's core entities recur across documents, so a model can learn their names by heart. A
+cast member's name occurs in one document only and is repeated there in full, so its second and
+later mentions can only be predicted by copying from earlier in the context — the pressure that
+grows induction heads (Olsson et al. 2022). Cast members carry attributes (occupation, home city)
+that shape the text and that probes can read as labels (`Cast.entities`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from labkit.data.world import OCCUPATIONS, World, _name
+
+CAST_ID_PREFIX = "L"  # span ids of cast members: "L" + 10 hex digits, never a world id
+
+
+@dataclass
+class CastMember:
+    id: str
+    first: str
+    last: str
+    occupation: str
+    city: int  # world city id
+
+    @property
+    def name(self) -> str:
+        return f"{self.first} {self.last}"
+
+
+@dataclass
+class Cast:
+    members: list[CastMember] = field(default_factory=list)
+
+    def entities(self) -> dict[str, dict[str, Any]]:
+        """What the document records about its cast: id -> kind, name and attributes."""
+        return {
+            m.id: {"kind": "people", "name": m.name, "occupation": m.occupation, "city": m.city}
+            for m in self.members
+        }
+
+
+def make_cast(world: World, rng: random.Random, size: int = 2) -> Cast:
+    """`size` one-off people, their names unlike any world name (longer surnames, and checked)."""
+    taken = {p.first for p in world.people} | {p.last for p in world.people}
+    members = []
+    for _ in range(size):
+        while True:
+            first, last = _name(rng, (2, 3)), _name(rng, (3, 4))
+            if first not in taken and last not in taken:
+                break
+        taken |= {first, last}
+        members.append(
+            CastMember(
+                id=f"{CAST_ID_PREFIX}{rng.getrandbits(40):010x}",
+                first=first,
+                last=last,
+                occupation=rng.choice(OCCUPATIONS),
+                city=rng.randrange(len(world.cities)),
+            )
+        )
+    return Cast(members)
