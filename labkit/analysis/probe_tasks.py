@@ -89,10 +89,9 @@ def _documents(spec: dict, manifest: dict, data_dir: Path | None, world) -> list
 
 
 def _world(manifest: dict):
-    from labkit.data.world import build_world
+    from labkit.data.world import world_from_manifest
 
-    cfg = manifest["config"]
-    return build_world(cfg["seed"], **{f"n_{k}": v for k, v in cfg["world"].items()})
+    return world_from_manifest(manifest)
 
 
 def build_probe_data(

@@ -36,14 +36,15 @@ from labkit.data.curation import curate, load_text_source
 from labkit.data.documents import DIMENSIONS, generate_documents, realized_distribution
 from labkit.data.measures import TARGETS, corpus_measures, measure_value, target_met
 from labkit.data.mixing import Stage, plan_mix
+from labkit.data.prose import generate_prose, prose_lineage
 from labkit.data.retrieval import generate_retrieval
 from labkit.data.shards import write_shards
 from labkit.data.tokenizer import EOT, save_tokenizer, train_tokenizer
-from labkit.data.world import GENERATOR_VERSION, build_world
+from labkit.data.world import GENERATOR_VERSION, world_from_manifest
 from labkit.fileio import atomic_write_bytes
 
 MANIFEST_VERSION = 1
-EVAL_SPLITS = ("general", "domain", "code", "retrieval", "control")
+EVAL_SPLITS = ("general", "domain", "code", "retrieval", "control", "prose")
 
 
 def _progress(quiet: bool):
@@ -97,7 +98,7 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
         steps.update(1)
 
     # 1. generate ------------------------------------------------------------------------
-    world = build_world(cfg.seed, **{f"n_{k}": v for k, v in vars(cfg.world).items()})
+    world = world_from_manifest({"config": cfg.to_dict()})
     train: dict[str, list[dict]] = {}
     held: dict[str, list[dict]] = {}
     train["synthetic"] = generate_documents(world, cfg.synthetic.documents, cfg.seed, "train")
@@ -116,6 +117,10 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
     if cfg.code.enabled:
         code = generate_code(cfg.code.files + cfg.code.eval_files, cfg.code.max_chars, cfg.seed)
         train["code"], held["code"] = code[: cfg.code.files], code[cfg.code.files :]
+    if cfg.prose.enabled:
+        docs = generate_prose(cfg.prose.documents)
+        held["prose"] = [d for d in docs if _hash_split(d["id"], cfg.prose.eval_fraction)]
+        train["prose"] = [d for d in docs if not _hash_split(d["id"], cfg.prose.eval_fraction)]
     for name, src in cfg.sources.items():
         docs = load_text_source(
             name, src.path or None, src.hub or None, src.text_field, limit=src.limit or None
@@ -126,12 +131,12 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
 
     # 2. curate --------------------------------------------------------------------------
     # Seed 003's prose heuristics target web-like text: the control corpus and user sources.
-    quality_sources = {"control"} | {n for n, s in cfg.sources.items() if s.quality}
+    quality_sources = {"control", "prose"} | {n for n, s in cfg.sources.items() if s.quality}
     # 13-gram contamination: eval task texts, and held-out text that is not world-generated (the
     # synthetic eval documents share the world's facts with train by design; they are guarded by
     # exact and near-duplicate screening instead).
     contamination = [
-        d["text"] for split in held for d in held[split] if split in ("code", *cfg.sources)
+        d["text"] for split in held for d in held[split] if split in ("code", "prose", *cfg.sources)
     ]
     for f in cfg.curation.contamination_files:
         contamination += _read_task_texts(Path(f))
@@ -235,6 +240,7 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
         "seed": cfg.seed,
         "config": cfg.to_dict(),
         "code_source": interpreter() if cfg.code.enabled else None,
+        "prose_source": prose_lineage() if cfg.prose.enabled else None,
         "python": sys.version.split()[0],
         "sources": {
             n: {

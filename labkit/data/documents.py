@@ -372,9 +372,9 @@ class Topics:
             ordered += f" {'>' if prev > val else '='} {self.num(*ref, val)}"
         return Computation(
             question=self.say.pick(
-                f"Which has {more} {attr_phrase}?",
+                f"Which has {more} {attr_phrase}: {' or '.join(n for n, _, _ in items)}?",
                 f"Among {', '.join(n for n, _, _ in items)}, which has {more} {attr_phrase}?",
-                f"Whose {attr_phrase} is {more.replace('the ', '')}?",
+                f"Whose {attr_phrase} is {more.replace('the ', '')}, {' or '.join(n for n, _, _ in items)}?",
             ),
             given=given,
             steps=[f"list the {attr_phrase}: " + "; ".join(given), f"order them: {ordered}"],
@@ -501,8 +501,12 @@ class Topics:
             question=f"As of {REFERENCE_YEAR}, how many years ago was {name}?",
             given=[f"{name}: {y}", f"the current year: {REFERENCE_YEAR}"],
             steps=[
-                f"the year now is {REFERENCE_YEAR}",
                 f"{name} was in {y}",
+                self.say.pick(
+                    f"the reference year is {REFERENCE_YEAR}",
+                    f"it is now {REFERENCE_YEAR}",
+                    f"count up to {REFERENCE_YEAR}",
+                ),
                 f"{REFERENCE_YEAR} − {y} = {r}",
             ],
             expression=f"{REFERENCE_YEAR} − {y} = {r}",
@@ -552,9 +556,13 @@ class Topics:
         old = e.discovered < threshold
         asked = self.rng.choice(["early", "modern"])
         yes = (asked == "early") == old
-        rule = f"an element discovered before {threshold} is called early, one discovered later modern"
+        rule = self.say.pick(
+            f"an element discovered before {threshold} is called early, one discovered later modern",
+            f"elements found before {threshold} count as early, later ones as modern",
+            f"the early elements are those discovered before {threshold}; the rest are modern",
+        )
         y = self.num("elements", e.id, "discovered", e.discovered)
-        verdict = f"{'yes' if yes else 'no'}, {'an early' if old else 'a modern'} element"
+        verdict = f"{'yes' if yes else 'no'} ({'early' if old else 'modern'})"
         return Computation(
             question=f"Is {self.element(e)} {a(asked)} element?",
             given=[rule, f"{self.element(e)} was discovered in {y}"],
@@ -601,7 +609,7 @@ def _competing(t: Topics, kind: str) -> tuple[str, list[str]] | None:
             w1 = x if first else y
             w2 = x if second else y
             text = (
-                f"Which is the {word}, {name(x)} or {name(y)}? The answer depends on the reading. "
+                f"Which is the {word}, {name(x)} or {name(y)}? "
                 f"By {readings[a1]}, {name(w1)} wins ({t.num(kind, x.id, a1, v(x, a1))} vs "
                 f"{t.num(kind, y.id, a1, v(y, a1))} {u1}); by {readings[a2]}, {name(w2)} does "
                 f"({t.num(kind, x.id, a2, v(x, a2))} vs {t.num(kind, y.id, a2, v(y, a2))}"
@@ -856,8 +864,10 @@ def _reason(c: Computation, mode: str, slots: dict[str, str], rng: random.Random
     if mode in ("concise", "probabilistic"):
         return [render("reason.concise", s, rng)]
     if mode == "detailed_cot":
-        order = ["First", "Next", "Then", "After that"]
-        lines = [f"{order[min(i, 3)]}, {step}." for i, step in enumerate(c.steps)]
+        lines = [
+            f"{render('reason.cot_first' if i == 0 else 'reason.cot_next', s, rng)}, {step}."
+            for i, step in enumerate(c.steps)
+        ]
         return lines + [render("reason.cot_close", s, rng)]
     # self_corrective: a plausible wrong step, flagged and corrected
     if c.wrong:
@@ -953,7 +963,11 @@ def body_sentences(
         lines += [plan.competing[0], render("ambiguity.competing_close", slots, rng)]
     if labels["style"] != "neutral":
         style = f"style.{labels['style']}"
-        lines = [cap(render(f"{style}.open", slots, rng)), *lines, render(f"{style}.close", slots, rng)]
+        lines = [
+            cap(render(f"{style}.open", slots, rng)),
+            *lines,
+            render(f"{style}.close", slots, rng),
+        ]
     return [cap(x) for x in lines]
 
 

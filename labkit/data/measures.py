@@ -28,6 +28,7 @@ LEAK_PATTERNS: dict[str, re.Pattern[str]] = {
     "control_byte": re.compile(r"[\x01\x02\x03]"),
     "template_slot": re.compile(r"\{[a-z_][a-z_0-9.]*\}"),
 }
+GENERATED_SOURCES = ("synthetic", "control", "retrieval")
 ENTITY_TYPES = ("city", "person", "organisation", "element", "species", "event")
 SENTENCE_MIN_WORDS = 4
 RARE_DOCS = 2  # "occurs in at most 2 training documents"
@@ -54,6 +55,8 @@ def leaks(docs: list[dict[str, Any]]) -> dict[str, Any]:
     for d in docs:
         found = False
         for name, pattern in LEAK_PATTERNS.items():
+            if name == "template_slot" and d.get("source") not in GENERATED_SOURCES:
+                continue  # real code and prose may hold braces; only rendered text cannot
             for m in pattern.finditer(d["text"]):
                 counts[name] += 1
                 found = True

@@ -61,9 +61,7 @@ def make_retrieval_document(world: World, rng: random.Random, answerable: bool) 
         # A sentence about another entity of the same kind makes it a search, not a lookup; what
         # the passage states about the asked entity is decided from its own sentences only.
         other = rng.choice(getattr(world, kind))
-        distractor = (
-            [_facts(t, kind, other)[0].render(rng)] if other.id != e.id else []
-        )
+        distractor = [_facts(t, kind, other)[0].render(rng)] if other.id != e.id else []
         sentences = own + distractor
         rng.shuffle(sentences)
         passage = " ".join(sentences)

@@ -12,6 +12,7 @@ that every slot is filled, so a template can never leak an unrendered `{slot}` i
 from __future__ import annotations
 
 import random
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
