@@ -223,3 +223,40 @@ def test_shipped_data_configs_parse():
         cfg = DataConfig.load(ROOT / "pretrain" / "configs" / "data" / f"{name}.toml")
         assert cfg.tokenizer.vocab_size >= 2048
     assert "mytext" in DataConfig.load(ROOT / "pretrain/configs/data/template.toml").sources
+
+
+def test_corpus_measures_meet_the_issue_12_targets(ci_data):
+    """The ci build's measures (also in the manifest and the card) against their targets."""
+    from labkit.data.measures import leaks
+
+    every = [d for f in sorted((ci_data / "text").glob("*.jsonl")) for d in read_jsonl(f)]
+    assert {d["source"] for d in every} >= {"synthetic", "control", "retrieval", "code", "prose"}
+    report = leaks(every)  # every built document: train and eval, every source
+    assert report["total"] == 0, report["examples"]
+    m = load_manifest(ci_data)["measures"]
+    assert m["leaks"]["total"] == 0
+    assert m["duplicate_sentence_share"]["synthetic"] <= 0.15
+    assert m["duplicate_sentence_share"]["control"] <= 0.30
+    assert m["copy_pressure"]["share"] >= 0.30
+    # Not yet the issue's 0.27 (see the card); this guards the level reached (first edition: 0.205).
+    assert m["gzip_ratio"]["synthetic"] >= 0.22
+    arms = m["arms"]
+    assert arms["same_stage_boundaries"] and arms["max_other_source_gap_pp"] <= 2.0
+
+
+def test_prose_source_is_real_english_with_its_own_eval_split(ci_data):
+    manifest = load_manifest(ci_data)
+    assert manifest["prose_source"]["python"] == manifest["python"]
+    assert manifest["sources"]["prose"]["documents"] > 100
+    held = read_jsonl(ci_data / "text" / "eval_prose.jsonl")
+    train = [d for d in read_jsonl(ci_data / "text" / "train.jsonl") if d["source"] == "prose"]
+    assert held and not {d["id"] for d in held} & {d["id"] for d in train}
+    stages = [s["stage"] for s in manifest["curation"]["prose"]]
+    assert "quality" in stages and "near_dedup" in stages  # curated by the user-text path
+
+
+def test_card_prints_measures_next_to_targets(ci_data):
+    card = dataset_card(ci_data)
+    for key in ("leaks", "duplicate_sentence_share.synthetic", "copy_pressure", "gzip_ratio"):
+        assert key in card
+    assert "target" in card and "dense vs control" in card

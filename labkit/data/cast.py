@@ -25,6 +25,7 @@ class CastMember:
     last: str
     occupation: str
     city: int  # world city id
+    age: int = 40
 
     @property
     def name(self) -> str:
@@ -38,7 +39,13 @@ class Cast:
     def entities(self) -> dict[str, dict[str, Any]]:
         """What the document records about its cast: id -> kind, name and attributes."""
         return {
-            m.id: {"kind": "people", "name": m.name, "occupation": m.occupation, "city": m.city}
+            m.id: {
+                "kind": "people",
+                "name": m.name,
+                "occupation": m.occupation,
+                "city": m.city,
+                "age": m.age,
+            }  # fmt: skip
             for m in self.members
         }
 
@@ -60,6 +67,7 @@ def make_cast(world: World, rng: random.Random, size: int = 2) -> Cast:
                 last=last,
                 occupation=rng.choice(OCCUPATIONS),
                 city=rng.randrange(len(world.cities)),
+                age=rng.randint(19, 88),
             )
         )
     return Cast(members)

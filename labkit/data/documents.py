@@ -842,7 +842,16 @@ def _slots(plan: Plan, labels: dict[str, str], world: World) -> dict[str, str]:
     return {
         "a": mark("person", first.id, first.name),
         "b": mark("person", second.id, second.name),
-        "a_role": f"{a(first.occupation)} from {mark('city', home.id, home.name)}",
+        "a_role": render(
+            "cast.role",
+            {
+                "occupation": first.occupation,
+                "a_occupation": a(first.occupation),
+                "home": mark("city", home.id, home.name),
+                "age": str(first.age),
+            },
+            random.Random(first.id),
+        ),  # fmt: skip
         "subject": plan.subject,
         "question": main.question,
         "question_lc": lower_first(main.question),
@@ -1029,7 +1038,7 @@ def _notes(plan: Plan, lines: list[str], labels: dict, s: dict, rng: random.Rand
     if mode == "probabilistic":
         bullets.append("odds stated from the register counts")
     if plan.competing:
-        bullets.append("ambiguous: " + plan.competing[0].split("? ", 1)[-1])
+        bullets.append("ambiguous, depends on the reading: " + plan.competing[0].split("? ", 1)[-1])
     if labels["temporal_focus"] == "contemporary":
         bullets.insert(0, f"as of {REFERENCE_YEAR}")
     if labels["style"] != "neutral":
@@ -1055,7 +1064,12 @@ def make_document(world: World, labels: dict[str, str], rng: random.Random) -> d
         "labels": dict(labels),
         "spans": spans,
         "checks": checks,
-        "cast": plan.cast.entities() if plan.cast else {},
+        # The cast members this document names (the second only appears in some frames).
+        "cast": {
+            k: v
+            for k, v in (plan.cast.entities() if plan.cast else {}).items()
+            if any(sp["id"] == k for sp in spans)
+        },  # fmt: skip
     }
 
 
