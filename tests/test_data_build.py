@@ -110,7 +110,7 @@ def test_shards_decode_to_the_text_and_match_the_manifest(ci_data):
 def test_manifest_lineage(ci_data):
     m = load_manifest(ci_data)
     assert m["seed"] == 1234 and m["generator_version"] and m["tokenizer"]["sha256"]
-    assert set(m["sources"]) == {"synthetic", "retrieval", "control", "code"}
+    assert set(m["sources"]) == {"synthetic", "retrieval", "control", "code", "prose"}
     assert {r["stage"] for r in m["curation"]["synthetic"]} >= {
         "normalize",
         "pii",
@@ -127,7 +127,12 @@ def test_manifest_lineage(ci_data):
     assert 0.15 < m["gzip_ratio_synthetic"] < 1
     dense = m["mixes"]["dense"]
     assert [s["name"] for s in dense] == ["stage1", "stage2", "anneal"]
-    assert dense[0]["probabilities"] == {"code": 0.3, "retrieval": 0.3, "synthetic": 0.4}
+    assert dense[0]["probabilities"] == {
+        "code": 0.2,
+        "prose": 0.15,
+        "retrieval": 0.25,
+        "synthetic": 0.4,
+    }
     assert dense[-1]["end_token"] == sum(s["tokens"] for s in m["sources"].values())
     assert (
         "control" not in dense[1]["tokens"]

@@ -158,7 +158,7 @@ def test_labels_change_the_text(docs):
         "positive": r"encouraging|good news|happily|pleasing|neatly|proud|credit|fine work",
         "negative": r"unfortunately|frankly|sadly|thin|patchy|unflattering|disappointing|fall short|expected better",
         "empathetic": r"that is okay|patient with yourself|you are not alone|natural to double-check",
-        "figurative": r"like stones|lanterns|orchard|footprint|like a tide",
+        "figurative": r"like stones|lanterns|orchard|wet clay|like a tide",
     }
     for style, pattern in markers.items():
         for d in by(docs, "style", style):

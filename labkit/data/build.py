@@ -427,3 +427,24 @@ def _measure_lines(m: dict[str, Any]) -> list[str]:
                 f"  {name}/{st_name} [{st['start_token']:,}-{st['end_token']:,}]: {shares}"
             )
     return lines
+
+
+def sample_documents(
+    data_dir: str | Path, sources: tuple[str, ...] = ("synthetic", "control", "prose")
+) -> str:
+    """The first train document of each source, as the card's `--samples` section."""
+    path = Path(data_dir) / "text" / "train.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: build the data set with `labkit data build`")
+    first: dict[str, dict] = {}
+    with path.open() as f:
+        for line in f:
+            doc = json.loads(line)
+            first.setdefault(doc["source"], doc)
+    lines = ["## Sample documents (the first train document of each source)"]
+    for name in sources:
+        if name in first:
+            labels = first[name].get("labels")
+            tag = f" ({', '.join(labels.values())})" if labels else ""
+            lines += ["", f"### {name}: {first[name]['id']}{tag}", "", first[name]["text"]]
+    return "\n".join(lines)

@@ -35,10 +35,12 @@ class CastMember:
 @dataclass
 class Cast:
     members: list[CastMember] = field(default_factory=list)
+    place: str = ""  # a one-off place where the first member works ("the Vorliston bindery")
+    place_id: str = ""
 
     def entities(self) -> dict[str, dict[str, Any]]:
         """What the document records about its cast: id -> kind, name and attributes."""
-        return {
+        out: dict[str, dict[str, Any]] = {
             m.id: {
                 "kind": "people",
                 "name": m.name,
@@ -48,6 +50,9 @@ class Cast:
             }  # fmt: skip
             for m in self.members
         }
+        if self.place_id:
+            out[self.place_id] = {"kind": "organisations", "name": self.place}
+        return out
 
 
 def make_cast(world: World, rng: random.Random, size: int = 2) -> Cast:
@@ -70,4 +75,7 @@ def make_cast(world: World, rng: random.Random, size: int = 2) -> Cast:
                 age=rng.randint(19, 88),
             )
         )
-    return Cast(members)
+    place_name = _name(rng, (2, 3))
+    kind = rng.choice(["reading room", "bindery", "print shop", "tea house", "workshop", "lodge"])
+    place = f"{place_name} {kind.title()}" if rng.random() < 0.5 else f"{place_name} {kind}"
+    return Cast(members, place, f"{CAST_ID_PREFIX}{rng.getrandbits(40):010x}")

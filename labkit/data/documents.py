@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labkit.data.cast import Cast, make_cast
-from labkit.data.templates import render
+from labkit.data.templates import render, table
 from labkit.data.world import World
 
 REFERENCE_YEAR = 2025  # "now" for contemporary documents
@@ -313,7 +313,23 @@ class Topics:
                 "date": self.num("events", ev.id, "date", ev.date, d.strftime("%B %-d, %Y")),
                 "attendance": self.num("events", ev.id, "attendance", ev.attendance)}  # fmt: skip
 
-    # ---- computations
+    # ---- computations: values, checks and slots here; the wording in templates.toml [ops.*]
+    def _op(self, op: str, slots: dict[str, str], check: dict, answer: str, expression: str,
+            wrong: str | None = None) -> Computation:  # fmt: skip
+        """A computation whose question, steps and conclusion are the table's `ops.<op>`."""
+        r = lambda part: render(f"ops.{op}.{part}", slots, self.rng)  # noqa: E731
+        n_steps = sum(1 for k in table() if k.startswith(f"ops.{op}.step"))
+        return Computation(
+            question=cap(r("question")),
+            given=[],
+            steps=[r(f"step{i + 1}") for i in range(n_steps)],
+            expression=expression,
+            conclusion=cap(r("conclusion")),
+            answer=answer,
+            check=check,
+            wrong=wrong,
+        )
+
     def difference(
         self, a_name, a_ref, a_val, b_name, b_ref, b_val, unit: str, what: str
     ) -> Computation:
@@ -321,68 +337,29 @@ class Topics:
         if a_val < b_val:
             a_name, a_ref, a_val, b_name, b_ref, b_val = b_name, b_ref, b_val, a_name, a_ref, a_val
         diff = a_val - b_val
-        a_s, b_s = self.num(*a_ref, a_val), self.num(*b_ref, b_val)
-        res = self.result(diff)
-        return Computation(
-            question=self.say.pick(
-                f"How many {unit} separate {what}?",
-                f"What is the gap, in {unit}, between {what}?",
-                f"How far apart, in {unit}, are {what}?",
-                f"By how many {unit} do {what} differ?",
-            ),
-            given=[f"{a_name}: {a_s}", f"{b_name}: {b_s}"],
-            steps=[
-                self.say.pick(
-                    f"take {a_name}, {a_s}",
-                    f"note {a_name}: {a_s}",
-                    f"write down {a_s} for {a_name}",
-                ),
-                self.say.pick(
-                    f"take {b_name}, {b_s}",
-                    f"note {b_name}: {b_s}",
-                    f"write down {b_s} for {b_name}",
-                ),
-                self.say.pick(
-                    f"subtract: {a_s} − {b_s} = {res}",
-                    f"the difference is {a_s} − {b_s} = {res}",
-                    f"{a_s} minus {b_s} gives {res}",
-                ),
-            ],
-            expression=f"{a_s} − {b_s} = {res}",
-            conclusion=self.say.pick(
-                f"{cap(what)} are {res} {unit} apart.",
-                f"The gap between {what} is {res} {unit}.",
-                f"{cap(what)} differ by {res} {unit}.",
-                f"That leaves {res} {unit} between {what}.",
-            ),
-            answer=f"{res} {unit}",
-            check={"op": "sub", "refs": [a_ref, b_ref], "result": diff},
-            wrong=f"{a_s} − {b_s} = {fmt_num(diff + self.rng.choice([-10, 10, 1, -1, 100]))}",
-        )
+        a_s, b_s, res = self.num(*a_ref, a_val), self.num(*b_ref, b_val), self.result(diff)
+        slots = {"a_name": a_name, "b_name": b_name, "a": a_s, "b": b_s, "res": res,
+                 "unit": unit, "what": what}  # fmt: skip
+        check = {"op": "sub", "refs": [a_ref, b_ref], "result": diff}
+        wrong = f"{a_s} − {b_s} = {fmt_num(diff + self.rng.choice([-10, 10, 1, -1, 100]))}"
+        return self._op("sub", slots, check, f"{res} {unit}", f"{a_s} − {b_s} = {res}", wrong)
 
     def compare(
         self, items: list[tuple[str, list, Any]], attr_phrase: str, more: str
     ) -> Computation:
         """Which of the items has the largest value."""
         best = max(items, key=lambda t: t[2])
-        given = [f"{name}: {self.num(*ref, val)}" for name, ref, val in items]
         ranked = sorted(items, key=lambda t: t[2], reverse=True)
         ordered = self.num(*ranked[0][1], ranked[0][2])
         for (_, _, prev), (_, ref, val) in zip(ranked, ranked[1:], strict=False):
             ordered += f" {'>' if prev > val else '='} {self.num(*ref, val)}"
-        return Computation(
-            question=self.say.pick(
-                f"Which has {more} {attr_phrase}: {' or '.join(n for n, _, _ in items)}?",
-                f"Among {', '.join(n for n, _, _ in items)}, which has {more} {attr_phrase}?",
-                f"Whose {attr_phrase} is {more.replace('the ', '')}, {' or '.join(n for n, _, _ in items)}?",
-            ),
-            given=given,
-            steps=[f"list the {attr_phrase}: " + "; ".join(given), f"order them: {ordered}"],
-            expression=ordered,
-            conclusion=cap(f"{best[0]} has {more} {attr_phrase}."),
-            answer=mark("answer", "compare", best[0]),
-            check={"op": "argmax", "refs": [ref for _, ref, _ in items], "result": best[1]},
-        )
+        names = [n for n, _, _ in items]
+        slots = {"items": ", ".join(names[:-1]) + " and " + names[-1],
+                 "items_or": " or ".join(names), "attr": attr_phrase, "more": more,
+                 "more_bare": more.replace("the ", ""), "best": best[0], "ordered": ordered,
+                 "given": "; ".join(f"{n}: {self.num(*ref, v)}" for n, ref, v in items)}  # fmt: skip
+        check = {"op": "argmax", "refs": [ref for _, ref, _ in items], "result": best[1]}
+        return self._op("argmax", slots, check, mark("answer", "compare", best[0]), ordered)
 
     def convert(
         self,
@@ -398,123 +375,52 @@ class Topics:
         out = round(value * factor + offset, digits)
         v_s, r_s = self.num(*ref, value), self.result(out, f"{out:,.{digits}f}")
         op = f"× {factor:g}" if offset == 0 else f"{'+' if offset > 0 else '−'} {abs(offset):g}"
-        return Computation(
-            question=self.say.pick(
-                f"What is {name} in {to}?",
-                f"How much is {name}, expressed in {to}?",
-                f"Convert {name} to {to}.",
-            ),
-            given=[f"{name}: {v_s} {unit}"],
-            steps=[
-                f"start from {v_s} {unit}",
-                f"apply the conversion: {v_s} {op}",
-                f"round to get {r_s} {to}",
-            ],
-            expression=f"{v_s} {unit} {op} = {r_s} {to}",
-            conclusion=self.say.pick(
-                f"{cap(name)} is {r_s} {to}.",
-                f"In {to}, {name} comes to {r_s}.",
-                f"Expressed in {to}, {name} is {r_s}.",
-            ),
-            answer=f"{r_s} {to}",
-            check={
-                "op": "convert",
-                "refs": [ref],
-                "factor": factor,
-                "offset": offset,
-                "digits": digits,
-                "result": out,
-            },
-            wrong=f"{v_s} {unit} {op} = {fmt_num(round(out * 10, digits))} {to}",
-        )
+        slots = {"name": name, "v": v_s, "unit": unit, "to": to, "op": op, "r": r_s}
+        check = {"op": "convert", "refs": [ref], "factor": factor, "offset": offset,
+                 "digits": digits, "result": out}  # fmt: skip
+        wrong = f"{v_s} {unit} {op} = {fmt_num(round(out * 10, digits))} {to}"
+        expression = f"{v_s} {unit} {op} = {r_s} {to}"
+        return self._op("convert", slots, check, f"{r_s} {to}", expression, wrong)
 
     def ratio(self, name: str, a_ref, a_val, b_ref, b_val, unit: str) -> Computation:
         out = round(a_val / b_val, 1)
-        a_s, b_s, r_s = (
-            self.num(*a_ref, a_val),
-            self.num(*b_ref, b_val),
-            self.result(out, f"{out:,.1f}"),
-        )
-        return Computation(
-            question=self.say.pick(
-                f"What is {name}?", f"Work out {name}.", f"How large is {name}?"
-            ),
-            given=[a_s, b_s],
-            steps=[f"divide {a_s} by {b_s}", f"round to one decimal: {r_s}"],
-            expression=f"{a_s} ÷ {b_s} ≈ {r_s}",
-            conclusion=f"{cap(name)} is about {r_s} {unit}.",
-            answer=f"{r_s} {unit}",
-            check={"op": "div", "refs": [a_ref, b_ref], "digits": 1, "result": out},
-            wrong=f"{a_s} ÷ {b_s} ≈ {fmt_num(round(out * 10, 1))}",
-        )
+        a_s, b_s = self.num(*a_ref, a_val), self.num(*b_ref, b_val)
+        r_s = self.result(out, f"{out:,.1f}")
+        slots = {"name": name, "a": a_s, "b": b_s, "r": r_s, "unit": unit}
+        check = {"op": "div", "refs": [a_ref, b_ref], "digits": 1, "result": out}
+        wrong = f"{a_s} ÷ {b_s} ≈ {fmt_num(round(out * 10, 1))}"
+        return self._op("div", slots, check, f"{r_s} {unit}", f"{a_s} ÷ {b_s} ≈ {r_s}", wrong)
 
     def product(
         self, name: str, ref, val, given_val: int, given_phrase: str, unit: str
     ) -> Computation:
         out = val * given_val
         v_s, r_s = self.num(*ref, val), self.result(out)
-        return Computation(
-            question=f"What is {name}?",
-            given=[v_s, f"{given_val} {given_phrase}"],
-            steps=[f"take {v_s}", f"multiply by {given_val}", f"{v_s} × {given_val} = {r_s}"],
-            expression=f"{v_s} × {given_val} = {r_s}",
-            conclusion=f"{cap(name)} comes to {r_s} {unit}.",
-            answer=f"{r_s} {unit}",
-            check={"op": "mul", "refs": [ref], "constant": given_val, "result": out},
-            wrong=f"{v_s} × {given_val} = {fmt_num(out + given_val)}",
-        )
+        slots = {"name": name, "v": v_s, "k": str(given_val), "r": r_s, "unit": unit}
+        check = {"op": "mul", "refs": [ref], "constant": given_val, "result": out}
+        wrong = f"{v_s} × {given_val} = {fmt_num(out + given_val)}"
+        return self._op("mul", slots, check, f"{r_s} {unit}", f"{v_s} × {given_val} = {r_s}", wrong)
 
     def days_between(self, e1, e2) -> Computation:
-        a, b = sorted([e1, e2], key=lambda e: e.date)
-        days = (dt.date.fromisoformat(b.date) - dt.date.fromisoformat(a.date)).days
-        da = self.num("events", a.id, "date", a.date, a.date)
-        db = self.num("events", b.id, "date", b.date, b.date)
+        a_ev, b_ev = sorted([e1, e2], key=lambda e: e.date)
+        days = (dt.date.fromisoformat(b_ev.date) - dt.date.fromisoformat(a_ev.date)).days
+        da = self.num("events", a_ev.id, "date", a_ev.date, a_ev.date)
+        db = self.num("events", b_ev.id, "date", b_ev.date, b_ev.date)
         res = self.result(days)
-        return Computation(
-            question=self.say.pick(
-                f"How many days passed between the {self.event(a)} and the {self.event(b)}?",
-                f"How long, in days, was it from the {self.event(a)} to the {self.event(b)}?",
-                f"Count the days from the {self.event(a)} to the {self.event(b)}.",
-            ),
-            given=[f"{self.event(a)}: {da}", f"{self.event(b)}: {db}"],
-            steps=[
-                f"the earlier date is {da}",
-                f"the later date is {db}",
-                f"count the days between them: {res}",
-            ],
-            expression=f"{db} − {da} = {res} days",
-            conclusion=f"{res} days separate the {self.event(a)} from the {self.event(b)}.",
-            answer=f"{res} days",
-            check={
-                "op": "days",
-                "refs": [["events", a.id, "date"], ["events", b.id, "date"]],
-                "result": days,
-            },
-            wrong=f"{db} − {da} = {fmt_num(days + 365)} days",
-        )
+        slots = {"ea": self.event(a_ev), "eb": self.event(b_ev), "da": da, "db": db, "res": res}
+        check = {"op": "days", "refs": [["events", a_ev.id, "date"], ["events", b_ev.id, "date"]],
+                 "result": days}  # fmt: skip
+        wrong = f"{db} − {da} = {fmt_num(days + 365)} days"
+        return self._op("days", slots, check, f"{res} days", f"{db} − {da} = {res} days", wrong)
 
     def since(self, name: str, ref, year: int) -> Computation:
         """Years from a world year to REFERENCE_YEAR (contemporary documents)."""
         out = REFERENCE_YEAR - year
         y, r = self.num(*ref, year), self.result(out)
-        return Computation(
-            question=f"As of {REFERENCE_YEAR}, how many years ago was {name}?",
-            given=[f"{name}: {y}", f"the current year: {REFERENCE_YEAR}"],
-            steps=[
-                f"{name} was in {y}",
-                self.say.pick(
-                    f"the reference year is {REFERENCE_YEAR}",
-                    f"it is now {REFERENCE_YEAR}",
-                    f"count up to {REFERENCE_YEAR}",
-                ),
-                f"{REFERENCE_YEAR} − {y} = {r}",
-            ],
-            expression=f"{REFERENCE_YEAR} − {y} = {r}",
-            conclusion=f"As of {REFERENCE_YEAR}, {name} was {r} years ago.",
-            answer=f"{r} years",
-            check={"op": "since", "refs": [ref], "now": REFERENCE_YEAR, "result": out},
-            wrong=f"{REFERENCE_YEAR} − {y} = {fmt_num(out - 10)}",
-        )
+        slots = {"name": name, "y": y, "r": r, "now": str(REFERENCE_YEAR)}
+        check = {"op": "since", "refs": [ref], "now": REFERENCE_YEAR, "result": out}
+        wrong = f"{REFERENCE_YEAR} − {y} = {fmt_num(out - 10)}"
+        return self._op("since", slots, check, f"{r} years", f"{REFERENCE_YEAR} − {y} = {r}", wrong)
 
     def probability(self, org) -> Computation:
         staff = [p for p in self.w.people if p.employer == org.id]
@@ -523,30 +429,13 @@ class Topics:
         n = max(n, 1)
         pct = round(100 * k / n)
         res = self.result(pct, f"{pct}%")
-        return Computation(
-            question=f"If one listed worker of the {self.org(org)} is picked at random, how likely is it to be a {occupation}?",
-            given=[
-                f"the register lists {self.result(n)} workers at the {self.org(org)}",
-                f"{self.result(k)} of them are {occupation}s",
-            ],
-            steps=[
-                f"count the {occupation}s: {k}",
-                f"count everyone: {n}",
-                f"the odds are {k} in {n}, about {res}",
-            ],
-            expression=f"{k} / {n} ≈ {res}",
-            conclusion=f"The chance that a randomly picked worker of the {self.org(org)} is {a(occupation)} is {k} in {n}, roughly {res}.",
-            answer=f"about {res}",
-            check={
-                "op": "prob",
-                "org": org.id,
-                "occupation": occupation,
-                "k": k,
-                "n": n,
-                "result": pct,
-            },
-            wrong=f"{k} / {n} ≈ {min(100, pct + 20)}%",
-        )
+        slots = {"org": self.org(org), "occupation": occupation, "a_occupation": a(occupation),
+                 "k": str(k), "n": str(n), "kk": self.result(k), "nn": self.result(n),
+                 "res": res}  # fmt: skip
+        check = {"op": "prob", "org": org.id, "occupation": occupation, "k": k, "n": n,
+                 "result": pct}  # fmt: skip
+        wrong = f"{k} / {n} ≈ {min(100, pct + 20)}%"
+        return self._op("prob", slots, check, f"about {res}", f"{k} / {n} ≈ {res}", wrong)
 
     def syllogism(self, e) -> Computation:
         """Is element e early/modern? The concept is fixed per world (its median discovery year),
@@ -862,7 +751,17 @@ def _slots(plan: Plan, labels: dict[str, str], world: World) -> dict[str, str]:
         "cast_tail": f", as {mark('person', first.id, first.name)} confirmed",
         "style_tail": f" for {mark('person', first.id, first.name)}",
         "verdict_tail": ".",
+        "age": str(first.age),
+        "home": mark("city", home.id, home.name),
+        "since": str(REFERENCE_YEAR - first.age + _start_age(first.age, first.city)),
+        "start_age": str(_start_age(first.age, first.city)),
+        "place": mark("organisation", plan.cast.place_id, plan.cast.place),
     }
+
+
+def _start_age(age: int, salt: int) -> int:
+    """The age at which a cast member took up the work: between 16 and their age."""
+    return 16 + max(0, age - 16) * (salt % 5) // 5
 
 
 def _reason(c: Computation, mode: str, slots: dict[str, str], rng: random.Random) -> list[str]:
@@ -966,6 +865,7 @@ def body_sentences(
     mode = labels["reasoning_explicitness"]
     reasoning = [x for c in plan.computations for x in _reason(c, mode, slots, rng)]
     lines = FOCUS[labels["content_focus"]](facts, reasoning, slots, rng)
+    lines.insert(1, render("cast.detail", slots, rng))  # who the cast member is, in this document
     if labels["temporal_focus"] == "contemporary":
         lines.insert(0, render("temporal.contemporary", slots, rng))
     if plan.competing:
