@@ -9,12 +9,14 @@ that shape the text and that probes can read as labels (`Cast.entities`).
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from labkit.data.world import OCCUPATIONS, World, _name
 
+REFERENCE_YEAR = 2025  # as in labkit.data.documents: "now"
 CAST_ID_PREFIX = "L"  # span ids of cast members: "L" + 10 hex digits, never a world id
 
 
@@ -26,6 +28,7 @@ class CastMember:
     occupation: str
     city: int  # world city id
     age: int = 40
+    since: int = 2000  # the year they took up the work the document is about
 
     @property
     def name(self) -> str:
@@ -37,6 +40,7 @@ class Cast:
     members: list[CastMember] = field(default_factory=list)
     place: str = ""  # a one-off place where the first member works ("the Vorliston bindery")
     place_id: str = ""
+    worked_on: dt.date = dt.date(2024, 1, 1)  # when the first member did the document's work
 
     def entities(self) -> dict[str, dict[str, Any]]:
         """What the document records about its cast: id -> kind, name and attributes."""
@@ -72,10 +76,15 @@ def make_cast(world: World, rng: random.Random, size: int = 2) -> Cast:
                 last=last,
                 occupation=rng.choice(OCCUPATIONS),
                 city=rng.randrange(len(world.cities)),
-                age=rng.randint(19, 88),
+                age=(age := rng.randint(19, 88)),
+                since=REFERENCE_YEAR - rng.randint(0, age - 17),
             )
         )
     place_name = _name(rng, (2, 3))
     kind = rng.choice(["reading room", "bindery", "print shop", "tea house", "workshop", "lodge"])
     place = f"{place_name} {kind.title()}" if rng.random() < 0.5 else f"{place_name} {kind}"
-    return Cast(members, place, f"{CAST_ID_PREFIX}{rng.getrandbits(40):010x}")
+    since = members[0].since  # the document's work happened after its author took it up
+    worked_on = dt.date(since, 1, 1) + dt.timedelta(
+        days=rng.randrange(365 * (REFERENCE_YEAR - since) + 365)
+    )
+    return Cast(members, place, f"{CAST_ID_PREFIX}{rng.getrandbits(40):010x}", worked_on)

@@ -275,7 +275,8 @@ class Topics:
 
     def _cities_slots(self, c) -> dict[str, str]:
         n = lambda attr: self.num("cities", c.id, attr, getattr(c, attr))  # noqa: E731
-        return {"city": self.city(c), "country": self.w.countries[c.country].name,
+        country = self.w.countries[c.country]
+        return {"city": self.city(c), "country": mark("country", country.id, country.name),
                 "population": n("population"), "founded": n("founded"), "area": n("area_km2"),
                 "elevation": n("elevation_m"), "landmark": c.landmark,
                 "a_landmark": a(c.landmark), "industry": c.industry}  # fmt: skip
@@ -461,7 +462,12 @@ class Topics:
                 f"{y} is {'before' if old else 'not before'} {threshold}, so {self.element(e)} is {'early' if old else 'modern'}",
             ],
             expression=f"{y} {'<' if old else '≥'} {threshold}",
-            conclusion=f"{self.element(e)} is {'an early' if old else 'a modern'} element, so the answer is {'yes' if yes else 'no'}.",
+            conclusion=self.say.pick(
+                f"{self.element(e)} is {'an early' if old else 'a modern'} element, so the answer is {'yes' if yes else 'no'}.",
+                f"{'Yes' if yes else 'No'}: {self.element(e)} counts as {'early' if old else 'modern'}.",
+                f"So {self.element(e)} {'is' if yes else 'is not'} {a(asked)} element.",
+                f"The answer is {'yes' if yes else 'no'}, since {self.element(e)} is {'early' if old else 'modern'}.",
+            ),
             answer=mark("answer", "syllogism", verdict),
             check={
                 "op": "threshold",
@@ -498,11 +504,27 @@ def _competing(t: Topics, kind: str) -> tuple[str, list[str]] | None:
             w1 = x if first else y
             w2 = x if second else y
             text = (
-                f"Which is the {word}, {name(x)} or {name(y)}? "
-                f"By {readings[a1]}, {name(w1)} wins ({t.num(kind, x.id, a1, v(x, a1))} vs "
-                f"{t.num(kind, y.id, a1, v(y, a1))} {u1}); by {readings[a2]}, {name(w2)} does "
-                f"({t.num(kind, x.id, a2, v(x, a2))} vs {t.num(kind, y.id, a2, v(y, a2))}"
-                f"{' ' + u2 if u2 else ', founding years'})."
+                t.say.pick(
+                    f"Which is the {word}, {name(x)} or {name(y)}? ",
+                    f"Is {name(x)} or {name(y)} the {word}? ",
+                    f"Which of {name(x)} and {name(y)} is the {word}? ",
+                )
+                + t.say.pick(
+                    "By {r1}, {w1} wins ({x1} vs {y1}{u1}); by {r2}, {w2} does ({x2} vs {y2}{u2}).",
+                    "On {r1} ({x1} vs {y1}{u1}) {w1} comes first, but on {r2} ({x2} vs {y2}{u2}) {w2} does.",
+                    "{w1} leads on {r1}, {x1} against {y1}{u1}; {w2} leads on {r2}, {x2} against {y2}{u2}.",
+                ).format(
+                    r1=readings[a1],
+                    r2=readings[a2],
+                    w1=name(w1),
+                    w2=name(w2),
+                    x1=t.num(kind, x.id, a1, v(x, a1)),
+                    y1=t.num(kind, y.id, a1, v(y, a1)),
+                    x2=t.num(kind, x.id, a2, v(x, a2)),
+                    y2=t.num(kind, y.id, a2, v(y, a2)),
+                    u1=f" {u1}",
+                    u2=f" {u2}" if u2 else ", founding years",
+                )  # fmt: skip
             )
             check = {
                 "op": "competing",
@@ -550,7 +572,7 @@ def _plan_elements(world: World, t: Topics, labels: dict[str, str], rng: random.
     e = els[0]
     facts = [f for x in els for f in t.element_facts(x)]
     pool = [
-        lambda: t.convert(f"the melting point of {t.element(e)}",
+        lambda: t.convert(t.say.pick(f"the melting point of {t.element(e)}", f"the temperature at which {t.element(e)} melts", f"the point where {t.element(e)} turns liquid"),
                           ["elements", e.id, "melting_point_k"], e.melting_point_k, "K", "°C",
                           1, -273.15, 2),
         lambda: t.compare([(t.element(x), ["elements", x.id, "density"], x.density) for x in els],
@@ -559,7 +581,7 @@ def _plan_elements(world: World, t: Topics, labels: dict[str, str], rng: random.
                              els[0].atomic_number, t.element(els[1]),
                              ["elements", els[1].id, "atomic_number"], els[1].atomic_number,
                              "places",
-                             f"the atomic numbers of {t.element(els[0])} and {t.element(els[1])}"),
+                             t.say.pick(f"the atomic numbers of {t.element(els[0])} and {t.element(els[1])}", f"{t.element(els[0])} and {t.element(els[1])} in the table", f"the table positions of {t.element(els[0])} and {t.element(els[1])}")),
         lambda: t.syllogism(e),
     ]  # fmt: skip
     lead = 0
@@ -581,7 +603,7 @@ def _plan_species(world: World, t: Topics, labels: dict[str, str], rng: random.R
     s, s2 = sps[0], sps[1]
     facts = [f for x in sps for f in t.species_facts(x)]
     pool = [
-        lambda: t.convert(f"the mass of an adult {t.species(s)}", ["species", s.id, "mass_kg"],
+        lambda: t.convert(t.say.pick(f"the mass of an adult {t.species(s)}", f"the weight of a grown {t.species(s)}", f"what an adult {t.species(s)} weighs"), ["species", s.id, "mass_kg"],
                           s.mass_kg, "kg", "lb", 2.20462, 0, 1),
         lambda: t.compare([(t.species(x), ["species", x.id, "lifespan_years"], x.lifespan_years)
                            for x in sps], "lifespan", "the longest"),
@@ -592,7 +614,7 @@ def _plan_species(world: World, t: Topics, labels: dict[str, str], rng: random.R
         lambda: t.difference(t.species(s), ["species", s.id, "lifespan_years"], s.lifespan_years,
                              t.species(s2), ["species", s2.id, "lifespan_years"],
                              s2.lifespan_years, "years",
-                             f"the lifespans of the {t.species(s)} and the {t.species(s2)}"),
+                             t.say.pick(f"the lifespans of the {t.species(s)} and the {t.species(s2)}", f"how long the {t.species(s)} and the {t.species(s2)} live", f"the life expectancies of the {t.species(s)} and the {t.species(s2)}")),
     ]  # fmt: skip
     lead = 0
     if labels["conceptual_complexity"] == "advanced":  # interdisciplinary: biology x geography
@@ -625,7 +647,7 @@ def _plan_society(world: World, t: Topics, labels: dict[str, str], rng: random.R
             f"the founding of the {t.org(orgs[0])}", ["organisations", orgs[0].id, "founded"],
             orgs[0].founded, f"the founding of the {t.org(orgs[1])}",
             ["organisations", orgs[1].id, "founded"], orgs[1].founded, "years",
-            f"the foundings of the {t.org(orgs[0])} and the {t.org(orgs[1])}"),
+            t.say.pick(f"the foundings of the {t.org(orgs[0])} and the {t.org(orgs[1])}", f"the founding years of the {t.org(orgs[0])} and the {t.org(orgs[1])}", f"the start of the {t.org(orgs[0])} and that of the {t.org(orgs[1])}")),
         lambda: t.days_between(evs[0], evs[1]),
         lambda: t.compare([(t.event(e), ["events", e.id, "attendance"], e.attendance)
                            for e in evs], "attendance", "the larger"),
@@ -652,10 +674,10 @@ def _plan_practical(world: World, t: Topics, labels: dict[str, str], rng: random
     facts = t.city_facts(cs[0]) + t.city_facts(cs[1]) + t.org_facts(o)
     fee = rng.choice([3, 5, 8, 12, 15, 20, 25])
     pool = [
-        lambda: t.ratio(f"the population density of {t.city(c)}", ["cities", c.id, "population"],
+        lambda: t.ratio(t.say.pick(f"the population density of {t.city(c)}", f"the crowding of {t.city(c)}, in residents per km²"), ["cities", c.id, "population"],
                         c.population, ["cities", c.id, "area_km2"], c.area_km2,
                         "residents per km²"),
-        lambda: t.product(f"the yearly dues collected by the {t.org(o)} at {fee} crowns a member",
+        lambda: t.product(t.say.pick(f"the yearly dues collected by the {t.org(o)} at {fee} crowns a member", f"what the {t.org(o)} takes in a year if each member pays {fee} crowns", f"the annual income of the {t.org(o)} from dues of {fee} crowns a head"),
                           ["organisations", o.id, "members"], o.members, fee,
                           "crowns per member", "crowns"),
         lambda: t.convert(f"the area of {t.city(c)}", ["cities", c.id, "area_km2"], c.area_km2,
@@ -753,15 +775,12 @@ def _slots(plan: Plan, labels: dict[str, str], world: World) -> dict[str, str]:
         "verdict_tail": ".",
         "age": str(first.age),
         "home": mark("city", home.id, home.name),
-        "since": str(REFERENCE_YEAR - first.age + _start_age(first.age, first.city)),
-        "start_age": str(_start_age(first.age, first.city)),
+        "since": str(first.since),
+        "start_age": str(first.age - (REFERENCE_YEAR - first.since)),
         "place": mark("organisation", plan.cast.place_id, plan.cast.place),
+        "when": plan.cast.worked_on.strftime("%B %-d, %Y"),
+        "weekday": plan.cast.worked_on.strftime("%A"),
     }
-
-
-def _start_age(age: int, salt: int) -> int:
-    """The age at which a cast member took up the work: between 16 and their age."""
-    return 16 + max(0, age - 16) * (salt % 5) // 5
 
 
 def _reason(c: Computation, mode: str, slots: dict[str, str], rng: random.Random) -> list[str]:
@@ -791,7 +810,7 @@ def _fact_sentences(plan: Plan, labels: dict[str, str], slots: dict, rng: random
         s = f.render(rng)
         if labels["ambiguity"] == "moderate" and i % 2 == 0:
             s = render("ambiguity.hedge", slots, rng) + lower_first(s)
-        elif rng.random() < 0.3:
+        elif rng.random() < 0.2:
             s = render("cast.attribute", slots, rng) + " " + lower_first(s)
         elif i and rng.random() < 0.3:
             s = render("ambiguity.connective", slots, rng) + lower_first(s)
@@ -900,12 +919,21 @@ def _prose(plan: Plan, lines: list[str], labels: dict, s: dict, rng: random.Rand
 
 @layout_for("dialogue")
 def _dialogue(plan: Plan, lines: list[str], labels: dict, s: dict, rng: random.Random) -> str:
-    """A transcript between the two cast members, each turn headed by the full name."""
-    speakers = [s["a"], s["b"]]
-    turns = [f"{speakers[1]}: {s['question']}"]
+    """A transcript between the two cast members: a speaker's first turn is headed by the full
+    name, later turns by the surname (as transcripts do) — still a name to copy."""
+    members = plan.cast.members if plan.cast else []
+    full, short = [s["a"], s["b"]], [mark("person", m.id, m.last) for m in members[:2]]
+    seen: set[int] = set()
+
+    def head(k: int) -> str:
+        label = short[k] if k in seen else full[k]
+        seen.add(k)
+        return label
+
+    turns = [f"{head(1)}: {s['question']}"]
     for i in range(0, len(lines), 2):
-        turns.append(f"{speakers[(i // 2) % 2]}: {' '.join(lines[i : i + 2])}")
-    turns.append(f"{speakers[1]}: {render('format.dialogue_close', s, rng)}")
+        turns.append(f"{head((i // 2) % 2)}: {' '.join(lines[i : i + 2])}")
+    turns.append(f"{head(1)}: {render('format.dialogue_close', s, rng)}")
     return "\n".join(turns)
 
 
@@ -954,9 +982,24 @@ def layout(plan: Plan, labels: dict[str, str], rng: random.Random, world: World)
     return FORMATS[labels["format"]](plan, lines, labels, slots, rng)
 
 
+def _shorten_repeats(marked: str, cast: Cast | None, rng: random.Random) -> str:
+    """After a cast member's first full mention, later ones are often the surname alone, as a
+    writer would put it; either way the name can only be copied from earlier in the document."""
+    for m in cast.members if cast else []:
+        full, short = mark("person", m.id, m.name), mark("person", m.id, m.last)
+        head, sep, rest = marked.partition(full)
+        if sep:
+            parts = rest.split(full)
+            rest = parts[0] + "".join(
+                (short if rng.random() < 0.5 else full) + p for p in parts[1:]
+            )
+            marked = head + sep + rest
+    return marked
+
+
 def make_document(world: World, labels: dict[str, str], rng: random.Random) -> dict[str, Any]:
     plan = plan_document(world, labels, rng)
-    text, spans = strip_marks(layout(plan, labels, rng, world))
+    text, spans = strip_marks(_shorten_repeats(layout(plan, labels, rng, world), plan.cast, rng))
     checks = list(plan.checks) + (plan.competing[1] if plan.competing else [])
     return {
         "text": text,
