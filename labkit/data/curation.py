@@ -235,6 +235,11 @@ def curate(
             datasets.enable_progress_bars()
 
 
+def _fingerprint(ds, stage: str) -> str:
+    """A cheap, unique-per-step fingerprint for in-memory `datasets` steps."""
+    return hashlib.sha256(f"{ds._fingerprint}:{stage}".encode()).hexdigest()[:16]
+
+
 def _curate(docs, cfg, reference_texts, contamination_texts, quality_sources, progress):
     import datasets
     from datasketch import MinHash, MinHashLSH
@@ -255,7 +260,14 @@ def _curate(docs, cfg, reference_texts, contamination_texts, quality_sources, pr
             new = fn(rows[i])
             changed += new is not rows[i]
             rows[i] = new
-        ds = ds.map(lambda r: {"text": rows[r["i"]]["text"]}, desc=stage, keep_in_memory=True)
+        # A fixed fingerprint: otherwise `datasets` hashes the closure by pickling every row's
+        # metadata (spans, checks, cast) at each stage, which dominated the build's time.
+        ds = ds.map(
+            lambda r: {"text": rows[r["i"]]["text"]},
+            desc=stage,
+            keep_in_memory=True,
+            new_fingerprint=_fingerprint(ds, stage),
+        )
         reports.append(StageReport(stage, len(ds), len(ds), {"rewritten": changed}))
 
     def drop(
@@ -263,7 +275,9 @@ def _curate(docs, cfg, reference_texts, contamination_texts, quality_sources, pr
     ) -> None:
         nonlocal ds
         before = len(ds)
-        ds = ds.filter(keep, desc=stage, keep_in_memory=True)
+        ds = ds.filter(
+            keep, desc=stage, keep_in_memory=True, new_fingerprint=_fingerprint(ds, stage)
+        )
         reports.append(StageReport(stage, before, len(ds), detail or {}))
 
     rewrite("normalize", normalize)
