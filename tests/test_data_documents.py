@@ -158,7 +158,7 @@ def test_labels_change_the_text(docs):
     for d in by(docs, "format", "qa_rationale"):
         assert all(k in d["text"] for k in ("Question:", "Rationale:", "Answer:"))
     markers = {
-        "positive": r"encouragingly|good news|happily|pleasingly|neatly|proud|fine work|a lot to like|happy case|rewarding|loves|enjoys|delighted|satisfying|tidy answer|good work|fits together",
+        "positive": r"encouragingly|good news|happily|pleasingly|neatly|proud|fine work|a lot to like|happy case|rewarding|loves|enjoys|delighted|satisfying|tidy answer|good work|fits together|pleased|got it right|pays off|credit for",
         "negative": r"unfortunately|frankly|sadly|regrettably|patchy|unflattering|disappointing|fall short|expected better|blunt|poorly kept|deserves praise|stands up to scrutiny|poor record|flatters|reflects well|impresses|little else|not much|nothing here|complain",
         "empathetic": r"that is okay|patient with yourself|you are not alone|natural to double-check|do not worry|no need to worry|relax|many readers|plenty of people|most of us|be kind to yourself|take a break|no rush|going back over it",
         "figurative": r"like stones|lanterns|orchard|wet clay|like a tide|like a map|like a river|like a lamp|quiet sea|like dust|like a lock|ember|like a bell|bird on a wire",

@@ -432,6 +432,7 @@ class Topics:
         res = self.result(pct, f"{pct}%")
         slots = {"org": self.org(org), "occupation": occupation, "a_occupation": a(occupation),
                  "k": str(k), "n": str(n), "kk": self.result(k), "nn": self.result(n),
+                 "occupations": occupation + ("" if k == 1 else "s"),
                  "res": res}  # fmt: skip
         check = {"op": "prob", "org": org.id, "occupation": occupation, "k": k, "n": n,
                  "result": pct}  # fmt: skip
