@@ -89,15 +89,8 @@ def build(cfg: DataConfig, out: str | Path, quiet: bool = False) -> dict[str, An
         raise
 
 
-def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str, Any]:
-    progress = _progress(quiet)
-    steps = tqdm(total=9, desc="labkit data build", disable=quiet)
-
-    def step(desc: str) -> None:
-        steps.set_postfix_str(desc)
-        steps.update(1)
-
-    # 1. generate ------------------------------------------------------------------------
+def generate_sources(cfg: DataConfig) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """Every source's train documents and every held-out split, before curation."""
     world = world_from_manifest({"config": cfg.to_dict()})
     train: dict[str, list[dict]] = {}
     held: dict[str, list[dict]] = {}
@@ -127,6 +120,19 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
         )
         held[name] = [d for d in docs if _hash_split(d["id"], src.eval_fraction)]
         train[name] = [d for d in docs if not _hash_split(d["id"], src.eval_fraction)]
+    return train, held
+
+
+def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str, Any]:
+    progress = _progress(quiet)
+    steps = tqdm(total=9, desc="labkit data build", disable=quiet)
+
+    def step(desc: str) -> None:
+        steps.set_postfix_str(desc)
+        steps.update(1)
+
+    # 1. generate ------------------------------------------------------------------------
+    train, held = generate_sources(cfg)
     step("generated")
 
     # 2. curate --------------------------------------------------------------------------
