@@ -14,6 +14,7 @@ from labkit.data.build import build, dataset_card, document_lengths, load_manife
 from labkit.data.mixing import stage_document_order
 from labkit.data.shards import iter_documents, sha256_file
 from labkit.data.tokenizer import load_tokenizer
+from labkit.data.world import OCCUPATIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / "pretrain" / "configs" / "data" / "ci.toml"
@@ -264,3 +265,25 @@ def test_card_prints_measures_next_to_targets(ci_data):
     for key in ("leaks", "duplicate_sentence_share.synthetic", "copy_pressure", "gzip_ratio"):
         assert key in card
     assert "target" in card and "dense vs control" in card
+
+
+def test_probe_labels_work_for_core_and_one_off_entities(ci_data):
+    """person_occupation reads the world's people and each document's cast alike."""
+    import yaml
+
+    from labkit.analysis.probe_tasks import build_probe_data
+
+    spec = yaml.safe_load((ROOT / "probes" / "person_occupation.yaml").read_text())
+    spec["source"]["documents"] = 120
+    tok = load_tokenizer(ci_data / "tokenizer.json")
+    data = build_probe_data(spec, tok, load_manifest(ci_data))
+    one_off = [t.startswith("person:L") for t in data.types]
+    assert any(one_off) and not all(one_off)
+    assert set(data.labels) <= set(OCCUPATIONS)
+
+
+def test_prose_eval_split_is_about_its_fraction(ci_data):
+    m = load_manifest(ci_data)
+    held = m["eval_splits"]["prose"]["documents"]
+    total = m["config"]["prose"]["documents"]
+    assert 0.04 * total <= held <= 0.2 * total

@@ -436,7 +436,9 @@ def _measure_lines(m: dict[str, Any]) -> list[str]:
 
 
 def sample_documents(
-    data_dir: str | Path, sources: tuple[str, ...] = ("synthetic", "control", "prose")
+    data_dir: str | Path,
+    sources: tuple[str, ...] = ("synthetic", "control", "prose"),
+    max_chars: int = 1500,
 ) -> str:
     """The first train document of each source, as the card's `--samples` section."""
     path = Path(data_dir) / "text" / "train.jsonl"
@@ -452,5 +454,12 @@ def sample_documents(
         if name in first:
             labels = first[name].get("labels")
             tag = f" ({', '.join(labels.values())})" if labels else ""
-            lines += ["", f"### {name}: {first[name]['id']}{tag}", "", first[name]["text"]]
+            text = first[name]["text"]
+            if len(text) > max_chars:  # long real documents: their opening is enough to judge
+                cut = text.rfind("\n", 0, max_chars)
+                text = (
+                    text[: cut if cut > 0 else max_chars]
+                    + f"\n[… {len(text) - max(cut, 0):,} more characters]"
+                )
+            lines += ["", f"### {name}: {first[name]['id']}{tag}", "", text]
     return "\n".join(lines)

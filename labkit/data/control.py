@@ -55,9 +55,10 @@ def make_control_page(world: World, rng: random.Random, kind: str, ident: int) -
     friend = make_cast(world, rng, size=1)
     m = friend.members[0]
     place = rng.choice(world.cities)
+    the = "the " if kind in ("events", "organisations", "species") else ""  # "the Rotaest fair"
     slots = {
-        "entity": mark(SPAN_TYPES[kind], ident, entity.name),
-        "entity_plain": entity.name,
+        "entity": the + mark(SPAN_TYPES[kind], ident, entity.name),
+        "entity_plain": cap(the + entity.name),
         "a": mark("person", m.id, m.name),
         "place": mark("city", place.id, place.name),
         "hobby": rng.choice(HOBBIES),
