@@ -438,7 +438,7 @@ def _measure_lines(m: dict[str, Any]) -> list[str]:
 def sample_documents(
     data_dir: str | Path,
     sources: tuple[str, ...] = ("synthetic", "control", "prose"),
-    max_chars: int = 1500,
+    max_chars: int = 2000,
 ) -> str:
     """The first train document of each source, as the card's `--samples` section."""
     path = Path(data_dir) / "text" / "train.jsonl"
