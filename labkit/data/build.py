@@ -7,7 +7,7 @@ Output directory layout:
                              mixing plans
     tokenizer.json           byte-level BPE, digits split, <|endoftext|>
     text/train.jsonl         one JSON object per document (text, source, labels, spans, ...)
-    text/eval_<split>.jsonl  held-out documents (general, domain, code, retrieval, control, ...)
+    text/eval_<split>.jsonl  held-out documents (general, domain, code, retrieval, control, prose, ...)
     train/<source>_NNNNN.bin (+ .idx.npy)   token shards per source
     eval/<split>_NNNNN.bin   (+ .idx.npy)   token shards per eval split
 

@@ -177,7 +177,6 @@ class Fact:
 @dataclass
 class Computation:
     question: str
-    given: list[str]  # statements of the operands
     steps: list[str]  # explicit working, one step each
     expression: str  # "1517 - 1432 = 85"
     conclusion: str  # sentence stating the result
@@ -322,7 +321,6 @@ class Topics:
         n_steps = sum(1 for k in table() if k.startswith(f"ops.{op}.step"))
         return Computation(
             question=cap(r("question")),
-            given=[],
             steps=[r(f"step{i + 1}") for i in range(n_steps)],
             expression=expression,
             conclusion=cap(r("conclusion")),
@@ -456,7 +454,6 @@ class Topics:
         verdict = f"{'yes' if yes else 'no'} ({'early' if old else 'modern'})"
         return Computation(
             question=f"Is {self.element(e)} {a(asked)} element?",
-            given=[rule, f"{self.element(e)} was discovered in {y}"],
             steps=[
                 f"premise: {rule}",
                 f"premise: {self.element(e)} was discovered in {y}",
