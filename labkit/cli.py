@@ -63,9 +63,11 @@ def cmd_data_build(args: argparse.Namespace) -> int:
 
 
 def cmd_data_card(args: argparse.Namespace) -> int:
-    from labkit.data.build import dataset_card
+    from labkit.data.build import dataset_card, sample_documents
 
     print(dataset_card(args.dir))
+    if args.samples:
+        print(sample_documents(args.dir))
     return 0
 
 
@@ -319,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_data_build)
     c = data_sub.add_parser("card", help="print the dataset card of a built data set")
     c.add_argument("dir")
+    c.add_argument(
+        "--samples", action="store_true", help="also print one train document per text source"
+    )
     c.set_defaults(func=cmd_data_card)
 
     from pathlib import Path

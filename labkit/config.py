@@ -446,6 +446,15 @@ class CodeSection:
 
 
 @dataclass
+class ProseSection:
+    """Real English prose shipped with Python (labkit.data.prose), curated like a user source."""
+
+    enabled: bool = True
+    documents: int = 0  # 0 = all
+    eval_fraction: float = 0.1
+
+
+@dataclass
 class SourceSection:
     """A user text source: a local file/folder (json, jsonl, txt, parquet) or a Hub dataset."""
 
@@ -507,6 +516,7 @@ class DataConfig:
     retrieval: RetrievalSection = field(default_factory=RetrievalSection)
     control: ControlSection = field(default_factory=ControlSection)
     code: CodeSection = field(default_factory=CodeSection)
+    prose: ProseSection = field(default_factory=ProseSection)
     sources: dict = field(default_factory=dict)  # name -> SourceSection
     curation: CurationSection = field(default_factory=CurationSection)
     tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
@@ -522,6 +532,7 @@ class DataConfig:
             "retrieval": RetrievalSection,
             "control": ControlSection,
             "code": CodeSection,
+            "prose": ProseSection,
             "curation": CurationSection,
             "tokenizer": TokenizerSection,
             "shards": ShardSection,
@@ -538,7 +549,7 @@ class DataConfig:
             kwargs.get("total_tokens", 0), int
         ):
             raise ValueError("seed and total_tokens must be integers")
-        reserved = {"synthetic", "retrieval", "control", "code"}
+        reserved = {"synthetic", "retrieval", "control", "code", "prose"}
         sources = {}
         for name, table in data.get("sources", {}).items():
             if name in reserved:
@@ -604,6 +615,7 @@ class DataConfig:
         names = ["synthetic", "retrieval"]
         names += ["control"] if self.control.enabled else []
         names += ["code"] if self.code.enabled else []
+        names += ["prose"] if self.prose.enabled else []
         return names + sorted(self.sources)
 
     def to_dict(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from labkit.data.build import build, dataset_card, document_lengths, load_manife
 from labkit.data.mixing import stage_document_order
 from labkit.data.shards import iter_documents, sha256_file
 from labkit.data.tokenizer import load_tokenizer
+from labkit.data.world import OCCUPATIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / "pretrain" / "configs" / "data" / "ci.toml"
@@ -110,7 +111,7 @@ def test_shards_decode_to_the_text_and_match_the_manifest(ci_data):
 def test_manifest_lineage(ci_data):
     m = load_manifest(ci_data)
     assert m["seed"] == 1234 and m["generator_version"] and m["tokenizer"]["sha256"]
-    assert set(m["sources"]) == {"synthetic", "retrieval", "control", "code"}
+    assert set(m["sources"]) == {"synthetic", "retrieval", "control", "code", "prose"}
     assert {r["stage"] for r in m["curation"]["synthetic"]} >= {
         "normalize",
         "pii",
@@ -127,7 +128,12 @@ def test_manifest_lineage(ci_data):
     assert 0.15 < m["gzip_ratio_synthetic"] < 1
     dense = m["mixes"]["dense"]
     assert [s["name"] for s in dense] == ["stage1", "stage2", "anneal"]
-    assert dense[0]["probabilities"] == {"code": 0.3, "retrieval": 0.3, "synthetic": 0.4}
+    assert dense[0]["probabilities"] == {
+        "code": 0.2,
+        "prose": 0.15,
+        "retrieval": 0.25,
+        "synthetic": 0.4,
+    }
     assert dense[-1]["end_token"] == sum(s["tokens"] for s in m["sources"].values())
     assert (
         "control" not in dense[1]["tokens"]
@@ -223,3 +229,61 @@ def test_shipped_data_configs_parse():
         cfg = DataConfig.load(ROOT / "pretrain" / "configs" / "data" / f"{name}.toml")
         assert cfg.tokenizer.vocab_size >= 2048
     assert "mytext" in DataConfig.load(ROOT / "pretrain/configs/data/template.toml").sources
+
+
+def test_corpus_measures_meet_the_issue_12_targets(ci_data):
+    """The ci build's measures (also in the manifest and the card) against their targets."""
+    from labkit.data.measures import leaks
+
+    every = [d for f in sorted((ci_data / "text").glob("*.jsonl")) for d in read_jsonl(f)]
+    assert {d["source"] for d in every} >= {"synthetic", "control", "retrieval", "code", "prose"}
+    report = leaks(every)  # every built document: train and eval, every source
+    assert report["total"] == 0, report["examples"]
+    m = load_manifest(ci_data)["measures"]
+    assert m["leaks"]["total"] == 0
+    assert m["duplicate_sentence_share"]["synthetic"] <= 0.15
+    assert m["duplicate_sentence_share"]["control"] <= 0.30
+    assert m["copy_pressure"]["share"] >= 0.30
+    assert m["gzip_ratio"]["synthetic"] >= 0.27  # the first edition: 0.205
+    arms = m["arms"]
+    assert arms["same_stage_boundaries"] and arms["max_other_source_gap_pp"] <= 2.0
+
+
+def test_prose_source_is_real_english_with_its_own_eval_split(ci_data):
+    manifest = load_manifest(ci_data)
+    assert manifest["prose_source"]["python"] == manifest["python"]
+    assert manifest["sources"]["prose"]["documents"] > 100
+    held = read_jsonl(ci_data / "text" / "eval_prose.jsonl")
+    train = [d for d in read_jsonl(ci_data / "text" / "train.jsonl") if d["source"] == "prose"]
+    assert held and not {d["id"] for d in held} & {d["id"] for d in train}
+    stages = [s["stage"] for s in manifest["curation"]["prose"]]
+    assert "quality" in stages and "near_dedup" in stages  # curated by the user-text path
+
+
+def test_card_prints_measures_next_to_targets(ci_data):
+    card = dataset_card(ci_data)
+    for key in ("leaks", "duplicate_sentence_share.synthetic", "copy_pressure", "gzip_ratio"):
+        assert key in card
+    assert "target" in card and "dense vs control" in card
+
+
+def test_probe_labels_work_for_core_and_one_off_entities(ci_data):
+    """person_occupation reads the world's people and each document's cast alike."""
+    import yaml
+
+    from labkit.analysis.probe_tasks import build_probe_data
+
+    spec = yaml.safe_load((ROOT / "probes" / "person_occupation.yaml").read_text())
+    spec["source"]["documents"] = 120
+    tok = load_tokenizer(ci_data / "tokenizer.json")
+    data = build_probe_data(spec, tok, load_manifest(ci_data))
+    one_off = [t.startswith("person:L") for t in data.types]
+    assert any(one_off) and not all(one_off)
+    assert set(data.labels) <= set(OCCUPATIONS)
+
+
+def test_prose_eval_split_is_about_its_fraction(ci_data):
+    m = load_manifest(ci_data)
+    held = m["eval_splits"]["prose"]["documents"]
+    total = m["config"]["prose"]["documents"]
+    assert 0.04 * total <= held <= 0.2 * total

@@ -9,11 +9,11 @@ import pytest
 from labkit.data.control import generate_control, mentioned_entities
 from labkit.data.documents import (
     DIMENSIONS,
-    STYLE_LINES,
     generate_documents,
     quota_counts,
     realized_distribution,
 )
+from labkit.data.measures import copy_pressure, duplicate_sentence_share, leaks
 from labkit.data.retrieval import NOT_IN_PASSAGE, generate_retrieval
 from labkit.data.world import build_world
 
@@ -110,7 +110,10 @@ def test_entity_spans_point_at_the_entity(world, docs):
     kinds |= {"element": "elements", "species": "species", "event": "events"}
     for d in docs[:200]:
         for s in d["spans"]:
-            if s["type"] in kinds:
+            if s["type"] in kinds and s["id"] in d["cast"]:  # a one-off entity of this document
+                name = d["cast"][s["id"]]["name"]  # in full, or a person's surname after the first
+                assert d["text"][s["start"] : s["end"]] in {name, name.split()[-1]}
+            elif s["type"] in kinds:
                 entity = getattr(world, kinds[s["type"]])[int(s["id"])]
                 surface = d["text"][s["start"] : s["end"]]
                 name = getattr(entity, "first", None) if s["type"] == "person" else None
@@ -132,7 +135,8 @@ def by(docs, dim, value):
 def test_labels_change_the_text(docs):
     for d in by(docs, "reasoning_explicitness", "self_corrective"):
         assert re.search(
-            r"wrong|mistake|does not check out|corrects that|fixes the error|corrected", d["text"]
+            r"wrong|mistake|does not check out|corrects that|fixes the error|corrected|cannot be right|say otherwise|slip|error|first hunch|first guess|opposite answer|other way",
+            d["text"],
         ), d["text"]
     for d in by(docs, "reasoning_explicitness", "probabilistic"):
         assert "%" in d["text"] and re.search(r"\d+ in \d+|odds", d["text"]), d["text"]
@@ -142,7 +146,8 @@ def test_labels_change_the_text(docs):
         assert "2025" in d["text"]
     for d in by(docs, "format", "dialogue"):
         turns = [line for line in d["text"].splitlines() if re.match(r"^\w[\w ]*: ", line)]
-        assert len(turns) >= 3 and len({t.split(":")[0] for t in turns}) == 2
+        # two speakers: full name on the first turn, surname afterwards
+        assert len(turns) >= 3 and len({t.split(":")[0].split()[-1] for t in turns}) == 2
     for d in by(docs, "format", "notes"):
         lines = d["text"].splitlines()
         assert sum(line.startswith("- ") for line in lines) >= len(lines) - 1
@@ -152,9 +157,25 @@ def test_labels_change_the_text(docs):
         assert d["text"].startswith("Q: ") and "\nA: " in d["text"]
     for d in by(docs, "format", "qa_rationale"):
         assert all(k in d["text"] for k in ("Question:", "Rationale:", "Answer:"))
-    for style in ("positive", "negative", "empathetic", "figurative"):
+    markers = {
+        "positive": r"encouragingly|good news|happily|pleasingly|neatly|proud|fine work|a lot to like|happy case|rewarding|loves|enjoys|delighted|satisfying|tidy answer|good work|fits together|pleased|got it right|pays off|credit for",
+        "negative": r"unfortunately|frankly|sadly|regrettably|patchy|unflattering|disappointing|fall short|expected better|blunt|poorly kept|deserves praise|stands up to scrutiny|poor record|flatters|reflects well|impresses|little else|not much|nothing here|complain",
+        "empathetic": r"that is okay|patient with yourself|you are not alone|natural to double-check|do not worry|no need to worry|relax|many readers|plenty of people|most of us|be kind to yourself|take a break|no rush|going back over it",
+        "figurative": r"like stones|lanterns|orchard|wet clay|like a tide|like a map|like a river|like a lamp|quiet sea|like dust|like a lock|ember|like a bell|bird on a wire",
+    }
+    for style, pattern in markers.items():
         for d in by(docs, "style", style):
-            assert any(line.lower().rstrip(".") in d["text"].lower() for line in STYLE_LINES[style])
+            assert re.search(rf"\b({pattern})\b", d["text"], re.I), d["text"]
+    every_marker = rf"\b({'|'.join(markers.values())})\b"
+    for d in by(docs, "style", "neutral"):
+        assert not re.search(every_marker, d["text"], re.I), d["text"]
+    for d in by(docs, "content_focus", "argumentation"):  # an argument has two sides, named
+        if d["labels"]["format"] == "notes":
+            continue
+        cast = [c["name"] for c in d["cast"].values()]
+        assert all(name in d["text"] for name in cast) and re.search(
+            r"argues|insists|maintains|contends|key|decisive|central|opens|starts|leads", d["text"]
+        )
 
 
 def test_density_and_complexity_scale(docs):
@@ -209,6 +230,58 @@ def test_control_corpus_carries_the_same_facts_at_the_same_budget(world, docs):
     assert {tuple(d["entity"]) for d in control} <= dense_entities
     assert len({tuple(d["entity"]) for d in control}) >= 0.9 * len(dense_entities)
     for d in control[:50]:
-        assert "|" in d["text"].splitlines()[0] and "Tags:" in d["text"]  # boilerplate
-        assert "in case you missed it" in d["text"]  # repetition
+        assert "Tags:" not in d["text"] and "All rights reserved" not in d["text"]  # no boilerplate
         assert any(s["type"] == "number" for s in d["spans"]) or d["entity"][0] in ("species",)
+
+    # Low density: fewer world numbers per character than the dense corpus; varied, not stock.
+    def numbers_per_kchar(ds):
+        n = sum(s["type"] == "number" and s["id"] != "result" for d in ds for s in d["spans"])
+        return 1000 * n / sum(len(d["text"]) for d in ds)
+
+    assert numbers_per_kchar(control) < 0.5 * numbers_per_kchar(docs)
+    assert duplicate_sentence_share(control) <= 0.30
+    assert leaks(control)["total"] == 0
+
+
+def test_no_internal_markup_in_any_generated_text(world, docs):
+    """Nested marks (an answer that is an entity name) used to leak `kind|id|` into answers."""
+    retrieval = generate_retrieval(world, 200, 5)
+    control = generate_control(world, docs[:100], 11)
+    report = leaks(docs + retrieval + control)
+    assert report["total"] == 0, report["examples"]
+    compare = [
+        s for d in docs for s in d["spans"] if s["type"] == "answer" and s["id"] == "compare"
+    ]
+    assert compare  # nested answer spans still exist, and hold the entity's name
+
+
+def test_yes_no_balanced_and_concepts_fixed_per_world(world, docs):
+    checks = [c for d in docs for c in d["checks"] if c["op"] == "threshold"]
+    assert len(checks) > 50
+    yes = sum(c["answer"] == "yes" for c in checks) / len(checks)
+    assert 0.35 < yes < 0.65
+    assert {c["threshold"] for c in checks} == {world.concepts["early_element_before"]}
+
+
+def test_quantities_compared_are_commensurable(docs):
+    for d in docs:
+        assert not re.search(r"per kilogram of|per year of life|residents per kg", d["text"])
+        for c in d["checks"]:
+            if c["op"] == "div":  # a ratio of like quantities, or a density (count per area)
+                attrs = {ref[2] for ref in c["refs"]}
+                assert attrs in ({"mass_kg"}, {"population", "area_km2"}), c
+
+
+def test_cast_names_are_one_off_and_repeated(world, docs):
+    """Each document's cast is its own: names occur in one document and recur within it."""
+    cp = copy_pressure(docs)
+    assert cp["share"] >= 0.30
+    names = [c["name"] for d in docs for c in d["cast"].values()]
+    assert len(set(names)) == len(names)
+    world_names = {p.name for p in world.people}
+    assert not world_names & set(names)
+    for d in docs[:100]:
+        if d["labels"]["format"] != "notes":  # notes name their source once
+            main = next(iter(d["cast"]))  # the document's main cast member
+            assert sum(s["id"] == main for s in d["spans"]) >= 2
+            assert d["cast"][main]["name"] in d["text"]  # named in full at least once

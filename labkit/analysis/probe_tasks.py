@@ -89,10 +89,9 @@ def _documents(spec: dict, manifest: dict, data_dir: Path | None, world) -> list
 
 
 def _world(manifest: dict):
-    from labkit.data.world import build_world
+    from labkit.data.world import world_from_manifest
 
-    cfg = manifest["config"]
-    return build_world(cfg["seed"], **{f"n_{k}": v for k, v in cfg["world"].items()})
+    return world_from_manifest(manifest)
 
 
 def build_probe_data(
@@ -145,7 +144,7 @@ def build_probe_data(
                 ]
                 if not toks:
                     continue
-                value = _span_label(span, label_spec, world, spec["name"])
+                value = _span_label(span, label_spec, world, spec["name"], doc.get("cast", {}))
                 if value is not None:
                     picked.append((toks[-1], value))  # read at the mention's last token
                     ids_of_spans[toks[-1]] = f"{span['type']}:{span['id']}"
@@ -183,8 +182,10 @@ def _doc_label(doc: dict, label: dict, name: str) -> Any:
     raise ValueError(f"probe {name}: label kind {label['kind']!r} does not fit these positions")
 
 
-def _span_label(span: dict, label: dict, world, name: str) -> Any:
+def _span_label(span: dict, label: dict, world, name: str, cast: dict | None = None) -> Any:
     if label["kind"] == "entity_attr":
+        if cast and span["id"] in cast:  # a one-off person of this document: its own record
+            return cast[span["id"]].get(label["attr"])
         entity = getattr(world, label["entity"])[int(span["id"])]
         return getattr(entity, label["attr"])
     if label["kind"] == "number_value":

@@ -7,7 +7,7 @@ Output directory layout:
                              mixing plans
     tokenizer.json           byte-level BPE, digits split, <|endoftext|>
     text/train.jsonl         one JSON object per document (text, source, labels, spans, ...)
-    text/eval_<split>.jsonl  held-out documents (general, domain, code, retrieval, control, ...)
+    text/eval_<split>.jsonl  held-out documents (general, domain, code, retrieval, control, prose, ...)
     train/<source>_NNNNN.bin (+ .idx.npy)   token shards per source
     eval/<split>_NNNNN.bin   (+ .idx.npy)   token shards per eval split
 
@@ -34,15 +34,17 @@ from labkit.data.code import generate_code, interpreter
 from labkit.data.control import generate_control
 from labkit.data.curation import curate, load_text_source
 from labkit.data.documents import DIMENSIONS, generate_documents, realized_distribution
+from labkit.data.measures import TARGETS, corpus_measures, measure_value, target_met
 from labkit.data.mixing import Stage, plan_mix
+from labkit.data.prose import generate_prose, prose_lineage
 from labkit.data.retrieval import generate_retrieval
 from labkit.data.shards import write_shards
 from labkit.data.tokenizer import EOT, save_tokenizer, train_tokenizer
-from labkit.data.world import GENERATOR_VERSION, build_world
+from labkit.data.world import GENERATOR_VERSION, world_from_manifest
 from labkit.fileio import atomic_write_bytes
 
 MANIFEST_VERSION = 1
-EVAL_SPLITS = ("general", "domain", "code", "retrieval", "control")
+EVAL_SPLITS = ("general", "domain", "code", "retrieval", "control", "prose")
 
 
 def _progress(quiet: bool):
@@ -87,16 +89,9 @@ def build(cfg: DataConfig, out: str | Path, quiet: bool = False) -> dict[str, An
         raise
 
 
-def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str, Any]:
-    progress = _progress(quiet)
-    steps = tqdm(total=9, desc="labkit data build", disable=quiet)
-
-    def step(desc: str) -> None:
-        steps.set_postfix_str(desc)
-        steps.update(1)
-
-    # 1. generate ------------------------------------------------------------------------
-    world = build_world(cfg.seed, **{f"n_{k}": v for k, v in vars(cfg.world).items()})
+def generate_sources(cfg: DataConfig) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """Every source's train documents and every held-out split, before curation."""
+    world = world_from_manifest({"config": cfg.to_dict()})
     train: dict[str, list[dict]] = {}
     held: dict[str, list[dict]] = {}
     train["synthetic"] = generate_documents(world, cfg.synthetic.documents, cfg.seed, "train")
@@ -115,22 +110,39 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
     if cfg.code.enabled:
         code = generate_code(cfg.code.files + cfg.code.eval_files, cfg.code.max_chars, cfg.seed)
         train["code"], held["code"] = code[: cfg.code.files], code[cfg.code.files :]
+    if cfg.prose.enabled:
+        docs = generate_prose(cfg.prose.documents)
+        held["prose"] = [d for d in docs if _hash_split(d["id"], cfg.prose.eval_fraction)]
+        train["prose"] = [d for d in docs if not _hash_split(d["id"], cfg.prose.eval_fraction)]
     for name, src in cfg.sources.items():
         docs = load_text_source(
             name, src.path or None, src.hub or None, src.text_field, limit=src.limit or None
         )
         held[name] = [d for d in docs if _hash_split(d["id"], src.eval_fraction)]
         train[name] = [d for d in docs if not _hash_split(d["id"], src.eval_fraction)]
+    return train, held
+
+
+def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str, Any]:
+    progress = _progress(quiet)
+    steps = tqdm(total=9, desc="labkit data build", disable=quiet)
+
+    def step(desc: str) -> None:
+        steps.set_postfix_str(desc)
+        steps.update(1)
+
+    # 1. generate ------------------------------------------------------------------------
+    train, held = generate_sources(cfg)
     step("generated")
 
     # 2. curate --------------------------------------------------------------------------
     # Seed 003's prose heuristics target web-like text: the control corpus and user sources.
-    quality_sources = {"control"} | {n for n, s in cfg.sources.items() if s.quality}
+    quality_sources = {"control", "prose"} | {n for n, s in cfg.sources.items() if s.quality}
     # 13-gram contamination: eval task texts, and held-out text that is not world-generated (the
     # synthetic eval documents share the world's facts with train by design; they are guarded by
     # exact and near-duplicate screening instead).
     contamination = [
-        d["text"] for split in held for d in held[split] if split in ("code", *cfg.sources)
+        d["text"] for split in held for d in held[split] if split in ("code", "prose", *cfg.sources)
     ]
     for f in cfg.curation.contamination_files:
         contamination += _read_task_texts(Path(f))
@@ -234,6 +246,7 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
         "seed": cfg.seed,
         "config": cfg.to_dict(),
         "code_source": interpreter() if cfg.code.enabled else None,
+        "prose_source": prose_lineage() if cfg.prose.enabled else None,
         "python": sys.version.split()[0],
         "sources": {
             n: {
@@ -272,6 +285,7 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
             len(gzip.compress(text_blob, mtime=0)) / max(1, len(text_blob)), 4
         ),
         "mixes": mixes,
+        "measures": corpus_measures(train, held, mixes),
     }
     atomic_write_bytes(
         work / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
@@ -367,7 +381,8 @@ def dataset_card(data_dir: str | Path) -> str:
         f"Tokenizer: vocab {m['tokenizer']['vocab_size']}, sha256 {m['tokenizer']['sha256'][:16]}..."
     )
     lines.append(f"Retrieval unanswerable share: {100 * m['retrieval_unanswerable_share']:.1f}%")
-    lines.append(f"gzip ratio of the synthetic text: {m['gzip_ratio_synthetic']} (aim >= 0.25)")
+    lines.append("")
+    lines += _measure_lines(m)
     lines.append("")
     lines.append("## Mixes")
     for name, stages in m["mixes"].items():
@@ -376,4 +391,75 @@ def dataset_card(data_dir: str | Path) -> str:
             lines.append(
                 f"{name}/{st['name']}: tokens {st['start_token']:,}-{st['end_token']:,} ({st['sampling']}): {probs}"
             )
+    return "\n".join(lines)
+
+
+def _measure_lines(m: dict[str, Any]) -> list[str]:
+    """The corpus measures next to their targets (issue 12), from the manifest."""
+    if "measures" not in m:
+        return ["## Measures: not in this manifest (built by an older labkit; rebuild it)"]
+    ms = m["measures"]
+    lines = ["## Measures (target; ok / MISSED)"]
+    for key, (op, bound) in TARGETS.items():
+        value, met = measure_value(ms, key), target_met(ms, key)
+        verdict = "n/a" if met is None else ("ok" if met else "MISSED")
+        lines.append(f"  {key:<38} {value!s:>8}   target {op} {bound:<6} {verdict}")
+    for name, share in ms["duplicate_sentence_share"].items():
+        lines.append(
+            f"  duplicate-sentence share {name:<13} {share}  gzip ratio {ms['gzip_ratio'][name]}"
+        )
+    cp, ec = ms["copy_pressure"], ms["entity_counts"]
+    lines.append(
+        f"  copy pressure: {cp['rare_repeated_mentions']:,} of {cp['repeated_mentions']:,} repeated "
+        f"in-document entity mentions are of entities in <= 2 training documents"
+    )
+    lines.append(
+        f"  entities in the synthetic train text: {ec['entities']:,} ({ec['rare_entities']:,} in "
+        f"<= 2 documents); core entities: median {ec['core_median_documents_per_entity']} documents each"
+    )
+    for example in ms["leaks"]["examples"]:
+        lines.append(f"  leak: {example}")
+    if ms.get("arms"):
+        a = ms["arms"]
+        lines.append(
+            f"  dense vs control: same stage boundaries {a['same_stage_boundaries']}; largest gap in "
+            f"any other source's share {a['max_other_source_gap_pp']} pp; they differ in {a['differs_in']}"
+        )
+    lines.append("## Source shares per mix and stage")
+    for name, stages in ms["source_shares"].items():
+        for st_name, st in stages.items():
+            shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in st["shares"].items())
+            lines.append(
+                f"  {name}/{st_name} [{st['start_token']:,}-{st['end_token']:,}]: {shares}"
+            )
+    return lines
+
+
+def sample_documents(
+    data_dir: str | Path,
+    sources: tuple[str, ...] = ("synthetic", "control", "prose"),
+    max_chars: int = 2000,
+) -> str:
+    """The first train document of each source, as the card's `--samples` section."""
+    path = Path(data_dir) / "text" / "train.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: build the data set with `labkit data build`")
+    first: dict[str, dict] = {}
+    with path.open() as f:
+        for line in f:
+            doc = json.loads(line)
+            first.setdefault(doc["source"], doc)
+    lines = ["## Sample documents (the first train document of each source)"]
+    for name in sources:
+        if name in first:
+            labels = first[name].get("labels")
+            tag = f" ({', '.join(labels.values())})" if labels else ""
+            text = first[name]["text"]
+            if len(text) > max_chars:  # long real documents: their opening is enough to judge
+                cut = text.rfind("\n", 0, max_chars)
+                text = (
+                    text[: cut if cut > 0 else max_chars]
+                    + f"\n[… {len(text) - max(cut, 0):,} more characters]"
+                )
+            lines += ["", f"### {name}: {first[name]['id']}{tag}", "", text]
     return "\n".join(lines)

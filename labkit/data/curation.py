@@ -235,9 +235,35 @@ def curate(
             datasets.enable_progress_bars()
 
 
+def _near_unique(ds, references: list[str], cfg: CurationSection, wrap) -> set[int]:
+    """Row ids that have no near-duplicate (MinHash-LSH) among the references or earlier rows."""
+    from datasketch import MinHash, MinHashLSH
+
+    lsh = MinHashLSH(threshold=cfg.minhash_threshold, num_perm=cfg.minhash_num_perm)
+
+    def minhash(text: str) -> MinHash:
+        m = MinHash(num_perm=cfg.minhash_num_perm, seed=1)
+        m.update_batch(list(_shingles(text, cfg.shingle_words)))
+        return m
+
+    for j, text in enumerate(references):
+        lsh.insert(f"reference-{j}", minhash(text))
+    keep_ids: set[int] = set()
+    for r in wrap(ds, "near_dedup"):
+        m = minhash(r["text"])
+        if not lsh.query(m):
+            lsh.insert(str(r["i"]), m)
+            keep_ids.add(r["i"])
+    return keep_ids
+
+
+def _fingerprint(ds, stage: str) -> str:
+    """A cheap, unique-per-step fingerprint for in-memory `datasets` steps."""
+    return hashlib.sha256(f"{ds._fingerprint}:{stage}".encode()).hexdigest()[:16]
+
+
 def _curate(docs, cfg, reference_texts, contamination_texts, quality_sources, progress):
     import datasets
-    from datasketch import MinHash, MinHashLSH
 
     wrap = progress or (lambda it, desc: it)
     reports: list[StageReport] = []
@@ -255,7 +281,14 @@ def _curate(docs, cfg, reference_texts, contamination_texts, quality_sources, pr
             new = fn(rows[i])
             changed += new is not rows[i]
             rows[i] = new
-        ds = ds.map(lambda r: {"text": rows[r["i"]]["text"]}, desc=stage, keep_in_memory=True)
+        # A fixed fingerprint: otherwise `datasets` hashes the closure by pickling every row's
+        # metadata (spans, checks, cast) at each stage, which dominated the build's time.
+        ds = ds.map(
+            lambda r: {"text": rows[r["i"]]["text"]},
+            desc=stage,
+            keep_in_memory=True,
+            new_fingerprint=_fingerprint(ds, stage),
+        )
         reports.append(StageReport(stage, len(ds), len(ds), {"rewritten": changed}))
 
     def drop(
@@ -263,7 +296,9 @@ def _curate(docs, cfg, reference_texts, contamination_texts, quality_sources, pr
     ) -> None:
         nonlocal ds
         before = len(ds)
-        ds = ds.filter(keep, desc=stage, keep_in_memory=True)
+        ds = ds.filter(
+            keep, desc=stage, keep_in_memory=True, new_fingerprint=_fingerprint(ds, stage)
+        )
         reports.append(StageReport(stage, before, len(ds), detail or {}))
 
     rewrite("normalize", normalize)
@@ -294,21 +329,7 @@ def _curate(docs, cfg, reference_texts, contamination_texts, quality_sources, pr
 
     drop("quality", good, reasons)
 
-    lsh = MinHashLSH(threshold=cfg.minhash_threshold, num_perm=cfg.minhash_num_perm)
-
-    def minhash(text: str) -> MinHash:
-        m = MinHash(num_perm=cfg.minhash_num_perm, seed=1)
-        m.update_batch(list(_shingles(text, cfg.shingle_words)))
-        return m
-
-    for j, text in enumerate(references):
-        lsh.insert(f"reference-{j}", minhash(text))
-    keep_ids: set[int] = set()
-    for r in wrap(ds, "near_dedup"):
-        m = minhash(r["text"])
-        if not lsh.query(m):
-            lsh.insert(str(r["i"]), m)
-            keep_ids.add(r["i"])
+    keep_ids = _near_unique(ds, references, cfg, wrap)
     drop("near_dedup", lambda r: r["i"] in keep_ids)
 
     banned: set[int] = set()

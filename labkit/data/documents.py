@@ -1,9 +1,15 @@
 """High-density documents about the synthetic world, labelled along seed 000's nine dimensions.
 
-Each document is planned from its labels: the domain picks what it talks about, the content focus
-picks the plan (explain, instruct, reason, argue, narrate, reflect), the format lays the plan out
-(prose, dialogue, steps, Q&A, notes), and the remaining dimensions change sentences (how explicit the
-reasoning is, how many facts, hedging and competing readings, present-day framing, tone).
+Each document is planned from its labels: a per-domain planner (`PLANNERS`) picks what it talks
+about (facts and computations over world entities), the content focus picks the frame (explain,
+instruct, reason, argue, narrate, reflect: `FOCUS`), the format lays it out (`FORMATS`), and the
+remaining dimensions change sentences (how explicit the reasoning is, how many facts, hedging and
+competing readings, present-day framing, tone). The wording lives in `templates.toml`.
+
+Two kinds of entity appear: the world's core entities, whose facts recur across documents (what
+probes read as world knowledge), and each document's cast, people invented for that document
+alone and named in full several times (`labkit.data.cast`): the only way to predict the second
+mention of such a name is to copy it from the first, which is what grows induction heads.
 
 Every number a document states comes from the world or from a computation over it, and each
 computation is recorded as a `check` ({op, refs into the world, operands, result}) so tests recompute
@@ -14,10 +20,12 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from labkit.data.cast import Cast, make_cast
+from labkit.data.templates import render, table
 from labkit.data.world import World
 
 REFERENCE_YEAR = 2025  # "now" for contemporary documents
@@ -91,27 +99,39 @@ def quota_labels(n: int, rng: random.Random) -> list[dict[str, str]]:
 
 
 # --------------------------------------------------------------------------- spans
-# Mentions are written inline as \x01kind|id|attr\x02surface\x03 and become character spans at the end.
+# Mentions are written inline as \x01kind|id|attr\x02surface\x03 and become character spans at the
+# end. Marks nest (an answer that is an entity name holds the entity's mark); `strip_marks` parses
+# them with a stack, so no mark's header can ever reach the text.
 def mark(kind: str, ident: Any, surface: Any, attr: str = "") -> str:
     return f"\x01{kind}|{ident}|{attr}\x02{surface}\x03"
 
 
-_MARK = re.compile(r"\x01([^|]*)\|([^|]*)\|([^\x02]*)\x02([^\x03]*)\x03")
-
-
 def strip_marks(text: str) -> tuple[str, list[dict[str, Any]]]:
-    spans, out, pos, last = [], [], 0, 0
-    for m in _MARK.finditer(text):
-        out.append(text[last : m.start()])
-        pos += m.start() - last
-        kind, ident, attr, surface = m.groups()
-        spans.append({"start": pos, "end": pos + len(surface), "type": kind, "id": ident})
-        if attr:
-            spans[-1]["attr"] = attr
-        out.append(surface)
-        pos += len(surface)
-        last = m.end()
-    out.append(text[last:])
+    """The text without marks, and one span per mark (outer marks before the marks they hold)."""
+    out: list[str] = []
+    spans: list[dict[str, Any]] = []
+    stack: list[dict[str, Any]] = []
+    pos, i = 0, 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\x01":
+            j = text.index("\x02", i)
+            kind, ident, attr = text[i + 1 : j].split("|", 2)
+            span: dict[str, Any] = {"start": pos, "end": pos, "type": kind, "id": ident}
+            if attr:
+                span["attr"] = attr
+            spans.append(span)
+            stack.append(span)
+            i = j + 1
+            continue
+        if ch == "\x03":
+            stack.pop()["end"] = pos
+        else:
+            out.append(ch)
+            pos += 1
+        i += 1
+    if stack:
+        raise ValueError(f"unclosed mention mark in {text[:80]!r}")
     return "".join(out), spans
 
 
@@ -121,6 +141,11 @@ def cap(s: str) -> str:
     while i < len(s) and s[i] == "\x01":
         i = s.index("\x02", i) + 1
     return s[:i] + s[i : i + 1].upper() + s[i + 1 :] if i < len(s) else s
+
+
+def lower_first(s: str) -> str:
+    """Lower-case the first visible character unless it starts a name (a mark)."""
+    return s if not s or s.startswith("\x01") else s[0].lower() + s[1:]
 
 
 def a(word: str) -> str:
@@ -137,14 +162,21 @@ def fmt_num(x: float | int) -> str:
 # --------------------------------------------------------------------------- facts and computations
 @dataclass
 class Fact:
-    sentence: list[str]  # variants
-    fragment: str
+    """One fact about an entity: its template entry and the slots that fill it."""
+
+    key: str  # "cities.population": facts.<key> and fragments.<key> in templates.toml
+    slots: dict[str, str]
+
+    def render(self, rng: random.Random) -> str:
+        return cap(render(f"facts.{self.key}", self.slots, rng))
+
+    def fragment(self, rng: random.Random) -> str:
+        return render(f"fragments.{self.key}", self.slots, rng)
 
 
 @dataclass
 class Computation:
     question: str
-    given: list[str]  # statements of the operands
     steps: list[str]  # explicit working, one step each
     expression: str  # "1517 - 1432 = 85"
     conclusion: str  # sentence stating the result
@@ -160,6 +192,8 @@ class Plan:
     facts: list[Fact] = field(default_factory=list)
     computations: list[Computation] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)
+    competing: tuple[str, list[dict]] | None = None
+    cast: Cast | None = None
 
 
 class Words:
@@ -172,8 +206,14 @@ class Words:
         return self.rng.choice(options)
 
 
-def _ref(kind: str, ident: int, attr: str) -> list[Any]:
-    return [kind, ident, attr]
+FACT_KEYS = {
+    "cities": ("population", "founded", "geography", "character"),
+    "people": ("born", "home", "personal"),
+    "organisations": ("founded", "members"),
+    "elements": ("number", "physical", "discovery"),
+    "species": ("habitat", "body", "diet"),
+    "events": ("date", "attendance"),
+}
 
 
 class Topics:
@@ -209,167 +249,86 @@ class Topics:
     def result(self, value: Any, surface: str | None = None) -> str:
         return mark("number", "result", surface or fmt_num(value), attr=str(value))
 
-    # ---- facts per entity kind
+    # ---- facts: slots per entity kind; the wording is in templates.toml
+    def facts(self, kind: str, e) -> list[Fact]:
+        slots = getattr(self, f"_{kind}_slots")(e)
+        return [Fact(f"{kind}.{k}", slots) for k in FACT_KEYS[kind]]
+
     def city_facts(self, c) -> list[Fact]:
-        country = self.w.countries[c.country].name
-        s = self.say
-        return [
-            Fact(
-                [
-                    f"{self.city(c)} lies in {country} and has {self.num('cities', c.id, 'population', c.population)} residents.",
-                    f"Some {self.num('cities', c.id, 'population', c.population)} people live in {self.city(c)}, a city of {country}.",
-                ],
-                f"{self.city(c)} ({country}): pop. {self.num('cities', c.id, 'population', c.population)}",
-            ),
-            Fact(
-                [
-                    f"{self.city(c)} was founded in {self.num('cities', c.id, 'founded', c.founded)}.",
-                    f"The founding of {self.city(c)} dates to {self.num('cities', c.id, 'founded', c.founded)}.",
-                ],
-                f"founded {self.num('cities', c.id, 'founded', c.founded)}",
-            ),
-            Fact(
-                [
-                    f"It covers {self.num('cities', c.id, 'area_km2', c.area_km2)} square kilometres at an elevation of {self.num('cities', c.id, 'elevation_m', c.elevation_m)} metres.",
-                    f"{self.city(c)} {s.pick('spans', 'occupies', 'covers')} {self.num('cities', c.id, 'area_km2', c.area_km2)} km² and sits {self.num('cities', c.id, 'elevation_m', c.elevation_m)} m above sea level.",
-                ],
-                f"area {self.num('cities', c.id, 'area_km2', c.area_km2)} km²; elev. {self.num('cities', c.id, 'elevation_m', c.elevation_m)} m",
-            ),
-            Fact(
-                [
-                    f"Visitors to {self.city(c)} remember its {c.landmark}; the town lives largely from {c.industry}.",
-                    f"{self.city(c)} is known for {c.industry} and for {a(c.landmark)} near its centre.",
-                    f"The {c.landmark} of {self.city(c)} overlooks workshops given over to {c.industry}.",
-                    f"Its economy rests on {c.industry}, and its best-known sight is {a(c.landmark)}.",
-                ],
-                f"{c.industry}; {c.landmark}",
-            ),
-        ]
+        return self.facts("cities", c)
 
     def person_facts(self, p) -> list[Fact]:
-        city, org = self.w.cities[p.city], self.w.organisations[p.employer]
-        return [
-            Fact(
-                [
-                    f"{self.person(p)} is {a(p.occupation)} born in {self.num('people', p.id, 'born', p.born)}.",
-                    f"Born in {self.num('people', p.id, 'born', p.born)}, {self.person(p)} works as {a(p.occupation)}.",
-                ],
-                f"{self.person(p)}: {p.occupation}, b. {self.num('people', p.id, 'born', p.born)}",
-            ),
-            Fact(
-                [
-                    f"{self.person(p)} lives in {self.city(city)} and works for the {self.org(org)}.",
-                    f"The {self.org(org)} employs {self.person(p)}, who makes a home in {self.city(city)}.",
-                ],
-                f"home {self.city(city)}; employer {self.org(org)}",
-            ),
-            Fact(
-                [
-                    f"{self.person(p)} stands {self.num('people', p.id, 'height_cm', p.height_cm)} cm tall and spends free evenings on {p.hobby}.",
-                    f"At {self.num('people', p.id, 'height_cm', p.height_cm)} centimetres, {self.person(p)} is easy to spot at {p.hobby} meetings.",
-                    f"Friends know {self.person(p)} ({self.num('people', p.id, 'height_cm', p.height_cm)} cm) for a devotion to {p.hobby}.",
-                ],
-                f"height {self.num('people', p.id, 'height_cm', p.height_cm)} cm; hobby {p.hobby}",
-            ),
-        ]
+        return self.facts("people", p)
 
     def org_facts(self, o) -> list[Fact]:
-        city = self.w.cities[o.city]
-        return [
-            Fact(
-                [
-                    f"The {self.org(o)} was established in {self.city(city)} in {self.num('organisations', o.id, 'founded', o.founded)}.",
-                    f"Founded in {self.num('organisations', o.id, 'founded', o.founded)}, the {self.org(o)} is based in {self.city(city)}.",
-                ],
-                f"{self.org(o)}: est. {self.num('organisations', o.id, 'founded', o.founded)}, {self.city(city)}",
-            ),
-            Fact(
-                [
-                    f"The {self.org(o)} counts {self.num('organisations', o.id, 'members', o.members)} members, most of them working on {o.field}.",
-                    f"Its {self.num('organisations', o.id, 'members', o.members)} members concentrate on {o.field}.",
-                    f"With {self.num('organisations', o.id, 'members', o.members)} members, the {self.org(o)} is a centre of {o.field}.",
-                    f"Research at the {self.org(o)} focuses on {o.field}; membership stands at {self.num('organisations', o.id, 'members', o.members)}.",
-                ],
-                f"members {self.num('organisations', o.id, 'members', o.members)}; field {o.field}",
-            ),
-        ]
+        return self.facts("organisations", o)
 
     def element_facts(self, e) -> list[Fact]:
-        who = self.w.people[e.discoverer]
-        return [
-            Fact(
-                [
-                    f"{self.element(e)} (symbol {e.symbol}) has atomic number {self.num('elements', e.id, 'atomic_number', e.atomic_number)}.",
-                    f"The element {self.element(e)}, written {e.symbol}, sits at atomic number {self.num('elements', e.id, 'atomic_number', e.atomic_number)}.",
-                ],
-                f"{self.element(e)} ({e.symbol}), Z={self.num('elements', e.id, 'atomic_number', e.atomic_number)}",
-            ),
-            Fact(
-                [
-                    f"It melts at {self.num('elements', e.id, 'melting_point_k', e.melting_point_k)} K and has a density of {self.num('elements', e.id, 'density', e.density)} g/cm³.",
-                    f"{self.element(e)} has a melting point of {self.num('elements', e.id, 'melting_point_k', e.melting_point_k)} kelvin; its density is {self.num('elements', e.id, 'density', e.density)} grams per cubic centimetre.",
-                ],
-                f"m.p. {self.num('elements', e.id, 'melting_point_k', e.melting_point_k)} K; ρ {self.num('elements', e.id, 'density', e.density)} g/cm³",
-            ),
-            Fact(
-                [
-                    f"{self.person(who)} discovered {self.element(e)} in {self.num('elements', e.id, 'discovered', e.discovered)}, noting its {e.colour} sheen.",
-                    f"It was first isolated in {self.num('elements', e.id, 'discovered', e.discovered)} by {self.person(who)}, who described it as {e.colour}.",
-                    f"In {self.num('elements', e.id, 'discovered', e.discovered)}, {self.person(who)} obtained the first {e.colour} sample of {self.element(e)}.",
-                ],
-                f"disc. {self.num('elements', e.id, 'discovered', e.discovered)} ({self.person(who)})",
-            ),
-        ]
+        return self.facts("elements", e)
 
     def species_facts(self, s) -> list[Fact]:
-        region = self.w.cities[s.region]
-        return [
-            Fact(
-                [
-                    f"The {self.species(s)} is {a(s.cls)} of the {s.habitat} near {self.city(region)}.",
-                    f"Near {self.city(region)}, the {s.habitat} are home to the {self.species(s)}, {a(s.cls)}.",
-                ],
-                f"{self.species(s)}: {s.cls}, {s.habitat} ({self.city(region)})",
-            ),
-            Fact(
-                [
-                    f"An adult {self.species(s)} weighs {self.num('species', s.id, 'mass_kg', s.mass_kg)} kg and lives about {self.num('species', s.id, 'lifespan_years', s.lifespan_years)} years.",
-                    f"Adults reach {self.num('species', s.id, 'mass_kg', s.mass_kg)} kilograms, with a lifespan near {self.num('species', s.id, 'lifespan_years', s.lifespan_years)} years.",
-                ],
-                f"mass {self.num('species', s.id, 'mass_kg', s.mass_kg)} kg; lifespan {self.num('species', s.id, 'lifespan_years', s.lifespan_years)} y",
-            ),
-            Fact(
-                [
-                    f"The {self.species(s)} is {a(s.diet)} with {s.colour} markings.",
-                    f"By diet, the {self.species(s)} is {a(s.diet)}; its coat or shell is {s.colour}.",
-                    f"Observers describe the {self.species(s)} as {a(s.colour)} {s.diet}.",
-                ],
-                f"diet: {s.diet}; colour {s.colour}",
-            ),
-        ]
+        return self.facts("species", s)
 
     def event_facts(self, ev) -> list[Fact]:
-        city = self.w.cities[ev.city]
-        d = dt.date.fromisoformat(ev.date)
-        date = self.num("events", ev.id, "date", ev.date, d.strftime("%B %-d, %Y"))
-        return [
-            Fact(
-                [
-                    f"The {self.event(ev)} took place in {self.city(city)} on {date}.",
-                    f"On {date}, {self.city(city)} hosted the {self.event(ev)}.",
-                ],
-                f"{self.event(ev)}: {date}, {self.city(city)}",
-            ),
-            Fact(
-                [
-                    f"About {self.num('events', ev.id, 'attendance', ev.attendance)} people attended it.",
-                    f"The {self.event(ev)} drew {self.num('events', ev.id, 'attendance', ev.attendance)} attendees.",
-                ],
-                f"attendance {self.num('events', ev.id, 'attendance', ev.attendance)}",
-            ),
-        ]
+        return self.facts("events", ev)
 
-    # ---- computations
+    def _cities_slots(self, c) -> dict[str, str]:
+        n = lambda attr: self.num("cities", c.id, attr, getattr(c, attr))  # noqa: E731
+        country = self.w.countries[c.country]
+        return {"city": self.city(c), "country": mark("country", country.id, country.name),
+                "population": n("population"), "founded": n("founded"), "area": n("area_km2"),
+                "elevation": n("elevation_m"), "landmark": c.landmark,
+                "a_landmark": a(c.landmark), "industry": c.industry}  # fmt: skip
+
+    def _people_slots(self, p) -> dict[str, str]:
+        n = lambda attr: self.num("people", p.id, attr, getattr(p, attr))  # noqa: E731
+        return {"person": self.person(p), "occupation": p.occupation,
+                "a_occupation": a(p.occupation), "born": n("born"),
+                "home": self.city(self.w.cities[p.city]),
+                "employer": self.org(self.w.organisations[p.employer]),
+                "height": n("height_cm"), "hobby": p.hobby}  # fmt: skip
+
+    def _organisations_slots(self, o) -> dict[str, str]:
+        n = lambda attr: self.num("organisations", o.id, attr, getattr(o, attr))  # noqa: E731
+        return {"org": self.org(o), "city": self.city(self.w.cities[o.city]),
+                "founded": n("founded"), "members": n("members"), "field": o.field}  # fmt: skip
+
+    def _elements_slots(self, e) -> dict[str, str]:
+        n = lambda attr: self.num("elements", e.id, attr, getattr(e, attr))  # noqa: E731
+        return {"element": self.element(e), "symbol": e.symbol, "z": n("atomic_number"),
+                "melting": n("melting_point_k"), "density": n("density"),
+                "discovered": n("discovered"), "colour": e.colour,
+                "discoverer": self.person(self.w.people[e.discoverer])}  # fmt: skip
+
+    def _species_slots(self, s) -> dict[str, str]:
+        n = lambda attr: self.num("species", s.id, attr, getattr(s, attr))  # noqa: E731
+        return {"species": self.species(s), "cls": s.cls, "a_cls": a(s.cls),
+                "habitat": s.habitat, "region": self.city(self.w.cities[s.region]),
+                "mass": n("mass_kg"), "lifespan": n("lifespan_years"), "diet": s.diet,
+                "a_diet": a(s.diet), "colour": s.colour, "a_colour": a(s.colour)}  # fmt: skip
+
+    def _events_slots(self, ev) -> dict[str, str]:
+        d = dt.date.fromisoformat(ev.date)
+        return {"event": self.event(ev), "city": self.city(self.w.cities[ev.city]),
+                "date": self.num("events", ev.id, "date", ev.date, d.strftime("%B %-d, %Y")),
+                "attendance": self.num("events", ev.id, "attendance", ev.attendance)}  # fmt: skip
+
+    # ---- computations: values, checks and slots here; the wording in templates.toml [ops.*]
+    def _op(self, op: str, slots: dict[str, str], check: dict, answer: str, expression: str,
+            wrong: str | None = None) -> Computation:  # fmt: skip
+        """A computation whose question, steps and conclusion are the table's `ops.<op>`."""
+        r = lambda part: render(f"ops.{op}.{part}", slots, self.rng)  # noqa: E731
+        n_steps = sum(1 for k in table() if k.startswith(f"ops.{op}.step"))
+        return Computation(
+            question=cap(r("question")),
+            steps=[r(f"step{i + 1}") for i in range(n_steps)],
+            expression=expression,
+            conclusion=cap(r("conclusion")),
+            answer=answer,
+            check=check,
+            wrong=wrong,
+        )
+
     def difference(
         self, a_name, a_ref, a_val, b_name, b_ref, b_val, unit: str, what: str
     ) -> Computation:
@@ -377,68 +336,29 @@ class Topics:
         if a_val < b_val:
             a_name, a_ref, a_val, b_name, b_ref, b_val = b_name, b_ref, b_val, a_name, a_ref, a_val
         diff = a_val - b_val
-        a_s, b_s = self.num(*a_ref, a_val), self.num(*b_ref, b_val)
-        res = self.result(diff)
-        return Computation(
-            question=self.say.pick(
-                f"How many {unit} separate {what}?",
-                f"What is the gap, in {unit}, between {what}?",
-                f"How far apart, in {unit}, are {what}?",
-                f"By how many {unit} do {what} differ?",
-            ),
-            given=[f"{a_name}: {a_s}", f"{b_name}: {b_s}"],
-            steps=[
-                self.say.pick(
-                    f"take {a_name}, {a_s}",
-                    f"note {a_name}: {a_s}",
-                    f"write down {a_s} for {a_name}",
-                ),
-                self.say.pick(
-                    f"take {b_name}, {b_s}",
-                    f"note {b_name}: {b_s}",
-                    f"write down {b_s} for {b_name}",
-                ),
-                self.say.pick(
-                    f"subtract: {a_s} − {b_s} = {res}",
-                    f"the difference is {a_s} − {b_s} = {res}",
-                    f"{a_s} minus {b_s} gives {res}",
-                ),
-            ],
-            expression=f"{a_s} − {b_s} = {res}",
-            conclusion=self.say.pick(
-                f"{cap(what)} are {res} {unit} apart.",
-                f"The gap between {what} is {res} {unit}.",
-                f"{cap(what)} differ by {res} {unit}.",
-                f"That leaves {res} {unit} between {what}.",
-            ),
-            answer=f"{res} {unit}",
-            check={"op": "sub", "refs": [a_ref, b_ref], "result": diff},
-            wrong=f"{a_s} − {b_s} = {fmt_num(diff + self.rng.choice([-10, 10, 1, -1, 100]))}",
-        )
+        a_s, b_s, res = self.num(*a_ref, a_val), self.num(*b_ref, b_val), self.result(diff)
+        slots = {"a_name": a_name, "b_name": b_name, "a": a_s, "b": b_s, "res": res,
+                 "unit": unit, "what": what}  # fmt: skip
+        check = {"op": "sub", "refs": [a_ref, b_ref], "result": diff}
+        wrong = f"{a_s} − {b_s} = {fmt_num(diff + self.rng.choice([-10, 10, 1, -1, 100]))}"
+        return self._op("sub", slots, check, f"{res} {unit}", f"{a_s} − {b_s} = {res}", wrong)
 
     def compare(
         self, items: list[tuple[str, list, Any]], attr_phrase: str, more: str
     ) -> Computation:
         """Which of the items has the largest value."""
         best = max(items, key=lambda t: t[2])
-        given = [f"{name}: {self.num(*ref, val)}" for name, ref, val in items]
         ranked = sorted(items, key=lambda t: t[2], reverse=True)
         ordered = self.num(*ranked[0][1], ranked[0][2])
         for (_, _, prev), (_, ref, val) in zip(ranked, ranked[1:], strict=False):
             ordered += f" {'>' if prev > val else '='} {self.num(*ref, val)}"
-        return Computation(
-            question=self.say.pick(
-                f"Which has {more} {attr_phrase}?",
-                f"Among {', '.join(n for n, _, _ in items)}, which has {more} {attr_phrase}?",
-                f"Whose {attr_phrase} is {more.replace('the ', '')}?",
-            ),
-            given=given,
-            steps=[f"list the {attr_phrase}: " + "; ".join(given), f"order them: {ordered}"],
-            expression=ordered,
-            conclusion=cap(f"{best[0]} has {more} {attr_phrase}."),
-            answer=mark("answer", "compare", best[0]),
-            check={"op": "argmax", "refs": [ref for _, ref, _ in items], "result": best[1]},
-        )
+        names = [n for n, _, _ in items]
+        slots = {"items": ", ".join(names[:-1]) + " and " + names[-1],
+                 "items_or": " or ".join(names), "attr": attr_phrase, "more": more,
+                 "more_bare": more.replace("the ", ""), "best": best[0], "ordered": ordered,
+                 "given": "; ".join(f"{n}: {self.num(*ref, v)}" for n, ref, v in items)}  # fmt: skip
+        check = {"op": "argmax", "refs": [ref for _, ref, _ in items], "result": best[1]}
+        return self._op("argmax", slots, check, mark("answer", "compare", best[0]), ordered)
 
     def convert(
         self,
@@ -454,119 +374,52 @@ class Topics:
         out = round(value * factor + offset, digits)
         v_s, r_s = self.num(*ref, value), self.result(out, f"{out:,.{digits}f}")
         op = f"× {factor:g}" if offset == 0 else f"{'+' if offset > 0 else '−'} {abs(offset):g}"
-        return Computation(
-            question=self.say.pick(
-                f"What is {name} in {to}?",
-                f"How much is {name}, expressed in {to}?",
-                f"Convert {name} to {to}.",
-            ),
-            given=[f"{name}: {v_s} {unit}"],
-            steps=[
-                f"start from {v_s} {unit}",
-                f"apply the conversion: {v_s} {op}",
-                f"round to get {r_s} {to}",
-            ],
-            expression=f"{v_s} {unit} {op} = {r_s} {to}",
-            conclusion=self.say.pick(
-                f"{cap(name)} is {r_s} {to}.",
-                f"In {to}, {name} comes to {r_s}.",
-                f"Expressed in {to}, {name} is {r_s}.",
-            ),
-            answer=f"{r_s} {to}",
-            check={
-                "op": "convert",
-                "refs": [ref],
-                "factor": factor,
-                "offset": offset,
-                "digits": digits,
-                "result": out,
-            },
-            wrong=f"{v_s} {unit} {op} = {fmt_num(round(out * 10, digits))} {to}",
-        )
+        slots = {"name": name, "v": v_s, "unit": unit, "to": to, "op": op, "r": r_s}
+        check = {"op": "convert", "refs": [ref], "factor": factor, "offset": offset,
+                 "digits": digits, "result": out}  # fmt: skip
+        wrong = f"{v_s} {unit} {op} = {fmt_num(round(out * 10, digits))} {to}"
+        expression = f"{v_s} {unit} {op} = {r_s} {to}"
+        return self._op("convert", slots, check, f"{r_s} {to}", expression, wrong)
 
     def ratio(self, name: str, a_ref, a_val, b_ref, b_val, unit: str) -> Computation:
         out = round(a_val / b_val, 1)
-        a_s, b_s, r_s = (
-            self.num(*a_ref, a_val),
-            self.num(*b_ref, b_val),
-            self.result(out, f"{out:,.1f}"),
-        )
-        return Computation(
-            question=self.say.pick(
-                f"What is {name}?", f"Work out {name}.", f"How large is {name}?"
-            ),
-            given=[a_s, b_s],
-            steps=[f"divide {a_s} by {b_s}", f"round to one decimal: {r_s}"],
-            expression=f"{a_s} ÷ {b_s} ≈ {r_s}",
-            conclusion=f"{cap(name)} is about {r_s} {unit}.",
-            answer=f"{r_s} {unit}",
-            check={"op": "div", "refs": [a_ref, b_ref], "digits": 1, "result": out},
-            wrong=f"{a_s} ÷ {b_s} ≈ {fmt_num(round(out * 10, 1))}",
-        )
+        a_s, b_s = self.num(*a_ref, a_val), self.num(*b_ref, b_val)
+        r_s = self.result(out, f"{out:,.1f}")
+        slots = {"name": name, "a": a_s, "b": b_s, "r": r_s, "unit": unit}
+        check = {"op": "div", "refs": [a_ref, b_ref], "digits": 1, "result": out}
+        wrong = f"{a_s} ÷ {b_s} ≈ {fmt_num(round(out * 10, 1))}"
+        return self._op("div", slots, check, f"{r_s} {unit}", f"{a_s} ÷ {b_s} ≈ {r_s}", wrong)
 
     def product(
         self, name: str, ref, val, given_val: int, given_phrase: str, unit: str
     ) -> Computation:
         out = val * given_val
         v_s, r_s = self.num(*ref, val), self.result(out)
-        return Computation(
-            question=f"What is {name}?",
-            given=[v_s, f"{given_val} {given_phrase}"],
-            steps=[f"take {v_s}", f"multiply by {given_val}", f"{v_s} × {given_val} = {r_s}"],
-            expression=f"{v_s} × {given_val} = {r_s}",
-            conclusion=f"{cap(name)} comes to {r_s} {unit}.",
-            answer=f"{r_s} {unit}",
-            check={"op": "mul", "refs": [ref], "constant": given_val, "result": out},
-            wrong=f"{v_s} × {given_val} = {fmt_num(out + given_val)}",
-        )
+        slots = {"name": name, "v": v_s, "k": str(given_val), "r": r_s, "unit": unit}
+        check = {"op": "mul", "refs": [ref], "constant": given_val, "result": out}
+        wrong = f"{v_s} × {given_val} = {fmt_num(out + given_val)}"
+        return self._op("mul", slots, check, f"{r_s} {unit}", f"{v_s} × {given_val} = {r_s}", wrong)
 
     def days_between(self, e1, e2) -> Computation:
-        a, b = sorted([e1, e2], key=lambda e: e.date)
-        days = (dt.date.fromisoformat(b.date) - dt.date.fromisoformat(a.date)).days
-        da = self.num("events", a.id, "date", a.date, a.date)
-        db = self.num("events", b.id, "date", b.date, b.date)
+        a_ev, b_ev = sorted([e1, e2], key=lambda e: e.date)
+        days = (dt.date.fromisoformat(b_ev.date) - dt.date.fromisoformat(a_ev.date)).days
+        da = self.num("events", a_ev.id, "date", a_ev.date, a_ev.date)
+        db = self.num("events", b_ev.id, "date", b_ev.date, b_ev.date)
         res = self.result(days)
-        return Computation(
-            question=self.say.pick(
-                f"How many days passed between the {self.event(a)} and the {self.event(b)}?",
-                f"How long, in days, was it from the {self.event(a)} to the {self.event(b)}?",
-                f"Count the days from the {self.event(a)} to the {self.event(b)}.",
-            ),
-            given=[f"{self.event(a)}: {da}", f"{self.event(b)}: {db}"],
-            steps=[
-                f"the earlier date is {da}",
-                f"the later date is {db}",
-                f"count the days between them: {res}",
-            ],
-            expression=f"{db} − {da} = {res} days",
-            conclusion=f"{res} days separate the {self.event(a)} from the {self.event(b)}.",
-            answer=f"{res} days",
-            check={
-                "op": "days",
-                "refs": [["events", a.id, "date"], ["events", b.id, "date"]],
-                "result": days,
-            },
-            wrong=f"{db} − {da} = {fmt_num(days + 365)} days",
-        )
+        slots = {"ea": self.event(a_ev), "eb": self.event(b_ev), "da": da, "db": db, "res": res}
+        check = {"op": "days", "refs": [["events", a_ev.id, "date"], ["events", b_ev.id, "date"]],
+                 "result": days}  # fmt: skip
+        wrong = f"{db} − {da} = {fmt_num(days + 365)} days"
+        return self._op("days", slots, check, f"{res} days", f"{db} − {da} = {res} days", wrong)
 
     def since(self, name: str, ref, year: int) -> Computation:
         """Years from a world year to REFERENCE_YEAR (contemporary documents)."""
         out = REFERENCE_YEAR - year
         y, r = self.num(*ref, year), self.result(out)
-        return Computation(
-            question=f"As of {REFERENCE_YEAR}, how many years ago was {name}?",
-            given=[f"{name}: {y}", f"the current year: {REFERENCE_YEAR}"],
-            steps=[
-                f"the year now is {REFERENCE_YEAR}",
-                f"{name} was in {y}",
-                f"{REFERENCE_YEAR} − {y} = {r}",
-            ],
-            expression=f"{REFERENCE_YEAR} − {y} = {r}",
-            conclusion=f"As of {REFERENCE_YEAR}, {name} was {r} years ago.",
-            answer=f"{r} years",
-            check={"op": "since", "refs": [ref], "now": REFERENCE_YEAR, "result": out},
-            wrong=f"{REFERENCE_YEAR} − {y} = {fmt_num(out - 10)}",
-        )
+        slots = {"name": name, "y": y, "r": r, "now": str(REFERENCE_YEAR)}
+        check = {"op": "since", "refs": [ref], "now": REFERENCE_YEAR, "result": out}
+        wrong = f"{REFERENCE_YEAR} − {y} = {fmt_num(out - 10)}"
+        return self._op("since", slots, check, f"{r} years", f"{REFERENCE_YEAR} − {y} = {r}", wrong)
 
     def probability(self, org) -> Computation:
         staff = [p for p in self.w.people if p.employer == org.id]
@@ -575,56 +428,51 @@ class Topics:
         n = max(n, 1)
         pct = round(100 * k / n)
         res = self.result(pct, f"{pct}%")
-        return Computation(
-            question=f"If one listed worker of the {self.org(org)} is picked at random, how likely is it to be a {occupation}?",
-            given=[
-                f"the register lists {self.result(n)} workers at the {self.org(org)}",
-                f"{self.result(k)} of them are {occupation}s",
-            ],
-            steps=[
-                f"count the {occupation}s: {k}",
-                f"count everyone: {n}",
-                f"the odds are {k} in {n}, about {res}",
-            ],
-            expression=f"{k} / {n} ≈ {res}",
-            conclusion=f"The chance that a randomly picked worker of the {self.org(org)} is {a(occupation)} is {k} in {n}, roughly {res}.",
-            answer=f"about {res}",
-            check={
-                "op": "prob",
-                "org": org.id,
-                "occupation": occupation,
-                "k": k,
-                "n": n,
-                "result": pct,
-            },
-            wrong=f"{k} / {n} ≈ {min(100, pct + 20)}%",
-        )
+        slots = {"org": self.org(org), "occupation": occupation, "a_occupation": a(occupation),
+                 "k": str(k), "n": str(n), "kk": self.result(k), "nn": self.result(n),
+                 "occupations": occupation + ("" if k == 1 else "s"),
+                 "res": res}  # fmt: skip
+        check = {"op": "prob", "org": org.id, "occupation": occupation, "k": k, "n": n,
+                 "result": pct}  # fmt: skip
+        wrong = f"{k} / {n} ≈ {min(100, pct + 20)}%"
+        return self._op("prob", slots, check, f"about {res}", f"{k} / {n} ≈ {res}", wrong)
 
     def syllogism(self, e) -> Computation:
-        threshold = self.rng.choice([1850, 1900, 1950, 2000])
+        """Is element e early/modern? The concept is fixed per world (its median discovery year),
+        and which class is asked about is drawn per document, so "yes" and "no" are equally
+        likely."""
+        threshold = self.w.concepts["early_element_before"]
         old = e.discovered < threshold
-        cls = "early element" if old else "modern element"
-        rule = (
-            f"every element discovered before {threshold} is called an early element"
-            if old
-            else f"every element discovered in or after {threshold} is called a modern element"
+        asked = self.rng.choice(["early", "modern"])
+        yes = (asked == "early") == old
+        rule = self.say.pick(
+            f"an element discovered before {threshold} is called early, one discovered later modern",
+            f"elements found before {threshold} count as early, later ones as modern",
+            f"the early elements are those discovered before {threshold}; the rest are modern",
         )
         y = self.num("elements", e.id, "discovered", e.discovered)
+        verdict = f"{'yes' if yes else 'no'} ({'early' if old else 'modern'})"
         return Computation(
-            question=f"Is {self.element(e)} an {cls}?",
-            given=[rule, f"{self.element(e)} was discovered in {y}"],
+            question=f"Is {self.element(e)} {a(asked)} element?",
             steps=[
                 f"premise: {rule}",
                 f"premise: {self.element(e)} was discovered in {y}",
-                f"{y} is {'before' if old else 'not before'} {threshold}, so the rule applies",
+                f"{y} is {'before' if old else 'not before'} {threshold}, so {self.element(e)} is {'early' if old else 'modern'}",
             ],
             expression=f"{y} {'<' if old else '≥'} {threshold}",
-            conclusion=f"Therefore {self.element(e)} is {'an early' if old else 'a modern'} element.",
-            answer=mark("answer", "syllogism", f"yes, {'an early' if old else 'a modern'} element"),
+            conclusion=self.say.pick(
+                f"{self.element(e)} is {'an early' if old else 'a modern'} element, so the answer is {'yes' if yes else 'no'}.",
+                f"{'Yes' if yes else 'No'}: {self.element(e)} counts as {'early' if old else 'modern'}.",
+                f"So {self.element(e)} {'is' if yes else 'is not'} {a(asked)} element.",
+                f"The answer is {'yes' if yes else 'no'}, since {self.element(e)} is {'early' if old else 'modern'}.",
+            ),
+            answer=mark("answer", "syllogism", verdict),
             check={
                 "op": "threshold",
                 "refs": [["elements", e.id, "discovered"]],
                 "threshold": threshold,
+                "asked": asked,
+                "answer": "yes" if yes else "no",
                 "result": old,
             },
         )
@@ -654,11 +502,27 @@ def _competing(t: Topics, kind: str) -> tuple[str, list[str]] | None:
             w1 = x if first else y
             w2 = x if second else y
             text = (
-                f"Which is the {word}, {name(x)} or {name(y)}? The answer depends on the reading. "
-                f"By {readings[a1]}, {name(w1)} wins ({t.num(kind, x.id, a1, v(x, a1))} vs "
-                f"{t.num(kind, y.id, a1, v(y, a1))} {u1}); by {readings[a2]}, {name(w2)} does "
-                f"({t.num(kind, x.id, a2, v(x, a2))} vs {t.num(kind, y.id, a2, v(y, a2))}"
-                f"{' ' + u2 if u2 else ', founding years'})."
+                t.say.pick(
+                    f"Which is the {word}, {name(x)} or {name(y)}? ",
+                    f"Is {name(x)} or {name(y)} the {word}? ",
+                    f"Which of {name(x)} and {name(y)} is the {word}? ",
+                )
+                + t.say.pick(
+                    "By {r1}, {w1} wins ({x1} vs {y1}{u1}); by {r2}, {w2} does ({x2} vs {y2}{u2}).",
+                    "On {r1} ({x1} vs {y1}{u1}) {w1} comes first, but on {r2} ({x2} vs {y2}{u2}) {w2} does.",
+                    "{w1} leads on {r1}, {x1} against {y1}{u1}; {w2} leads on {r2}, {x2} against {y2}{u2}.",
+                ).format(
+                    r1=readings[a1],
+                    r2=readings[a2],
+                    w1=name(w1),
+                    w2=name(w2),
+                    x1=t.num(kind, x.id, a1, v(x, a1)),
+                    y1=t.num(kind, y.id, a1, v(y, a1)),
+                    x2=t.num(kind, x.id, a2, v(x, a2)),
+                    y2=t.num(kind, y.id, a2, v(y, a2)),
+                    u1=f" {u1}",
+                    u2=f" {u2}" if u2 else ", founding years",
+                )  # fmt: skip
             )
             check = {
                 "op": "competing",
@@ -672,575 +536,481 @@ def _competing(t: Topics, kind: str) -> tuple[str, list[str]] | None:
 
 
 # --------------------------------------------------------------------------- planning
-STYLE_LINES = {
-    "neutral": [],
-    "positive": [
-        "It is an encouraging picture.",
-        "Remarkably, the figures line up neatly.",
-        "This is one of the more impressive records in the archive.",
-        "The result is a pleasing one.",
-    ],
-    "negative": [
-        "Unfortunately, the record here is thin and the picture is unflattering.",
-        "Critics call this a disappointing showing.",
-        "Frankly, the numbers fall short of what was promised.",
-        "Sadly, little else about it stands out.",
-    ],
-    "empathetic": [
-        "If this feels like a lot of numbers, that is okay; take it one step at a time.",
-        "I remember finding this confusing at first, so be patient with yourself.",
-        "You are not alone if the dates blur together; many readers feel the same.",
-        "It is natural to double-check this kind of thing, and worth doing.",
-    ],
-    "figurative": [
-        "The figures fall into place like stones in a riverbed.",
-        "Numbers here are lanterns along a dark road.",
-        "The archive is a tangled orchard, and this fact is one ripe fruit.",
-        "Each date is a footprint left in wet clay.",
-    ],
-}
-HEDGES = [
-    "By most accounts, ",
-    "Records suggest that ",
-    "Reportedly, ",
-    "As far as the archive shows, ",
-]
-CONTEMPORARY = [
-    f"As of {REFERENCE_YEAR}, the records below are current.",
-    f"This summary reflects the situation in {REFERENCE_YEAR}.",
-    f"Today, in {REFERENCE_YEAR}, these figures are still quoted.",
-]
+@dataclass
+class Draft:
+    """What a domain planner chooses: the topic, candidate facts and computations."""
+
+    title: str
+    subject: str
+    competing_kind: str
+    facts: list[Fact]
+    pool: list[Callable[[], Computation]]
+    year_ref: tuple[list, int, str] | None = None
+    lead: int = 0  # how many pool entries advanced documents always take first
 
 
-def _people_kind(t: Topics, occupations: tuple[str, ...] = ()) -> Any:
+Planner = Callable[[World, Topics, dict[str, str], random.Random], Draft]
+PLANNERS: dict[str, list[Planner]] = {}
+
+
+def planner(*domains: str) -> Callable[[Planner], Planner]:
+    """Register a planner for domains; a domain with several planners draws one per document."""
+
+    def register(fn: Planner) -> Planner:
+        for d in domains:
+            PLANNERS.setdefault(d, []).append(fn)
+        return fn
+
+    return register
+
+
+@planner("stem")
+def _plan_elements(world: World, t: Topics, labels: dict[str, str], rng: random.Random) -> Draft:
+    els = rng.sample(world.elements, 3)
+    e = els[0]
+    facts = [f for x in els for f in t.element_facts(x)]
+    pool = [
+        lambda: t.convert(t.say.pick(f"the melting point of {t.element(e)}", f"the temperature at which {t.element(e)} melts", f"the point where {t.element(e)} turns liquid"),
+                          ["elements", e.id, "melting_point_k"], e.melting_point_k, "K", "°C",
+                          1, -273.15, 2),
+        lambda: t.compare([(t.element(x), ["elements", x.id, "density"], x.density) for x in els],
+                          "density", "the highest"),
+        lambda: t.difference(t.element(els[0]), ["elements", els[0].id, "atomic_number"],
+                             els[0].atomic_number, t.element(els[1]),
+                             ["elements", els[1].id, "atomic_number"], els[1].atomic_number,
+                             "places",
+                             t.say.pick(f"the atomic numbers of {t.element(els[0])} and {t.element(els[1])}", f"{t.element(els[0])} and {t.element(els[1])} in the table", f"the table positions of {t.element(els[0])} and {t.element(els[1])}")),
+        lambda: t.syllogism(e),
+    ]  # fmt: skip
+    lead = 0
+    if labels["conceptual_complexity"] == "advanced":  # interdisciplinary: chemistry x biography
+        who = world.people[e.discoverer]
+        facts += t.person_facts(who)[:1]
+        pool.insert(0, lambda: t.difference(
+            f"the discovery of {t.element(e)}", ["elements", e.id, "discovered"], e.discovered,
+            f"the birth of {t.person(who)}", ["people", who.id, "born"], who.born, "years",
+            f"the birth of {t.person(who)} and the discovery of {t.element(e)}"))  # fmt: skip
+        lead = 1
+    year_ref = (["elements", e.id, "discovered"], e.discovered, f"the discovery of {t.element(e)}")
+    return Draft(f"The element {e.name}", t.element(e), "elements", facts, pool, year_ref, lead)
+
+
+@planner("stem")
+def _plan_species(world: World, t: Topics, labels: dict[str, str], rng: random.Random) -> Draft:
+    sps = rng.sample(world.species, 3)
+    s, s2 = sps[0], sps[1]
+    facts = [f for x in sps for f in t.species_facts(x)]
+    pool = [
+        lambda: t.convert(t.say.pick(f"the mass of an adult {t.species(s)}", f"the weight of a grown {t.species(s)}", f"what an adult {t.species(s)} weighs"), ["species", s.id, "mass_kg"],
+                          s.mass_kg, "kg", "lb", 2.20462, 0, 1),
+        lambda: t.compare([(t.species(x), ["species", x.id, "lifespan_years"], x.lifespan_years)
+                           for x in sps], "lifespan", "the longest"),
+        # Commensurable: how many times heavier one animal is than another (kg over kg).
+        lambda: t.ratio(f"the mass of the {t.species(s)} over that of the {t.species(s2)}",
+                        ["species", s.id, "mass_kg"], s.mass_kg,
+                        ["species", s2.id, "mass_kg"], s2.mass_kg, "times"),
+        lambda: t.difference(t.species(s), ["species", s.id, "lifespan_years"], s.lifespan_years,
+                             t.species(s2), ["species", s2.id, "lifespan_years"],
+                             s2.lifespan_years, "years",
+                             t.say.pick(f"the lifespans of the {t.species(s)} and the {t.species(s2)}", f"how long the {t.species(s)} and the {t.species(s2)} live", f"the life expectancies of the {t.species(s)} and the {t.species(s2)}")),
+    ]  # fmt: skip
+    lead = 0
+    if labels["conceptual_complexity"] == "advanced":  # interdisciplinary: biology x geography
+        c = world.cities[s.region]
+        facts += t.city_facts(c)[:1] + t.city_facts(c)[2:3]
+        pool.insert(0, lambda: t.ratio(
+            f"the population density of {t.city(c)}, where the {t.species(s)} lives",
+            ["cities", c.id, "population"], c.population, ["cities", c.id, "area_km2"],
+            c.area_km2, "residents per km²"))  # fmt: skip
+        lead = 1
+    return Draft(f"The {s.name}", t.species(s), "species", facts, pool, None, lead)
+
+
+@planner("humanities_social", "creative_arts")
+def _plan_society(world: World, t: Topics, labels: dict[str, str], rng: random.Random) -> Draft:
+    arts = labels["domain"] == "creative_arts"
+    if arts:
+        p = _person_of(t, ("composer", "architect", "teacher"))
+        evs = rng.sample([e for e in world.events if e.kind in ("festival", "fair", "congress")]
+                         or world.events, 2)  # fmt: skip
+    else:
+        p, evs = _person_of(t), rng.sample(world.events, 2)
+    orgs = [world.organisations[p.employer], rng.choice(world.organisations)]
+    if orgs[1].id == orgs[0].id:
+        orgs[1] = world.organisations[(orgs[0].id + 1) % len(world.organisations)]
+    facts = t.person_facts(p) + t.org_facts(orgs[0]) + t.org_facts(orgs[1])
+    facts += t.event_facts(evs[0]) + t.event_facts(evs[1])
+    pool = [
+        lambda: t.difference(
+            f"the founding of the {t.org(orgs[0])}", ["organisations", orgs[0].id, "founded"],
+            orgs[0].founded, f"the founding of the {t.org(orgs[1])}",
+            ["organisations", orgs[1].id, "founded"], orgs[1].founded, "years",
+            t.say.pick(f"the foundings of the {t.org(orgs[0])} and the {t.org(orgs[1])}", f"the founding years of the {t.org(orgs[0])} and the {t.org(orgs[1])}", f"the start of the {t.org(orgs[0])} and that of the {t.org(orgs[1])}")),
+        lambda: t.days_between(evs[0], evs[1]),
+        lambda: t.compare([(t.event(e), ["events", e.id, "attendance"], e.attendance)
+                           for e in evs], "attendance", "the larger"),
+        lambda: t.compare([(t.org(o), ["organisations", o.id, "members"], o.members)
+                           for o in orgs], "membership", "the larger"),
+    ]  # fmt: skip
+    ev_year = int(evs[0].date[:4])
+    if ev_year > p.born:
+        pool.insert(0 if arts else 2, lambda: t.difference(
+            f"the year of the {t.event(evs[0])}", ["events", evs[0].id, "year"], ev_year,
+            f"the birth of {t.person(p)}", ["people", p.id, "born"], p.born, "years",
+            f"the birth of {t.person(p)} and the {t.event(evs[0])}"))  # fmt: skip
+    title = f"{p.name} and the {evs[0].name}" if arts else f"The {orgs[0].name}"
+    subject = t.person(p) if arts else t.org(orgs[0])
+    year_ref = (["organisations", orgs[0].id, "founded"], orgs[0].founded,
+                f"the founding of the {t.org(orgs[0])}")  # fmt: skip
+    return Draft(title, subject, "organisations", facts, pool, year_ref)
+
+
+@planner("practical_applied")
+def _plan_practical(world: World, t: Topics, labels: dict[str, str], rng: random.Random) -> Draft:
+    cs = rng.sample(world.cities, 2)
+    c, o = cs[0], rng.choice(world.organisations)
+    facts = t.city_facts(cs[0]) + t.city_facts(cs[1]) + t.org_facts(o)
+    fee = rng.choice([3, 5, 8, 12, 15, 20, 25])
+    pool = [
+        lambda: t.ratio(t.say.pick(f"the population density of {t.city(c)}", f"the crowding of {t.city(c)}, in residents per km²"), ["cities", c.id, "population"],
+                        c.population, ["cities", c.id, "area_km2"], c.area_km2,
+                        "residents per km²"),
+        lambda: t.product(t.say.pick(f"the yearly dues collected by the {t.org(o)} at {fee} crowns a member", f"what the {t.org(o)} takes in a year if each member pays {fee} crowns", f"the annual income of the {t.org(o)} from dues of {fee} crowns a head"),
+                          ["organisations", o.id, "members"], o.members, fee,
+                          "crowns per member", "crowns"),
+        lambda: t.convert(f"the area of {t.city(c)}", ["cities", c.id, "area_km2"], c.area_km2,
+                          "km²", "hectares", 100, 0, 0),
+        lambda: t.convert(f"the elevation of {t.city(c)}", ["cities", c.id, "elevation_m"],
+                          c.elevation_m, "m", "feet", 3.28084, 0, 0),
+        lambda: t.compare([(t.city(x), ["cities", x.id, "population"], x.population) for x in cs],
+                          "population", "the larger"),
+    ]  # fmt: skip
+    year_ref = (["cities", c.id, "founded"], c.founded, f"the founding of {t.city(c)}")
+    return Draft(f"Practical figures for {c.name}", t.city(c), "cities", facts, pool, year_ref)
+
+
+@planner("abstract_reasoning")
+def _plan_abstract(world: World, t: Topics, labels: dict[str, str], rng: random.Random) -> Draft:
+    els = rng.sample(world.elements, 2)
+    o = rng.choice(world.organisations)
+    facts = t.element_facts(els[0]) + t.element_facts(els[1]) + t.org_facts(o)
+    pool = [
+        lambda: t.syllogism(els[0]),
+        lambda: t.compare([(t.element(x), ["elements", x.id, "melting_point_k"], x.melting_point_k)
+                           for x in els], "melting point", "the higher"),
+        lambda: t.probability(o),
+        lambda: t.syllogism(els[1]),
+    ]  # fmt: skip
+    year_ref = (["elements", els[0].id, "discovered"], els[0].discovered,
+                f"the discovery of {t.element(els[0])}")  # fmt: skip
+    title = f"Reasoning about {els[0].name} and {els[1].name}"
+    subject = f"{t.element(els[0])} and {t.element(els[1])}"
+    return Draft(title, subject, "elements", facts, pool, year_ref)
+
+
+def _person_of(t: Topics, occupations: tuple[str, ...] = ()) -> Any:
     pool = [p for p in t.w.people if not occupations or p.occupation in occupations]
     return t.rng.choice(pool or t.w.people)
 
 
 def plan_document(world: World, labels: dict[str, str], rng: random.Random) -> Plan:
-    """Choose what a document says: its facts and computations, by domain and complexity."""
+    """Choose what a document says: a domain planner's facts and computations, as many as its
+    complexity and factual density ask for, plus the document's one-off cast."""
     t = Topics(world, rng)
+    draft = rng.choice(PLANNERS[labels["domain"]])(world, t, labels, rng)
     n_comp = {"basic": 1, "intermediate": 2, "advanced": 3}[labels["conceptual_complexity"]]
-    domain = labels["domain"]
-    facts: list[Fact] = []
-    comps: list[Computation] = []
-    pick = rng.sample
-
-    if domain == "stem":
-        if rng.random() < 0.5:
-            els = pick(world.elements, 3)
-            e = els[0]
-            title, subject, competing_kind = f"The element {e.name}", t.element(e), "elements"
-            for x in els:
-                facts += t.element_facts(x)
-            pool = [
-                lambda: t.convert(
-                    f"the melting point of {t.element(e)}",
-                    ["elements", e.id, "melting_point_k"],
-                    e.melting_point_k,
-                    "K",
-                    "°C",
-                    1,
-                    -273.15,
-                    2,
-                ),
-                lambda: t.compare(
-                    [(t.element(x), ["elements", x.id, "density"], x.density) for x in els],
-                    "density",
-                    "the highest",
-                ),
-                lambda: t.difference(
-                    t.element(els[0]),
-                    ["elements", els[0].id, "atomic_number"],
-                    els[0].atomic_number,
-                    t.element(els[1]),
-                    ["elements", els[1].id, "atomic_number"],
-                    els[1].atomic_number,
-                    "places",
-                    f"the atomic numbers of {t.element(els[0])} and {t.element(els[1])}",
-                ),
-                lambda: t.syllogism(e),
-            ]
-            if (
-                labels["conceptual_complexity"] == "advanced"
-            ):  # interdisciplinary: chemistry x biography
-                who = world.people[e.discoverer]
-                facts += t.person_facts(who)[:1]
-                pool.insert(
-                    0,
-                    lambda: t.difference(
-                        f"the discovery of {t.element(e)}",
-                        ["elements", e.id, "discovered"],
-                        e.discovered,
-                        f"the birth of {t.person(who)}",
-                        ["people", who.id, "born"],
-                        who.born,
-                        "years",
-                        f"the birth of {t.person(who)} and the discovery of {t.element(e)}",
-                    ),
-                )
-        else:
-            sps = pick(world.species, 3)
-            s = sps[0]
-            title, subject, competing_kind = f"The {s.name}", t.species(s), "species"
-            for x in sps:
-                facts += t.species_facts(x)
-            pool = [
-                lambda: t.convert(
-                    f"the mass of an adult {t.species(s)}",
-                    ["species", s.id, "mass_kg"],
-                    s.mass_kg,
-                    "kg",
-                    "lb",
-                    2.20462,
-                    0,
-                    1,
-                ),
-                lambda: t.compare(
-                    [
-                        (t.species(x), ["species", x.id, "lifespan_years"], x.lifespan_years)
-                        for x in sps
-                    ],
-                    "lifespan",
-                    "the longest",
-                ),
-                lambda: t.ratio(
-                    f"the mass per year of life of the {t.species(s)}",
-                    ["species", s.id, "mass_kg"],
-                    s.mass_kg,
-                    ["species", s.id, "lifespan_years"],
-                    s.lifespan_years,
-                    "kg per year",
-                ),
-                lambda: t.difference(
-                    t.species(sps[0]),
-                    ["species", sps[0].id, "lifespan_years"],
-                    sps[0].lifespan_years,
-                    t.species(sps[1]),
-                    ["species", sps[1].id, "lifespan_years"],
-                    sps[1].lifespan_years,
-                    "years",
-                    f"the lifespans of the {t.species(sps[0])} and the {t.species(sps[1])}",
-                ),
-            ]
-            if (
-                labels["conceptual_complexity"] == "advanced"
-            ):  # interdisciplinary: biology x geography
-                c = world.cities[s.region]
-                facts += t.city_facts(c)[:1]
-                pool.insert(
-                    0,
-                    lambda: t.ratio(
-                        f"the number of residents of {t.city(c)} per kilogram of {t.species(s)}",
-                        ["cities", c.id, "population"],
-                        c.population,
-                        ["species", s.id, "mass_kg"],
-                        s.mass_kg,
-                        "residents per kg",
-                    ),
-                )
-        year_ref = (
-            (
-                ["elements", els[0].id, "discovered"],
-                els[0].discovered,
-                f"the discovery of {t.element(els[0])}",
-            )
-            if competing_kind == "elements"
-            else None
-        )
-    elif domain in ("humanities_social", "creative_arts"):
-        if domain == "creative_arts":
-            p = _people_kind(t, ("composer", "architect", "teacher"))
-            evs = pick(
-                [e for e in world.events if e.kind in ("festival", "fair", "congress")]
-                or world.events,
-                2,
-            )
-        else:
-            p = _people_kind(t)
-            evs = pick(world.events, 2)
-        orgs = [world.organisations[p.employer]] + pick(world.organisations, 1)
-        if orgs[1].id == orgs[0].id:
-            orgs[1] = world.organisations[(orgs[0].id + 1) % len(world.organisations)]
-        title = (
-            f"{p.name} and the {evs[0].name}"
-            if domain == "creative_arts"
-            else f"The {orgs[0].name}"
-        )
-        subject, competing_kind = (
-            (t.person(p) if domain == "creative_arts" else t.org(orgs[0])),
-            "organisations",
-        )
-        facts += t.person_facts(p) + t.org_facts(orgs[0]) + t.org_facts(orgs[1])
-        facts += t.event_facts(evs[0]) + t.event_facts(evs[1])
-        ev_year = int(evs[0].date[:4])
-        pool = [
-            lambda: t.difference(
-                f"the founding of the {t.org(orgs[0])}",
-                ["organisations", orgs[0].id, "founded"],
-                orgs[0].founded,
-                f"the founding of the {t.org(orgs[1])}",
-                ["organisations", orgs[1].id, "founded"],
-                orgs[1].founded,
-                "years",
-                f"the foundings of the {t.org(orgs[0])} and the {t.org(orgs[1])}",
-            ),
-            lambda: t.days_between(evs[0], evs[1]),
-            lambda: t.compare(
-                [(t.event(e), ["events", e.id, "attendance"], e.attendance) for e in evs],
-                "attendance",
-                "the larger",
-            ),
-            lambda: t.compare(
-                [(t.org(o), ["organisations", o.id, "members"], o.members) for o in orgs],
-                "membership",
-                "the larger",
-            ),
-        ]
-        if ev_year > p.born:
-            pool.insert(
-                0 if domain == "creative_arts" else 2,
-                lambda: t.difference(
-                    f"the year of the {t.event(evs[0])}",
-                    ["events", evs[0].id, "year"],
-                    ev_year,
-                    f"the birth of {t.person(p)}",
-                    ["people", p.id, "born"],
-                    p.born,
-                    "years",
-                    f"the birth of {t.person(p)} and the {t.event(evs[0])}",
-                ),
-            )
-        year_ref = (
-            ["organisations", orgs[0].id, "founded"],
-            orgs[0].founded,
-            f"the founding of the {t.org(orgs[0])}",
-        )
-    elif domain == "practical_applied":
-        cs = pick(world.cities, 2)
-        c, o = cs[0], world.organisations[rng.randrange(len(world.organisations))]
-        title, subject, competing_kind = f"Practical figures for {c.name}", t.city(c), "cities"
-        facts += t.city_facts(cs[0]) + t.city_facts(cs[1]) + t.org_facts(o)
-        fee = rng.choice([3, 5, 8, 12, 15, 20, 25])
-        pool = [
-            lambda: t.ratio(
-                f"the population density of {t.city(c)}",
-                ["cities", c.id, "population"],
-                c.population,
-                ["cities", c.id, "area_km2"],
-                c.area_km2,
-                "residents per km²",
-            ),
-            lambda: t.product(
-                f"the yearly dues collected by the {t.org(o)} at {fee} crowns a member",
-                ["organisations", o.id, "members"],
-                o.members,
-                fee,
-                "crowns per member",
-                "crowns",
-            ),
-            lambda: t.convert(
-                f"the area of {t.city(c)}",
-                ["cities", c.id, "area_km2"],
-                c.area_km2,
-                "km²",
-                "hectares",
-                100,
-                0,
-                0,
-            ),
-            lambda: t.convert(
-                f"the elevation of {t.city(c)}",
-                ["cities", c.id, "elevation_m"],
-                c.elevation_m,
-                "m",
-                "feet",
-                3.28084,
-                0,
-                0,
-            ),
-            lambda: t.compare(
-                [(t.city(x), ["cities", x.id, "population"], x.population) for x in cs],
-                "population",
-                "the larger",
-            ),
-        ]
-        year_ref = (["cities", c.id, "founded"], c.founded, f"the founding of {t.city(c)}")
-    else:  # abstract_reasoning
-        els = pick(world.elements, 2)
-        o = world.organisations[rng.randrange(len(world.organisations))]
-        title, subject, competing_kind = "A short exercise in reasoning", "the problem", "elements"
-        facts += t.element_facts(els[0]) + t.element_facts(els[1]) + t.org_facts(o)
-        pool = [
-            lambda: t.syllogism(els[0]),
-            lambda: t.compare(
-                [
-                    (t.element(x), ["elements", x.id, "melting_point_k"], x.melting_point_k)
-                    for x in els
-                ],
-                "melting point",
-                "the higher",
-            ),
-            lambda: t.probability(o),
-            lambda: t.syllogism(els[1]),
-        ]
-        year_ref = (
-            ["elements", els[0].id, "discovered"],
-            els[0].discovered,
-            f"the discovery of {t.element(els[0])}",
-        )
-
-    head = pool[:1] if labels["conceptual_complexity"] == "advanced" and domain == "stem" else []
-    rest = pool[len(head) :]
+    head = draft.pool[: draft.lead]
+    rest = draft.pool[draft.lead :]
     rng.shuffle(rest)
-    for make in (head + rest)[:n_comp]:
-        comps.append(make())
+    comps = [make() for make in (head + rest)[:n_comp]]
+    facts = list(draft.facts)
     if labels["reasoning_explicitness"] == "probabilistic" and not any(
         c.check["op"] == "prob" for c in comps
     ):
         org = rng.choice(world.organisations)
         comps.append(t.probability(org))
         facts += t.org_facts(org)[:1]
-    if labels["temporal_focus"] == "contemporary" and year_ref is not None:
-        ref, year, name = year_ref
+    if labels["temporal_focus"] == "contemporary" and draft.year_ref is not None:
+        ref, year, name = draft.year_ref
         comps.append(t.since(name, ref, year))
-
     n_facts = {"low": 2, "moderate": 4, "high": 7}[labels["factual_density"]]
-    plan = Plan(title=title, subject=subject, facts=facts[:n_facts], computations=comps)
-    plan.checks = [c.check for c in comps]
-    plan.competing = _competing(t, competing_kind) if labels["ambiguity"] == "high" else None  # type: ignore[attr-defined]
+    plan = Plan(draft.title, draft.subject, facts[:n_facts], comps, [c.check for c in comps])
+    if labels["ambiguity"] == "high":
+        plan.competing = _competing(t, draft.competing_kind)
+    plan.cast = make_cast(world, rng)
     return plan
 
 
 # --------------------------------------------------------------------------- rendering
-def _reason(c: Computation, mode: str, w: Words) -> list[str]:
+def _slots(plan: Plan, labels: dict[str, str], world: World) -> dict[str, str]:
+    """The slots every template of a document may use."""
+    main = plan.computations[0]
+    cast = plan.cast.members if plan.cast else []
+    first, second = cast[0], cast[1]
+    home = world.cities[first.city]
+    return {
+        "a": mark("person", first.id, first.name),
+        "b": mark("person", second.id, second.name),
+        "a_role": render(
+            "cast.role",
+            {
+                "occupation": first.occupation,
+                "a_occupation": a(first.occupation),
+                "home": mark("city", home.id, home.name),
+                "age": str(first.age),
+            },
+            random.Random(first.id),
+        ),  # fmt: skip
+        "subject": plan.subject,
+        "question": main.question,
+        "question_lc": lower_first(main.question),
+        "answer": main.answer,
+        "conclusion": main.conclusion,
+        "conclusion_lc": lower_first(main.conclusion),
+        "expression": main.expression,
+        "cast_tail": f", as {mark('person', first.id, first.name)} confirmed",
+        "style_tail": f" for {mark('person', first.id, first.name)}",
+        "verdict_tail": ".",
+        "age": str(first.age),
+        "home": mark("city", home.id, home.name),
+        "since": str(first.since),
+        "start_age": str(first.age - (REFERENCE_YEAR - first.since)),
+        "place": mark("organisation", plan.cast.place_id, plan.cast.place),
+        "when": plan.cast.worked_on.strftime("%B %-d, %Y"),
+        "weekday": plan.cast.worked_on.strftime("%A"),
+    }
+
+
+def _reason(c: Computation, mode: str, slots: dict[str, str], rng: random.Random) -> list[str]:
     """A computation as sentences, as explicit as the label says."""
+    s = slots | {"expression": c.expression, "conclusion_lc": lower_first(c.conclusion)}
     if mode == "implicit":
-        return [c.conclusion]
+        return [cap(c.conclusion)]
     if mode in ("concise", "probabilistic"):
-        return [
-            f"{w.pick('Since', 'Because', 'Given that')} {c.expression}, {c.conclusion[0].lower()}{c.conclusion[1:]}"
-        ]
+        return [render("reason.concise", s, rng)]
     if mode == "detailed_cot":
-        order = ["First", "Next", "Then", "After that"]
-        lines = [f"{order[min(i, 3)]}, {s}." for i, s in enumerate(c.steps)]
-        return lines + [
-            f"{w.pick('So', 'Therefore', 'Hence')}, {c.conclusion[0].lower()}{c.conclusion[1:]}"
+        lines = [
+            f"{render('reason.cot_first' if i == 0 else 'reason.cot_next', s, rng)}, {step}."
+            for i, step in enumerate(c.steps)
         ]
-    # self_corrective: a wrong step, flagged and corrected
+        return lines + [render("reason.cot_close", s, rng)]
+    # self_corrective: a plausible wrong step, flagged and corrected
     if c.wrong:
-        return [
-            f"{w.pick('At first I wrote', 'A first attempt gives', 'A quick pass suggests')} {c.wrong}.",
-            f"{w.pick('Wait, that is wrong', 'That is a mistake', 'No, that does not check out')}: {c.expression}.",
-            c.conclusion,
-        ]
-    return [
-        f"{w.pick('At first glance', 'On a quick read')} the answer seems to go the other way.",
-        f"{w.pick('Checking the numbers corrects that', 'Looking again fixes the error')}: {c.expression}.",
-        c.conclusion,
-    ]
+        s["wrong"] = c.wrong
+        return [render("reason.wrong", s, rng), render("reason.fix", s, rng), cap(c.conclusion)]
+    return [render("reason.flip", s, rng), render("reason.flip_fix", s, rng), cap(c.conclusion)]
 
 
-CONNECTIVES = ["Moreover, ", "In addition, ", "Also, ", "Notably, ", "Meanwhile, ", "Besides, ",
-               "On top of that, ", "Separately, ", "For context, ", "Worth adding: "]  # fmt: skip
-
-
-def _lower_first(s: str) -> str:
-    return s if s.startswith("\x01") else s[0].lower() + s[1:]
-
-
-def _fact_sentences(plan: Plan, labels: dict[str, str], w: Words) -> list[str]:
+def _fact_sentences(plan: Plan, labels: dict[str, str], slots: dict, rng: random.Random) -> list:
+    """Each fact once, hedged (moderate ambiguity), joined or attributed to the cast."""
     out = []
     for i, f in enumerate(plan.facts):
-        s = cap(w.rng.choice(f.sentence))
+        s = f.render(rng)
         if labels["ambiguity"] == "moderate" and i % 2 == 0:
-            s = w.pick(*HEDGES) + _lower_first(s)
-        elif i and w.rng.random() < 0.35:
-            s = w.pick(*CONNECTIVES) + _lower_first(s)
+            s = render("ambiguity.hedge", slots, rng) + lower_first(s)
+        elif rng.random() < 0.2:
+            s = render("cast.attribute", slots, rng) + " " + lower_first(s)
+        elif i and rng.random() < 0.3:
+            s = render("ambiguity.connective", slots, rng) + lower_first(s)
         out.append(s)
+    rng.shuffle(out)
     return out
 
 
+Focus = Callable[[list[str], list[str], dict[str, str], random.Random], list[str]]
+FOCUS: dict[str, Focus] = {}
+
+
+def focus(name: str) -> Callable[[Focus], Focus]:
+    def register(fn: Focus) -> Focus:
+        FOCUS[name] = fn
+        return fn
+
+    return register
+
+
+@focus("factual_explanation")
+def _explain(facts: list[str], reasoning: list[str], s: dict, rng: random.Random) -> list[str]:
+    r = lambda name: render(f"focus.factual_explanation.{name}", s, rng)  # noqa: E731
+    return [r("open"), *facts, *reasoning, r("close")]
+
+
+@focus("procedural")
+def _procedure(facts: list[str], reasoning: list[str], s: dict, rng: random.Random) -> list[str]:
+    r = lambda name, **kw: render(f"focus.procedural.{name}", s | kw, rng)  # noqa: E731
+    lookups = [f"{r('lookup', n=i + 1)} {f}" for i, f in enumerate(facts)]
+    return [r("open"), *lookups, *reasoning, r("close")]
+
+
+@focus("reasoning_exposition")
+def _expose(facts: list[str], reasoning: list[str], s: dict, rng: random.Random) -> list[str]:
+    r = lambda name: render(f"focus.reasoning_exposition.{name}", s, rng)  # noqa: E731
+    return [r("claim"), *(f"{r('premise')} {f}" for f in facts), *reasoning, r("close")]
+
+
+@focus("argumentation")
+def _argue(facts: list[str], reasoning: list[str], s: dict, rng: random.Random) -> list[str]:
+    """Two cast members take sides, each citing facts; the computation settles it."""
+    r = lambda name, **kw: render(f"focus.argumentation.{name}", s | kw, rng)  # noqa: E731
+    half = max(1, len(facts) // 2)
+    lines = [r("open"), r("side_a", fact_lc=lower_first(facts[0])), *facts[1:half]]
+    if len(facts) > half:
+        lines += [r("side_b", fact_lc=lower_first(facts[half])), *facts[half + 1 :]]
+    else:
+        lines.append(r("no_b"))
+    return lines + [r("weigh"), *reasoning, r("verdict", verdict_tail=f": {s['answer']}.")]
+
+
+@focus("creative_narrative")
+def _narrate(facts: list[str], reasoning: list[str], s: dict, rng: random.Random) -> list[str]:
+    r = lambda name: render(f"focus.creative_narrative.{name}", s, rng)  # noqa: E731
+    return [r("open"), *facts, r("middle"), *reasoning, r("close")]
+
+
+@focus("metacognitive")
+def _reflect(facts: list[str], reasoning: list[str], s: dict, rng: random.Random) -> list[str]:
+    r = lambda name: render(f"focus.metacognitive.{name}", s, rng)  # noqa: E731
+    return [r("open"), *facts, r("doubt"), *reasoning, r("verify")]
+
+
 def body_sentences(
-    plan: Plan, labels: dict[str, str], rng: random.Random
-) -> tuple[list[str], str, str]:
-    """The document's sentences by content focus, plus its main question and short answer."""
-    w = Words(rng)
+    plan: Plan, labels: dict[str, str], rng: random.Random, slots: dict[str, str]
+) -> list[str]:
+    """The document's sentences: the content focus's frame around facts and reasoning, with the
+    temporal, ambiguity and style dimensions applied."""
+    facts = _fact_sentences(plan, labels, slots, rng)
     mode = labels["reasoning_explicitness"]
-    focus = labels["content_focus"]
-    facts = _fact_sentences(plan, labels, w)
-    rng.shuffle(facts)
-    reasoning = [s for c in plan.computations for s in _reason(c, mode, w)]
-    main = plan.computations[0]
-    lines: list[str] = []
+    reasoning = [x for c in plan.computations for x in _reason(c, mode, slots, rng)]
+    lines = FOCUS[labels["content_focus"]](facts, reasoning, slots, rng)
+    lines.insert(1, render("cast.detail", slots, rng))  # who the cast member is, in this document
     if labels["temporal_focus"] == "contemporary":
-        lines.append(w.pick(*CONTEMPORARY))
-    if focus == "factual_explanation":
-        lines += [
-            f"{w.pick('This note explains', 'Here we describe', 'What follows covers')} {plan.subject}."
+        lines.insert(0, render("temporal.contemporary", slots, rng))
+    if plan.competing:
+        lines += [plan.competing[0], render("ambiguity.competing_close", slots, rng)]
+    if labels["style"] != "neutral":
+        style = f"style.{labels['style']}"
+        lines = [
+            cap(render(f"{style}.open", slots, rng)),
+            *lines,
+            render(f"{style}.close", slots, rng),
         ]
-        lines += facts + reasoning
-    elif focus == "procedural":
-        lines += [
-            f"{w.pick('Here is how to work out', 'To answer', 'The procedure for')}: {main.question[0].lower()}{main.question[1:]}"
-        ]
-        lookups = (
-            "Look up:",
-            "Find in the record:",
-            "Note down:",
-            "Collect the figure:",
-            "Check:",
-            "From the archive:",
-        )
-        lines += [f"{w.pick(*lookups)} {f}" for f in facts]
-        lines += reasoning
-        lines += [
-            f"{w.pick('Finally, record the answer', 'Write down the result', 'The procedure ends with the answer')}: {main.answer}."
-        ]
-    elif focus == "reasoning_exposition":
-        lines += [f"{w.pick('Claim', 'Thesis', 'To show')}: {main.conclusion}"]
-        lines += [
-            f"{w.pick('Premise', 'Known', 'Given', 'Fact', 'We know', 'Recall')}: {f}"
-            for f in facts
-        ]
-        lines += reasoning + [
-            f"{w.pick('Hence the claim holds', 'This establishes the claim', 'The claim follows')}."
-        ]
-    elif focus == "argumentation":
-        lines += [
-            f"{main.question} {w.pick('Opinions differ.', 'People disagree.', 'The question is debated.')}"
-        ]
-        half = max(1, len(facts) // 2)
-        lines += [
-            f"{w.pick('One side points out that', 'Supporters note that', 'A first view stresses that')} {facts[0][0].lower()}{facts[0][1:]}"
-        ] + facts[1:half]
-        lines += [
-            f"{w.pick('The other side answers that', 'Skeptics reply that', 'A second view stresses that')} {facts[half][0].lower()}{facts[half][1:]}"
-            if len(facts) > half
-            else "The other side asks for more evidence."
-        ] + facts[half + 1 :]
-        lines += [
-            f"{w.pick('Weighing the evidence', 'On balance', 'Taking both into account')}:"
-        ] + reasoning
-    elif focus == "creative_narrative":
-        opener = w.pick(
-            "The story begins on a grey morning.",
-            "It was the kind of evening when archives come alive.",
-            "Nobody expected the ledger to matter.",
-        )
-        lines += [opener] + facts
-        lines += [
-            f"{w.pick('She took out a pencil and worked it through.', 'He counted twice, to be sure.', 'The clerk frowned and did the sum.')}"
-        ] + reasoning
-        lines += [
-            w.pick(
-                "And that settled the matter.",
-                "The ledger was closed, the answer written in ink.",
-                "Everyone went home a little wiser.",
-            )
-        ]
-    else:  # metacognitive
-        lines += [
-            f"{w.pick('Before answering, I list what I know.', 'Let me first check what I actually know.', 'I want to be careful here, so I start from the facts.')}"
-        ]
-        lines += facts
-        lines += [
-            w.pick(
-                "I could guess, but a calculation is safer.",
-                "My first instinct might be wrong, so I check.",
-                "I should not trust a vague memory here.",
-            )
-        ]
-        lines += reasoning
-        lines += [
-            f"{w.pick('Checking my work', 'Verifying', 'As a check')}: {main.expression}, {w.pick('which holds', 'which is consistent', 'as expected')}."
-        ]
-    competing = getattr(plan, "competing", None)
-    if competing:
-        lines.append(competing[0])
-        lines.append(
-            w.pick(
-                "Both readings are defensible; the question is ambiguous.",
-                "Which reading is meant decides the answer.",
-                "So the honest answer is: it depends.",
-            )
-        )
-    style = STYLE_LINES[labels["style"]]
-    if style:
-        picked = rng.sample(style, 2)
-        lines = [picked[0]] + lines + [picked[1]]
-    return lines, main.question, main.answer
+    return [cap(x) for x in lines]
+
+
+Layout = Callable[[Plan, list[str], dict[str, str], dict[str, str], random.Random], str]
+FORMATS: dict[str, Layout] = {}
+
+
+def layout_for(name: str) -> Callable[[Layout], Layout]:
+    def register(fn: Layout) -> Layout:
+        FORMATS[name] = fn
+        return fn
+
+    return register
+
+
+@layout_for("structured_prose")
+def _prose(plan: Plan, lines: list[str], labels: dict, s: dict, rng: random.Random) -> str:
+    cut = max(1, len(lines) // 2)
+    return f"{plan.title}\n\n" + " ".join(lines[:cut]) + "\n\n" + " ".join(lines[cut:])
+
+
+@layout_for("dialogue")
+def _dialogue(plan: Plan, lines: list[str], labels: dict, s: dict, rng: random.Random) -> str:
+    """A transcript between the two cast members: a speaker's first turn is headed by the full
+    name, later turns by the surname (as transcripts do) — still a name to copy."""
+    members = plan.cast.members if plan.cast else []
+    full, short = [s["a"], s["b"]], [mark("person", m.id, m.last) for m in members[:2]]
+    seen: set[int] = set()
+
+    def head(k: int) -> str:
+        label = short[k] if k in seen else full[k]
+        seen.add(k)
+        return label
+
+    turns = [f"{head(1)}: {s['question']}"]
+    for i in range(0, len(lines), 2):
+        turns.append(f"{head((i // 2) % 2)}: {' '.join(lines[i : i + 2])}")
+    turns.append(f"{head(1)}: {render('format.dialogue_close', s, rng)}")
+    return "\n".join(turns)
+
+
+@layout_for("instructional")
+def _steps(plan: Plan, lines: list[str], labels: dict, s: dict, rng: random.Random) -> str:
+    steps = [f"{i + 1}. {x}" for i, x in enumerate(lines)]
+    return render("format.instructional_head", s, rng) + "\n\n" + "\n".join(steps)
+
+
+@layout_for("qa_direct")
+def _qa(plan: Plan, lines: list[str], labels: dict, s: dict, rng: random.Random) -> str:
+    return f"Q: {s['question']}\nA: {cap(s['answer'])}. " + " ".join(lines)
+
+
+@layout_for("qa_rationale")
+def _qa_why(plan: Plan, lines: list[str], labels: dict, s: dict, rng: random.Random) -> str:
+    return f"Question: {s['question']}\nRationale: " + " ".join(lines) + f"\nAnswer: {s['answer']}"
+
+
+@layout_for("notes")
+def _notes(plan: Plan, lines: list[str], labels: dict, s: dict, rng: random.Random) -> str:
+    """Fragments, not sentences: the facts' fragments and the bare working."""
+    mode = labels["reasoning_explicitness"]
+    bullets = [render("format.notes_source", s, rng)] + [f.fragment(rng) for f in plan.facts]
+    for c in plan.computations:
+        wrong = f" ({c.wrong} was wrong)" if mode == "self_corrective" and c.wrong else ""
+        bullets.append(c.expression + wrong)
+    if mode == "self_corrective" and not any(c.wrong for c in plan.computations):
+        bullets.append("first guess reversed; corrected after checking the numbers")
+    if mode == "probabilistic":
+        bullets.append("odds stated from the register counts")
+    if plan.competing:
+        bullets.append("ambiguous, depends on the reading: " + plan.competing[0].split("? ", 1)[-1])
+    if labels["temporal_focus"] == "contemporary":
+        bullets.insert(0, f"as of {REFERENCE_YEAR}")
+    if labels["style"] != "neutral":
+        bullets.append(lower_first(render(f"style.{labels['style']}.close", s, rng)).rstrip("."))
+    body = "\n".join(f"- {b}" for b in bullets)
+    return f"notes: {plan.title.lower()}\n{body}\n- q: {s['question']} → {s['answer']}"
 
 
 def layout(plan: Plan, labels: dict[str, str], rng: random.Random, world: World) -> str:
-    """Lay the sentences out in the document's format."""
-    lines, question, answer = body_sentences(plan, labels, rng)
-    w = Words(rng)
-    fmt = labels["format"]
-    if fmt == "structured_prose":
-        cut = max(1, len(lines) // 2)
-        return f"{plan.title}\n\n" + " ".join(lines[:cut]) + "\n\n" + " ".join(lines[cut:])
-    if fmt == "dialogue":
-        a, b = rng.sample(world.people, 2)
-        speakers = [mark("person", a.id, a.first), mark("person", b.id, b.first)]
-        turns = [f"{speakers[0]}: {question}"]
-        for i in range(0, len(lines), 2):
-            turns.append(f"{speakers[(i // 2 + 1) % 2]}: {' '.join(lines[i : i + 2])}")
-        turns.append(
-            f"{speakers[0]}: {w.pick('So the answer is', 'Got it, so', 'Then it is')} {answer}."
-        )
-        return "\n".join(turns)
-    if fmt == "instructional":
-        steps = [f"{i + 1}. {s}" for i, s in enumerate(lines)]
-        return f"{w.pick('How to answer', 'Steps for', 'Guide')}: {question}\n\n" + "\n".join(steps)
-    if fmt == "qa_direct":
-        return f"Q: {question}\nA: {cap(answer)}. " + " ".join(lines)
-    if fmt == "qa_rationale":
-        return f"Question: {question}\nRationale: " + " ".join(lines) + f"\nAnswer: {answer}"
-    # notes: fragments, not sentences
-    bullets = [f.fragment for f in plan.facts]
-    bullets += [
-        c.expression
-        + (
-            f" ({c.wrong} was wrong)"
-            if labels["reasoning_explicitness"] == "self_corrective" and c.wrong
-            else ""
-        )
-        for c in plan.computations
-    ]
-    if labels["reasoning_explicitness"] == "self_corrective" and not any(
-        c.wrong for c in plan.computations
-    ):
-        bullets.append("first guess reversed; corrected after checking the numbers")
-    if labels["reasoning_explicitness"] == "probabilistic":
-        bullets.append("odds stated from the register counts")
-    competing = getattr(plan, "competing", None)
-    if competing:
-        bullets.append("ambiguous: " + competing[0].split("? ", 1)[-1])
-    if labels["temporal_focus"] == "contemporary":
-        bullets.insert(0, f"as of {REFERENCE_YEAR}")
-    style = STYLE_LINES[labels["style"]]
-    if style:
-        bullets.append(rng.choice(style).lower().rstrip("."))
-    return (
-        f"notes: {plan.title.lower()}\n"
-        + "\n".join(f"- {b}" for b in bullets)
-        + f"\n- q: {question} → {answer}"
-    )
+    """The document's text, marked: sentences laid out in the document's format."""
+    slots = _slots(plan, labels, world)
+    lines = body_sentences(plan, labels, rng, slots)
+    return FORMATS[labels["format"]](plan, lines, labels, slots, rng)
+
+
+def _shorten_repeats(marked: str, cast: Cast | None, rng: random.Random) -> str:
+    """After a cast member's first full mention, later ones are often the surname alone, as a
+    writer would put it; either way the name can only be copied from earlier in the document."""
+    for m in cast.members if cast else []:
+        full, short = mark("person", m.id, m.name), mark("person", m.id, m.last)
+        head, sep, rest = marked.partition(full)
+        if sep:
+            parts = rest.split(full)
+            rest = parts[0] + "".join(
+                (short if rng.random() < 0.5 else full) + p for p in parts[1:]
+            )
+            marked = head + sep + rest
+    return marked
 
 
 def make_document(world: World, labels: dict[str, str], rng: random.Random) -> dict[str, Any]:
     plan = plan_document(world, labels, rng)
-    text, spans = strip_marks(layout(plan, labels, rng, world))
-    checks = list(plan.checks)
-    if getattr(plan, "competing", None):
-        checks += plan.competing[1]  # type: ignore[attr-defined]
+    text, spans = strip_marks(_shorten_repeats(layout(plan, labels, rng, world), plan.cast, rng))
+    checks = list(plan.checks) + (plan.competing[1] if plan.competing else [])
     return {
         "text": text,
         "source": "synthetic",
         "labels": dict(labels),
         "spans": spans,
         "checks": checks,
+        # The cast members this document names (the second only appears in some frames).
+        "cast": {
+            k: v
+            for k, v in (plan.cast.entities() if plan.cast else {}).items()
+            if any(sp["id"] == k for sp in spans)
+        },  # fmt: skip
     }
 
 

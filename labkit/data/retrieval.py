@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from labkit.data.documents import Topics, cap, quota_counts, strip_marks
+from labkit.data.documents import Topics, quota_counts, strip_marks
 from labkit.data.world import World
 
 NOT_IN_PASSAGE = "not in the passage"
@@ -39,12 +39,7 @@ _ASPECTS = {
 
 
 def _facts(t: Topics, kind: str, e) -> list:
-    return {
-        "cities": t.city_facts,
-        "people": t.person_facts,
-        "elements": t.element_facts,
-        "species": t.species_facts,
-    }[kind](e)
+    return t.facts(kind, e)
 
 
 def _value_in_passage(passage: str, kind: str, e, attr: str) -> bool:
@@ -62,13 +57,11 @@ def make_retrieval_document(world: World, rng: random.Random, answerable: bool) 
         e = rng.choice(getattr(world, kind))
         facts = _facts(t, kind, e)
         rng.shuffle(facts)
-        own = [cap(rng.choice(f.sentence)) for f in facts[: rng.randint(1, len(facts))]]
+        own = [f.render(rng) for f in facts[: rng.randint(1, len(facts))]]
         # A sentence about another entity of the same kind makes it a search, not a lookup; what
         # the passage states about the asked entity is decided from its own sentences only.
         other = rng.choice(getattr(world, kind))
-        distractor = (
-            [cap(rng.choice(_facts(t, kind, other)[0].sentence))] if other.id != e.id else []
-        )
+        distractor = [_facts(t, kind, other)[0].render(rng)] if other.id != e.id else []
         sentences = own + distractor
         rng.shuffle(sentences)
         passage = " ".join(sentences)

@@ -11,7 +11,7 @@ import datetime as dt
 import random
 from dataclasses import asdict, dataclass, field
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr"]
 _ONSETS += ["st", "th", "tr", "sh", "ch", "gl", "pl", "qu", "h", "j", "w", "y"]
@@ -160,6 +160,8 @@ class World:
     elements: list[Element] = field(default_factory=list)
     species: list[Species] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    # Concepts defined once per world (e.g. what counts as an "early" element), never per document.
+    concepts: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -190,7 +192,21 @@ def build_world(
 
     w = World(seed=seed)
     w.countries = [Country(i, unique(lambda: _name(rng, (2, 3)))) for i in range(COUNTRY_COUNT)]
-    for i in range(n_cities):
+    # One RNG stream in a fixed order: every kind is drawn after the kinds before it.
+    _add_cities(w, rng, unique, n_cities)
+    _add_organisations(w, rng, unique, n_organisations, n_cities)
+    _add_people(w, rng, unique, n_people, n_cities, n_organisations)
+    _add_elements(w, rng, unique, n_elements)
+    _add_species(w, rng, unique, n_species, n_cities)
+    _add_events(w, rng, unique, n_events, n_cities)
+    years = sorted(e.discovered for e in w.elements)
+    # The median discovery year, to the decade: about half the elements are "early".
+    w.concepts["early_element_before"] = round(years[len(years) // 2], -1) if years else 1950
+    return w
+
+
+def _add_cities(w: World, rng: random.Random, unique, n: int) -> None:
+    for i in range(n):
         w.cities.append(
             City(
                 id=i,
@@ -206,7 +222,10 @@ def build_world(
         )
     for c in w.countries:
         c.capital = max((x for x in w.cities if x.country == c.id), key=lambda x: x.population).id
-    for i in range(n_organisations):
+
+
+def _add_organisations(w: World, rng: random.Random, unique, n: int, n_cities: int) -> None:
+    for i in range(n):
         kind = rng.choice(ORG_KINDS)
         w.organisations.append(
             Organisation(
@@ -219,7 +238,10 @@ def build_world(
                 field=rng.choice(FIELDS),
             )
         )
-    for i in range(n_people):
+
+
+def _add_people(w: World, rng: random.Random, unique, n: int, n_cities: int, n_orgs: int) -> None:
+    for i in range(n):
         w.people.append(
             Person(
                 id=i,
@@ -228,15 +250,18 @@ def build_world(
                 born=rng.randint(1890, 2004),
                 city=rng.randrange(n_cities),
                 occupation=rng.choice(OCCUPATIONS),
-                employer=rng.randrange(n_organisations),
+                employer=rng.randrange(n_orgs),
                 height_cm=rng.randint(150, 200),
                 hobby=rng.choice(HOBBIES),
             )
         )
-    numbers = rng.sample(range(120, 240), n_elements)
+
+
+def _add_elements(w: World, rng: random.Random, unique, n: int) -> None:
+    numbers = rng.sample(range(120, 240), n)
     # Discoverers were adults when they made the discovery, and it happened before 2025.
     candidates = [p for p in w.people if p.born <= 1980]
-    for i in range(n_elements):
+    for i in range(n):
         name = unique(lambda: _name(rng) + "ium")
         who = rng.choice(candidates)
         w.elements.append(
@@ -252,7 +277,10 @@ def build_world(
                 colour=rng.choice(COLOURS),
             )
         )
-    for i in range(n_species):
+
+
+def _add_species(w: World, rng: random.Random, unique, n: int, n_cities: int) -> None:
+    for i in range(n):
         w.species.append(
             Species(
                 id=i,
@@ -266,9 +294,12 @@ def build_world(
                 colour=rng.choice(COLOURS),
             )
         )
+
+
+def _add_events(w: World, rng: random.Random, unique, n: int, n_cities: int) -> None:
     start = dt.date(1800, 1, 1).toordinal()
     end = dt.date(2025, 12, 31).toordinal()
-    for i in range(n_events):
+    for i in range(n):
         kind = rng.choice(EVENT_KINDS)
         day = dt.date.fromordinal(rng.randint(start, end))
         w.events.append(
@@ -281,4 +312,11 @@ def build_world(
                 attendance=rng.randint(40, 250_000),
             )
         )
-    return w
+
+
+def world_from_manifest(manifest: dict) -> World:
+    """The world a data set was built from: its seed and sizes as the manifest records them.
+    The one place that rebuilds a world from a data set (probes, eval tasks, the build)."""
+    cfg = manifest["config"]
+    sizes = cfg.get("world", {})
+    return build_world(cfg["seed"], **{f"n_{k}": v for k, v in sizes.items()})

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from labkit.data.build import load_manifest
-from labkit.data.world import World, build_world
+from labkit.data.world import World, world_from_manifest
 
 SUITE = "labkit_suite"
 UNANSWERABLE = "not in the passage"
@@ -51,8 +51,7 @@ def _held_out(data_dir: Path, split: str) -> list[dict[str, Any]]:
 
 
 def _world(manifest: dict[str, Any]) -> World:
-    sizes = manifest["config"].get("world", {})
-    return build_world(manifest["seed"], **{f"n_{k}": v for k, v in sizes.items()})
+    return world_from_manifest(manifest)
 
 
 def _choices(rng: random.Random, right: str, pool: list[str], k: int) -> tuple[list[str], int]:
