@@ -10,6 +10,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -181,6 +182,26 @@ def test_figures_refuse_a_foreign_directory_and_remove_only_their_own_files(tmp_
     previous = {"figures": {"old_fig": {"files": ["old_fig.png", "old_fig.pdf"]}}}
     (out / "MANIFEST.json").write_text(json.dumps(previous))
     assert stale_figures(out, wanted={"new.png"}) == [out / "old_fig.png"]
+
+
+def test_export_refuses_a_foreign_directory_and_replaces_its_own(tmp_path):
+    from labkit.config import ModelConfig
+    from labkit.export import from_hf, to_hf
+    from labkit.model import LabModel
+
+    model = LabModel(ModelConfig(vocab_size=300, d_model=32, n_layers=1, n_heads=2, d_ff=64,
+                                 kv_lora_rank=8, qk_nope_head_dim=12, qk_rope_head_dim=4,
+                                 v_head_dim=16))  # fmt: skip
+    theirs = tmp_path / "someone-elses-model"
+    theirs.mkdir()
+    (theirs / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(OutputExistsError, match="not a labkit export"):
+        to_hf(model, theirs)
+    assert json.loads((theirs / "config.json").read_text()) == {"model_type": "gpt2"}
+    out = to_hf(model, tmp_path / "ours")
+    to_hf(model, out)  # an earlier export is replaced as a whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours", "someone-elses-model"]
+    assert from_hf(out).cfg.d_model == 32
 
 
 # ============================================================ 2. a run directory is one run
@@ -398,10 +419,6 @@ def test_a_torn_metrics_line_is_cut_on_resume_with_a_warning(finished, copy_of):
     [
         ('model.rope_theta="abc"', "rope_theta"),
         ("train.seq_len_schedule=[[0,0]]", "seq_len_schedule"),
-        ("model.kv_lora_rank=4096", "kv_lora_rank"),
-        ("train.micro_batch=100000", "micro_batch"),
-        ("name='../../outside'", "name"),
-        ("train.lr=-1", "train.lr"),
     ],
 )
 def test_bad_config_values_are_one_line_and_leave_no_run_dir(ci_data, tmp_path, override, key):
@@ -409,6 +426,24 @@ def test_bad_config_values_are_one_line_and_leave_no_run_dir(ci_data, tmp_path, 
     proc = trainer(fresh(ci_data, run_dir, "--set", override), timeout=120)
     assert proc.returncode == 2 and key in one_line(proc.stderr)
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.kv_lora_rank=4096", "kv_lora_rank (4096) must be at most d_model"),
+        ("train.micro_batch=100000", "exceeds train.batch_tokens"),
+        ("name='../../outside'", "name must start with"),
+        ("train.lr=-1", "train.lr must be > 0"),
+        ("train.beta2=1.5", "train.beta2 must be < 1"),
+        ("eval.tokens_per_split=0", "eval.tokens_per_split must be >= 1"),
+        ("model.n_layers=2.5", "must be an integer"),
+        ("parallel.timeout_s=0", "parallel.timeout_s must be > 0"),
+    ],
+)
+def test_config_validation_names_the_key_and_the_range(override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig.load(CI, [override])
 
 
 def test_bad_data_and_checkpoints_are_one_line_on_every_command(ci_data, finished, tmp_path):
