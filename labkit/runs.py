@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import time
 from pathlib import Path
@@ -236,6 +237,21 @@ class RunDir:
         return warnings
 
 
+class StopSignals:
+    """SIGINT/SIGTERM ask the loop to finish its step, save a resume state and exit 130/143; a
+    second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+
 def resolve_config(
     run_path: Path | None, config_path: str | None, overrides: list[str], default_config: str | Path
 ) -> tuple[TrainConfig, dict[str, tuple]]:
@@ -286,6 +302,7 @@ __all__ = [
     "METRICS",
     "SAFE_TO_CHANGE",
     "RunDir",
+    "StopSignals",
     "config_changes",
     "is_safe_change",
     "resolve_config",

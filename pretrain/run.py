@@ -56,7 +56,7 @@ from labkit.errors import (  # noqa: E402
 )
 from labkit.fileio import atomic_write_bytes  # noqa: E402
 from labkit.model import LabModel  # noqa: E402
-from labkit.runs import RunDir, resolve_config  # noqa: E402
+from labkit.runs import RunDir, StopSignals, resolve_config  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "pretrain" / "configs" / "demo.toml"
 # Dense bf16 peak FLOP/s per device, for MFU; matched against torch.cuda.get_device_name().
@@ -446,21 +446,6 @@ def open_run(
     if "error" in outcome:
         raise RunDirError(outcome["error"])
     return run, Path(outcome["path"]), TrainConfig.from_dict(outcome["cfg"]), outcome["changes"]
-
-
-class StopSignals:
-    """SIGINT/SIGTERM ask the loop to finish its step, save a resume state and exit 130/143; a
-    second Ctrl-C interrupts at once."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame) -> None:
-        if self.signum and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
 
 
 # --------------------------------------------------------------------------- training
