@@ -393,6 +393,25 @@ def test_every_checkpoint_file_is_covered_and_a_missing_checksum_is_an_error(
     ckpt.load(tmp_path / "SHA256SUMS")
 
 
+def test_checkpoint_renames_are_made_durable(tmp_path, monkeypatch):
+    from labkit.config import ModelConfig
+
+    synced = []
+    monkeypatch.setattr(ckpt, "fsync_dir", lambda p: synced.append(Path(p)))
+    cfg = ModelConfig(vocab_size=300, d_model=32, n_layers=1, n_heads=2, d_ff=64, kv_lora_rank=8,
+                      qk_nope_head_dim=12, qk_rope_head_dim=4, v_head_dim=16)  # fmt: skip
+    from labkit.model import LabModel
+
+    state = LabModel(cfg).state_dict()
+    path = tmp_path / "checkpoints" / "best"
+    ckpt.save_checkpoint(path, state, cfg, {"step": 1, "tokens": 1})
+    ckpt.save_checkpoint(path, state, cfg, {"step": 2, "tokens": 2})  # the swap path
+    assert synced == [path.parent, path.parent]
+    assert ckpt.verify(path)["step"] == 2 and sorted(p.name for p in path.parent.iterdir()) == [
+        "best"
+    ]
+
+
 # ============================================================ 6. a torn metrics line
 def test_a_torn_metrics_line_is_cut_on_resume_with_a_warning(finished, copy_of):
     run_dir = copy_of(finished)
