@@ -5,6 +5,10 @@ SHA-256 of every file in `meta.json` so a corrupted checkpoint is an error, not 
     resume/step_<N>/        the same, plus optimizer.pt and trainer.json (scheduler, data position,
                             every rank's RNG states, eval history)
 
+Every file of the directory, meta.json included, is listed with its SHA-256 in `SHA256SUMS`
+(`sha256sum -c SHA256SUMS` checks it by hand); `verify` refuses a checkpoint without it unless
+`trust_unverified` (or LABKIT_TRUST_UNVERIFIED=1, `--trust-unverified` on the command line).
+
 `load(path)` returns (LabModel, meta). Optimizer state is the only non-safetensors file; it is read
 with `torch.load(weights_only=True)`.
 """
@@ -22,11 +26,12 @@ import torch
 from safetensors.torch import load_file, save
 
 from labkit.config import ModelConfig
-from labkit.fileio import fsync_write, sha256_file
+from labkit.errors import LabkitError
+from labkit.fileio import fsync_dir, fsync_write, sha256_file
 from labkit.model import LabModel
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LabkitError, RuntimeError):
     """A checkpoint is missing, incomplete or corrupted."""
 
 
@@ -63,38 +68,76 @@ def save_checkpoint(
         checksums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         meta = dict(meta, checksums=checksums)
         fsync_write(tmp / "meta.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+        write_sums(tmp)
         if path.exists():  # re-saving (e.g. "best"): swap, then drop the old one
             old = path.parent / f".{path.name}.old-{os.getpid()}"
             path.rename(old)
             tmp.rename(path)
+            fsync_dir(path.parent)
             shutil.rmtree(old)
         else:
             tmp.rename(path)
+            fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
 
 
-def verify(path: str | Path) -> dict[str, Any]:
-    """Check that every file listed in meta.json is present and unchanged; return the meta."""
+SUMS = "SHA256SUMS"
+
+
+def write_sums(directory: Path) -> None:
+    """SHA256SUMS over every file in `directory` (whatever files a writer put there), in
+    `sha256sum` format, fsynced."""
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != SUMS)
+    text = "".join(f"{sha256_file(p)}  {p.name}\n" for p in files)
+    fsync_write(directory / SUMS, text.encode())
+
+
+def _trust_unverified(flag: bool | None) -> bool:
+    return flag if flag is not None else os.environ.get("LABKIT_TRUST_UNVERIFIED") == "1"
+
+
+def verify(path: str | Path, trust_unverified: bool | None = None) -> dict[str, Any]:
+    """Check every file of a checkpoint directory, meta.json included, against SHA256SUMS; a file
+    missing, changed or not listed is a `CheckpointError`, and so is a missing SHA256SUMS unless
+    `trust_unverified`. Returns the meta."""
     path = Path(path)
     meta_path = path / "meta.json"
     if not meta_path.exists():
         raise CheckpointError(f"{path} is not a checkpoint (no meta.json)")
+    sums_path = path / SUMS
+    if sums_path.exists():
+        listed = {}
+        for line in sums_path.read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            if not name or len(digest) != 64:
+                raise CheckpointError(f"{sums_path} is corrupted (line {line[:80]!r})")
+            listed[name] = digest
+        for name, expected in listed.items():
+            f = path / name
+            if not f.is_file():
+                raise CheckpointError(f"{path}: {name} is missing")
+            if sha256_file(f) != expected:
+                raise CheckpointError(
+                    f"{path}: {name} is corrupted (SHA-256 mismatch); use another milestone or "
+                    "resume state"
+                )
+        extra = sorted(p.name for p in path.iterdir() if p.name != SUMS and p.name not in listed)
+        if extra:
+            raise CheckpointError(f"{path}: {extra} not covered by {SUMS} (added afterwards?)")
+    elif not _trust_unverified(trust_unverified):
+        raise CheckpointError(
+            f"{path} has no {SUMS} (written by an older labkit, or tampered with): its files "
+            "cannot be verified; pass --trust-unverified (LABKIT_TRUST_UNVERIFIED=1) to load it"
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{meta_path} is corrupted: {err}") from err
-    for name, expected in meta.get("checksums", {}).items():
-        f = path / name
-        if not f.exists():
-            raise CheckpointError(f"{path}: {name} is missing")
-        if sha256_file(f) != expected:
-            raise CheckpointError(
-                f"{path}: {name} is corrupted (SHA-256 mismatch); use another milestone or "
-                "resume state"
-            )
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path} is not a checkpoint meta")
     return meta
 
 

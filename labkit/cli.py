@@ -53,7 +53,7 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     from labkit.data.build import build, dataset_card
 
     cfg = DataConfig.load(args.config)
-    manifest = build(cfg, args.out, quiet=args.quiet)
+    manifest = build(cfg, args.out, quiet=args.quiet, overwrite=args.overwrite)
     print(dataset_card(args.out))
     total = sum(s["tokens"] for s in manifest["sources"].values())
     print(
@@ -208,7 +208,13 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
     try:
         manifest = build(
-            args.runs, args.out, args.smoke, args.notebooks, args.kernel, args.executed
+            args.runs,
+            args.out,
+            args.smoke,
+            args.notebooks,
+            args.kernel,
+            args.executed,
+            overwrite=args.overwrite,
         )
     except NotebookFailed as err:
         print(f"labkit figures: {err}", file=sys.stderr)
@@ -225,7 +231,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.action == "build-tasks":
         if not args.data:
             raise ValueError("labkit eval build-tasks needs --data DIR (a built data set)")
-        out = build_tasks(args.data, args.out, args.examples)
+        out = build_tasks(args.data, args.out, args.examples, overwrite=args.overwrite)
         print(
             f"wrote the labkit_suite tasks to {out}; run them with `labkit eval --run RUN` or "
             f"`labkit lm-eval --model labkit --include_path {out} --tasks labkit_suite ...`"
@@ -318,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--out", required=True, help="output directory")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out even if it is not a labkit data set (default: refuse)",
+    )
     b.set_defaults(func=cmd_data_build)
     c = data_sub.add_parser("card", help="print the dataset card of a built data set")
     c.add_argument("dir")
@@ -400,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     fig.add_argument("--notebooks", nargs="*", help="only these (e.g. 02 03_probes)")
     fig.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
     fig.add_argument("--executed", help="also save the executed notebooks (.ipynb) here")
+    fig.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into --out even if it holds files labkit figures did not make",
+    )
     fig.set_defaults(func=cmd_figures)
 
     ev = sub.add_parser(
@@ -416,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="build-tasks: the data set (e.g. data/demo)")
     ev.add_argument("--out", help="build-tasks: output directory (default DATA/tasks)")
     ev.add_argument("--examples", type=int, default=200, help="build-tasks: examples per task")
+    ev.add_argument(
+        "--overwrite", action="store_true", help="build-tasks: write into a non-suite --out"
+    )
     ev.set_defaults(func=cmd_eval)
 
     # Parsed by lm-eval itself (main() hands the arguments over before argparse sees them).
@@ -450,17 +469,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    from labkit.errors import one_line_errors
+
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["lm-eval"]:
+        # lm-eval parses its own arguments; labkit only registers its model first.
         from labkit.eval.adapter import lm_eval_cli
 
-        return lm_eval_cli(argv[1:])
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"labkit {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return one_line_errors("labkit lm-eval", lambda: lm_eval_cli(argv[1:]), False)
+    parser = build_parser()
+    parser.add_argument("--debug", action="store_true", help="show tracebacks, not one line")
+    parser.add_argument(
+        "--trust-unverified",
+        action="store_true",
+        help="load checkpoints without checksums (written by older labkits)",
+    )
+    args = parser.parse_args(_global_flags_first(argv))
+    if args.trust_unverified:
+        os.environ["LABKIT_TRUST_UNVERIFIED"] = "1"
+    return one_line_errors(f"labkit {args.command}", lambda: args.func(args), args.debug)
+
+
+def _global_flags_first(argv: list[str]) -> list[str]:
+    """`--debug` and `--trust-unverified` are accepted anywhere on the line."""
+    flags = [a for a in argv if a in ("--debug", "--trust-unverified")]
+    return flags + [a for a in argv if a not in flags]
 
 
 if __name__ == "__main__":

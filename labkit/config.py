@@ -7,6 +7,8 @@ join this module when the trainer lands.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +60,28 @@ class ModelConfig:
         self.validate()
 
     # ------------------------------------------------------------------ validation
+    def _check_types(self) -> None:
+        """Every field has its declared type (int, float, str or bool; head_dim may be None)."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), f.type
+            if f.name == "head_dim" and value is None:
+                continue
+            if kind in ("int", "int | None"):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+                what = "an integer"
+            elif kind == "float":
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                ok = ok and math.isfinite(value)
+                what = "a finite number"
+            elif kind == "bool":
+                ok, what = isinstance(value, bool), "true or false"
+            else:
+                ok, what = isinstance(value, str), "a string"
+            if not ok:
+                raise ValueError(f"ModelConfig.{f.name} must be {what}, got {value!r}")
+
     def validate(self) -> None:
+        self._check_types()
         positive = ["vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"]
         if self.attention == "gqa":
             positive += ["n_kv_heads", "head_dim"]
@@ -96,6 +119,16 @@ class ModelConfig:
                 raise ValueError(
                     f"ModelConfig.q_lora_rank must be 0 (full-rank query) or a positive integer, "
                     f"got {self.q_lora_rank!r}"
+                )
+            if self.kv_lora_rank > self.d_model:
+                raise ValueError(
+                    f"ModelConfig.kv_lora_rank ({self.kv_lora_rank}) must be at most d_model "
+                    f"({self.d_model}): the latent c_kv compresses the residual stream"
+                )
+            if self.q_lora_rank > self.d_model:
+                raise ValueError(
+                    f"ModelConfig.q_lora_rank ({self.q_lora_rank}) must be at most d_model "
+                    f"({self.d_model})"
                 )
             if self.qk_rope_head_dim % 2:
                 raise ValueError(
@@ -373,6 +406,95 @@ def human(n: float) -> str:
     return str(int(n))
 
 
+# ====================================================================== field rules
+# Ranges and choices of every config field, declared once; `check_fields` is the one validator
+# (types are checked from the dataclass defaults when a table is read, in `_build`). A number
+# without a rule must be finite and >= 0. Keys are "section.field" ("" for the top level);
+# "mixes.*.stages" stands for every stage of every mix.
+FIELD_RULES: dict[str, dict[str, Any]] = {
+    # TrainConfig
+    "seed": {"min": 0},
+    "train.tokens": {"min": 1},
+    "train.seq_len": {"min": 2},
+    "train.micro_batch": {"min": 1},
+    "train.batch_tokens": {"min": 1},
+    "train.lr": {"gt": 0, "max": 10},
+    "train.min_lr_ratio": {"min": 0, "max": 1},
+    "train.beta1": {"min": 0, "lt": 1},
+    "train.beta2": {"min": 0, "lt": 1},
+    "train.grad_clip": {"gt": 0},
+    "train.muon_lr": {"gt": 0, "max": 10},
+    "train.optimizer": {"choices": ("adamw", "muon")},
+    "train.precision": {"choices": ("bf16", "fp32")},
+    "train.max_bad_steps": {"min": 1},
+    "parallel.strategy": {"choices": ("auto", "ddp", "fsdp")},
+    "parallel.backend": {"choices": ("auto", "gloo", "nccl")},
+    "parallel.timeout_s": {"gt": 0},
+    "checkpoint.resume_every_steps": {"min": 1},
+    "checkpoint.keep_last": {"min": 1},
+    "checkpoint.every_tokens": {"min": 1},
+    "eval.every_steps": {"min": 1},
+    "eval.tokens_per_split": {"min": 1},
+    "log.every_steps": {"min": 1},
+    # DataConfig
+    "world.cities": {"min": 1},
+    "world.people": {"min": 1},
+    "world.organisations": {"min": 1},
+    "world.elements": {"min": 1},
+    "world.species": {"min": 1},
+    "world.events": {"min": 1},
+    "synthetic.documents": {"min": 1},
+    "synthetic.eval_documents": {"min": 1},
+    "retrieval.unanswerable": {"min": 0, "lt": 1},
+    "curation.minhash_threshold": {"gt": 0, "max": 1},
+    "curation.minhash_num_perm": {"min": 1},
+    "curation.shingle_words": {"min": 1},
+    "curation.contamination_ngram": {"min": 1},
+    "curation.max_non_alnum": {"min": 0, "max": 1},
+    "curation.max_digits": {"min": 0, "max": 1},
+    "curation.max_url": {"min": 0, "max": 1},
+    "curation.max_words": {"min": 1},
+    "tokenizer.vocab_size": {"min": 300},  # 256 bytes + merges
+    "tokenizer.min_frequency": {"min": 1},
+    "shards.tokens_per_shard": {"min": 1},
+    "mixes.*.stages.fraction": {"gt": 0, "max": 1},
+    "mixes.*.stages.sampling": {"choices": ("weights", "unimax", "alpha", "natural")},
+    "mixes.*.stages.alpha": {"gt": 0},
+    "mixes.*.stages.max_epochs": {"gt": 0},
+    "sources.*.eval_fraction": {"min": 0, "lt": 1},
+}
+
+
+def check_value(key: str, value: Any, rule: dict[str, Any]) -> None:
+    """One value against its rule; a `ValueError` names the key, the bound and the value."""
+    if "choices" in rule:
+        if value not in rule["choices"]:
+            raise ValueError(f"{key} must be one of {rule['choices']}, got {value!r}")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return  # not a number: its type was checked where the table was read
+    if not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, got {value!r}")
+    bounds = (("min", ">=", lambda a, b: a >= b), ("gt", ">", lambda a, b: a > b),
+              ("max", "<=", lambda a, b: a <= b), ("lt", "<", lambda a, b: a < b))  # fmt: skip
+    for name, sign, ok in bounds:
+        if name in rule and not ok(value, rule[name]):
+            raise ValueError(f"{key} must be {sign} {rule[name]}, got {value!r}")
+
+
+def check_fields(obj: Any, section: str = "", rule_section: str | None = None) -> None:
+    """Every field of a config dataclass (and of its nested sections) against FIELD_RULES."""
+    rule_section = section if rule_section is None else rule_section
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{section}.{f.name}" if section else f.name
+        rule_key = f"{rule_section}.{f.name}" if rule_section else f.name
+        if dataclasses.is_dataclass(value):
+            check_fields(value, key, rule_key)
+        else:
+            check_value(key, value, FIELD_RULES.get(rule_key, {"min": 0}))
+
+
 # ====================================================================== data configuration
 def _check_keys(section: str, data: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(data) - allowed)
@@ -592,6 +714,12 @@ class DataConfig:
         return cls.from_dict(data)
 
     def validate(self) -> None:
+        check_fields(self)  # sources and mixes are dicts: checked one by one below
+        for name, src in self.sources.items():
+            check_fields(src, f"sources.{name}", "sources.*")
+        for mix, stages in self.mixes.items():
+            for i, stage in enumerate(stages):
+                check_fields(stage, f"mixes.{mix}.stages[{i}]", "mixes.*.stages")
         positives = {
             "synthetic.documents": self.synthetic.documents,
             "tokenizer.vocab_size": self.tokenizer.vocab_size,
@@ -631,6 +759,8 @@ class DataSection:
     eval_splits: list = field(default_factory=list)  # empty = every split in the manifest
 
 
+# a run name is one path component: runs/<name>-<time> can never point outside runs/
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=,+-]*")
 OPTIMIZERS = ("adamw", "muon")
 PRECISIONS = ("bf16", "fp32")
 STRATEGIES = ("auto", "ddp", "fsdp")
@@ -662,6 +792,9 @@ class TrainSection:
 class ParallelSection:
     strategy: str = "auto"  # auto: DDP below 300M parameters, FSDP2 above
     backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
+    # a rank that stops answering fails the group after this long (a step, an eval or a
+    # checkpoint must fit in it; 30 minutes is PyTorch's default)
+    timeout_s: float = 600.0
 
 
 @dataclass
@@ -757,6 +890,12 @@ class TrainConfig:
         return cls.from_dict(data)
 
     def validate(self) -> None:
+        check_fields(self)
+        if not RUN_NAME.fullmatch(self.name):
+            raise ValueError(
+                f"name must start with a letter, digit or '_' and hold only those and "
+                f"'.=,+-' (it names the run directory runs/<name>-<time>), got {self.name!r}"
+            )
         t = self.train
         for key in ("tokens", "seq_len", "micro_batch", "batch_tokens", "max_bad_steps"):
             if getattr(t, key) <= 0:
@@ -779,10 +918,22 @@ class TrainConfig:
             )
         for i, item in enumerate(t.seq_len_schedule):
             if not (
-                isinstance(item, list) and len(item) == 2 and all(isinstance(x, int) for x in item)
+                isinstance(item, list)
+                and len(item) == 2
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in item)
+                and item[0] >= 0
+                and item[1] >= 2
             ):
                 raise ValueError(
-                    f"train.seq_len_schedule[{i}] must be [tokens, seq_len] integers, got {item!r}"
+                    f"train.seq_len_schedule[{i}] must be [tokens >= 0, seq_len >= 2] integers, "
+                    f"got {item!r}"
+                )
+        for _, seq in self.seq_lens():
+            if t.micro_batch * seq > t.batch_tokens:
+                raise ValueError(
+                    f"train.micro_batch ({t.micro_batch}) x seq_len ({seq}) = "
+                    f"{t.micro_batch * seq:,} tokens exceeds train.batch_tokens "
+                    f"({t.batch_tokens:,}): one micro-batch would be more than a whole step"
                 )
         c = self.checkpoint
         if c.resume_every_steps <= 0 or c.keep_last <= 0 or c.every_tokens <= 0:

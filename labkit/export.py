@@ -9,6 +9,8 @@ An exported directory is plain safetensors + config.json (+ tokenizer files), so
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from labkit.config import ModelConfig
+from labkit.fileio import check_output_dir, fsync_dir
 from labkit.model import LabModel
 
 HF_MODEL_TYPES = {"gqa": "llama", "mla": "deepseek_v3"}
@@ -98,30 +101,49 @@ def hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
     }
 
 
-def to_hf(model: LabModel, out_dir: str | Path, tokenizer: Any = None) -> Path:
+def to_hf(
+    model: LabModel, out_dir: str | Path, tokenizer: Any = None, overwrite: bool = False
+) -> Path:
     """Write `model` as a Hugging Face directory: model.safetensors, config.json, and the
     tokenizer files — of `tokenizer` (a `tokenizers.Tokenizer`, a transformers tokenizer, or a
     path to a tokenizer.json), else of the model's own (`labkit.checkpoint.load` attaches it).
     With a tokenizer, config.json names <|endoftext|> as the end-of-text (and padding) token, so
-    `AutoTokenizer` + `AutoModelForCausalLM` (or a `pipeline`) generate from the folder alone."""
+    `AutoTokenizer` + `AutoModelForCausalLM` (or a `pipeline`) generate from the folder alone.
+    `out_dir` must be missing, empty or an earlier export (labkit_config.json), unless
+    `overwrite`; it is written beside and swapped in whole."""
     cfg = model.cfg
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = model.state_dict()
-    names = _name_map(cfg)
-    tensors = {
-        hf: state[ours].detach().to("cpu").contiguous().clone() for ours, hf in names.items()
-    }
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    hf_config = hf_config_dict(cfg)
-    tokenizer = tokenizer if tokenizer is not None else model.tokenizer
-    if tokenizer is not None:
-        saved = _save_tokenizer(tokenizer, out, cfg.max_seq_len)
-        hf_config.update(eos_token_id=saved.eos_token_id, pad_token_id=saved.pad_token_id)
-        generation = {"eos_token_id": saved.eos_token_id, "pad_token_id": saved.pad_token_id}
-        (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-    (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-    (out / "labkit_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    check_output_dir(out, "labkit_config.json", "export", overwrite)
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # an empty directory (e.g. a fresh temporary one) is simply replaced
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        state = model.state_dict()
+        names = _name_map(cfg)
+        tensors = {
+            hf: state[ours].detach().to("cpu").contiguous().clone() for ours, hf in names.items()
+        }
+        save_file(tensors, str(work / "model.safetensors"), metadata={"format": "pt"})
+        hf_config = hf_config_dict(cfg)
+        tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+        if tokenizer is not None:
+            saved = _save_tokenizer(tokenizer, work, cfg.max_seq_len)
+            hf_config.update(eos_token_id=saved.eos_token_id, pad_token_id=saved.pad_token_id)
+            generation = {"eos_token_id": saved.eos_token_id, "pad_token_id": saved.pad_token_id}
+            (work / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+        (work / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        (work / "labkit_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        if out.exists():
+            out.rename(old)
+        work.rename(out)
+        fsync_dir(out.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return out
 
 

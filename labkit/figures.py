@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from labkit.fileio import atomic_write_bytes, sha256_file
+from labkit.fileio import atomic_write_bytes, check_output_dir, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -223,6 +223,17 @@ def describe_sources(sources: Iterable[str]) -> dict[str, Any]:
     return {"runs": sorted(runs), "checkpoints": dict(sorted(checkpoints.items())), "inputs": files}
 
 
+def stale_figures(out: Path, wanted: set[str]) -> list[Path]:
+    """Figures in `out` that the previous build wrote (its MANIFEST.json lists them) and no
+    notebook makes any more: the only files a rebuild removes."""
+    previous = out / "MANIFEST.json"
+    if not previous.exists():
+        return []
+    figures = json.loads(previous.read_text()).get("figures", {})
+    ours = {f for fig in figures.values() for f in fig.get("files", [])}
+    return [out / f for f in sorted(ours - wanted) if (out / f).is_file()]
+
+
 def build(
     runs: Sequence[str | Path],
     out: str | Path = REPO / "figures",
@@ -232,15 +243,18 @@ def build(
     executed_dir: str | Path | None = None,
     log: Any = print,
     directory: Path = NOTEBOOKS,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Execute the notebooks against `runs`, write every figure into `out` and `MANIFEST.json`.
     Returns the manifest. With every notebook built, figures no notebook wrote any more are
-    removed from `out`."""
+    removed from `out` — only files an earlier build listed in its MANIFEST.json. A non-empty
+    `out` without MANIFEST.json is refused unless `overwrite`."""
     import nbformat
 
     from labkit.study import find_runs
 
     out = Path(out).resolve()
+    check_output_dir(out, "MANIFEST.json", "figures directory", overwrite)
     out.mkdir(parents=True, exist_ok=True)
     found = find_runs(runs)
     for r in found:
@@ -289,10 +303,9 @@ def build(
             manifest["figures"] = {**old, **manifest["figures"]}
     else:
         wanted = {f for fig in manifest["figures"].values() for f in fig["files"]}
-        for stale in sorted([*out.glob("*.png"), *out.glob("*.pdf")]):
-            if stale.name not in wanted:
-                stale.unlink()
-                log(f"[figures] removed {stale.name} (no notebook makes it any more)")
+        for stale in stale_figures(out, wanted):
+            stale.unlink()
+            log(f"[figures] removed {stale.name} (no notebook makes it any more)")
     manifest["figures"] = dict(sorted(manifest["figures"].items()))
     text = json.dumps(manifest, indent=2) + "\n"
     atomic_write_bytes(out / "MANIFEST.json", text.encode())

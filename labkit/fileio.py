@@ -30,3 +30,37 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (POSIX: the directory entry is data of the directory)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # e.g. a platform without directory handles: the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def check_output_dir(out: Path, marker: str, kind: str, overwrite: bool = False) -> None:
+    """Refuse to write a `kind` into `out` when it holds something labkit did not write.
+
+    `out` may be missing, an empty directory, or a directory holding `marker` (a labkit artefact
+    of the same kind, replaced as a whole); anything else is an `OutputExistsError` naming it,
+    unless `overwrite`. A file at `out` is refused even with `overwrite`."""
+    from labkit.errors import OutputExistsError
+
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise OutputExistsError(f"{out} is a file, not a directory: choose another output path")
+    if overwrite or (out / marker).exists() or not any(out.iterdir()):
+        return
+    raise OutputExistsError(
+        f"{out} is not empty and is not a labkit {kind} (no {marker}): nothing was touched; "
+        "choose another output directory, or pass --overwrite to replace its contents"
+    )

@@ -47,8 +47,16 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 from labkit import checkpoint as ckpt  # noqa: E402
 from labkit.config import TrainConfig  # noqa: E402
 from labkit.data.loader import MixedData, Position, eval_windows  # noqa: E402
+from labkit.errors import (  # noqa: E402
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    LabkitError,
+    RunDirError,
+    one_line_errors,
+)
 from labkit.fileio import atomic_write_bytes  # noqa: E402
 from labkit.model import LabModel  # noqa: E402
+from labkit.runs import RunDir, StopSignals, resolve_config  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "pretrain" / "configs" / "demo.toml"
 # Dense bf16 peak FLOP/s per device, for MFU; matched against torch.cuda.get_device_name().
@@ -65,8 +73,8 @@ PEAK_FLOPS = {
 }
 
 
-class TrainingError(RuntimeError):
-    pass
+class TrainingError(LabkitError):
+    """Training cannot go on (e.g. non-finite losses); the resume states are intact."""
 
 
 # --------------------------------------------------------------------------- setup
@@ -76,7 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__,
     )
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="TOML config (default: demo)")
+    p.add_argument(
+        "--config",
+        help="TOML config (default: demo; with --resume, the run's own pinned config.json)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -86,15 +97,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--run-dir", help="run directory (default: runs/<name>-<timestamp>)")
     p.add_argument(
-        "--resume", action="store_true", help="continue from the run's latest resume state, if any"
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir under its pinned config (a new run if it is empty)",
     )
+    p.add_argument(
+        "--lock-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for another trainer to release the run dir (default: fail at once)",
+    )
+    p.add_argument(
+        "--trust-unverified",
+        action="store_true",
+        help="accept checkpoints without checksums (written by older labkits)",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one line")
     return p.parse_args(argv)
 
 
 class Dist:
     """Rank, world and device; a single process when not launched by torchrun."""
 
-    def __init__(self, backend: str):
+    def __init__(self, backend: str, timeout_s: float = 600.0):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -104,7 +130,8 @@ class Dist:
             torch.cuda.set_device(self.device)
         if self.world > 1:
             backend = backend if backend != "auto" else ("nccl" if cuda else "gloo")
-            dist.init_process_group(backend, timeout=dt.timedelta(minutes=30))
+            # a stopped or lost rank fails the group after `parallel.timeout_s`, not 30 minutes
+            dist.init_process_group(backend, timeout=dt.timedelta(seconds=timeout_s))
         self.main = self.rank == 0
 
     def sum(self, x: torch.Tensor) -> torch.Tensor:
@@ -334,16 +361,7 @@ class Metrics:
         self.tb = self.wandb = None
         if not enabled:
             return
-        if resume_step is not None and self.path.exists():
-            # Lines a killed run logged after its last resume state are replayed: drop them.
-            keep = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line and json.loads(line)["step"] <= resume_step
-            ]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in keep))
-            os.replace(tmp, self.path)
+        # (rows a killed run logged after its resume state were dropped by RunDir.repair_metrics)
         if cfg.log.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -368,7 +386,7 @@ class Metrics:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
+        with self.path.open("a") as f:  # one write per row, flushed when the file closes
             f.write(json.dumps(record) + "\n")
         for k, v in record.items():
             if self.tb and k != "step" and isinstance(v, (int, float)):
@@ -397,26 +415,66 @@ def gold_guards(history: list[dict], current: dict, train_loss: float) -> dict[s
     }
 
 
+# --------------------------------------------------------------------------- run directory
+def choose_run_dir(args: argparse.Namespace, cfg: TrainConfig) -> Path:
+    """--run-dir; with --resume and none given, the newest runs/<name>-*; else a new one."""
+    if args.run_dir:
+        return Path(args.run_dir)
+    runs = REPO / "runs"
+    previous = sorted(runs.glob(f"{cfg.name}-*")) if args.resume and runs.exists() else []
+    return previous[-1] if previous else runs / f"{cfg.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def open_run(
+    args: argparse.Namespace, cfg: TrainConfig, d: Dist
+) -> tuple[RunDir | None, Path, TrainConfig, dict]:
+    """Rank 0 locks the run dir and settles the config (the pinned one on --resume); every rank
+    gets the same path and config, or the same one-line error."""
+    run, outcome = None, None
+    if d.main:
+        try:
+            path = choose_run_dir(args, cfg)
+            run = RunDir.open(path, args.resume, args.lock_wait)
+            cfg, changes = resolve_config(path, args.config, args.set, DEFAULT_CONFIG)
+            outcome = {"path": str(path), "cfg": cfg.to_dict(), "changes": changes}
+        except (ValueError, OSError) as err:
+            if run is not None:
+                run.discard_if_unused()
+            d.broadcast({"error": str(err)})
+            raise
+    outcome = d.broadcast(outcome)
+    if "error" in outcome:
+        raise RunDirError(outcome["error"])
+    return run, Path(outcome["path"]), TrainConfig.from_dict(outcome["cfg"]), outcome["changes"]
+
+
 # --------------------------------------------------------------------------- training
 def train(cfg: TrainConfig, args: argparse.Namespace) -> dict:
-    d = Dist(cfg.parallel.backend)
+    stop = StopSignals()
+    d = Dist(cfg.parallel.backend, cfg.parallel.timeout_s)
+    run, run_dir, cfg, changes = open_run(args, cfg, d)
+    try:
+        return _train(cfg, args, d, run, run_dir, changes, stop)
+    finally:
+        if run is not None:
+            run.discard_if_unused()
+            run.close()
+
+
+def _train(
+    cfg: TrainConfig,
+    args: argparse.Namespace,
+    d: Dist,
+    run: RunDir | None,
+    run_dir: Path,
+    changes: dict,
+    stop: StopSignals,
+) -> dict:
     data_dir = ensure_data(cfg, d)
     data = MixedData(data_dir, cfg.data.mix, cfg.train.tokens, cfg.seed)
     manifest_sha = hashlib.sha256((data_dir / "manifest.json").read_bytes()).hexdigest()
     tokenizer_json = (data_dir / ckpt.TOKENIZER_FILE).read_bytes()
     vocab = data.manifest["tokenizer"]["vocab_size"]
-
-    # Run directory: chosen on rank 0, shared with every rank.
-    run_dir = args.run_dir
-    if run_dir is None and args.resume:
-        previous = sorted((REPO / "runs").glob(f"{cfg.name}-*")) if (REPO / "runs").exists() else []
-        run_dir = str(previous[-1]) if previous else None
-    if run_dir is None:
-        run_dir = str(REPO / "runs" / f"{cfg.name}-{dt.datetime.now():%Y%m%d-%H%M%S}")
-    run_dir = Path(d.broadcast(run_dir))
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    d.barrier()
 
     model, step_module, strategy = build_model(cfg, vocab, d)
     opts = build_optimizers(cfg, model)
@@ -433,7 +491,13 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> dict:
 
     # Resume ------------------------------------------------------------------------------
     step, tokens_seen, pos, skipped, bad_run, evals, best_val = 0, 0, Position(), 0, 0, [], math.inf
-    resume_from = ckpt.latest_resume_state(run_dir) if args.resume else None
+    if run is not None:
+        for action in run.clean_stale_temp_dirs():
+            print(f"run dir: {action} (left by a killed writer)")
+    d.barrier()
+    resume_from = None
+    if args.resume and (run_dir / "config.json").exists():
+        resume_from = d.broadcast(run.latest_resume_state() if run is not None else None)
     if resume_from is not None:
         tensors, optim_state, state = ckpt.load_resume_state(resume_from)
         restore(model, opts, strategy, tensors, optim_state)
@@ -446,11 +510,23 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> dict:
             print(f"resumed from {resume_from} (step {step}, {tokens_seen:,} tokens)")
     else:
         seed_everything(cfg.seed + d.rank)
-    if d.main:
-        (run_dir / "config.json").write_text(
-            json.dumps({"train": cfg.to_dict(), "model": mcfg.to_dict()}, indent=2) + "\n"
+    if run is not None:
+        resumed = (run_dir / "config.json").exists()
+        if not resumed:
+            run.pin(cfg, mcfg.to_dict())  # the run's config, from now on
+        elif args.resume and resume_from is None:
+            print(f"{run_dir} has no resume state yet: restarting it from step 0")
+        if args.resume and not resumed:
+            print(f"{run_dir} holds no run yet: starting a fresh one")
+        for warning in run.repair_metrics(step) if resumed else []:
+            print(f"warning: {warning}")
+        run.record(
+            "resume" if resumed else "start",
+            step=step,
+            argv=sys.argv[1:],
+            changed={k: list(v) for k, v in changes.items()},
         )
-    metrics = Metrics(run_dir, cfg, d.main, step if resume_from else None)
+    metrics = Metrics(run_dir, cfg, d.main, step if (run_dir / "config.json").exists() else None)
 
     # Evaluation sets: fixed windows of each held-out split, at the base sequence length.
     splits = cfg.data.eval_splits or sorted(data.manifest["shards"]["eval"])
@@ -564,9 +640,14 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> dict:
         ),
         0.0,
     )
-    last_good = ckpt.latest_resume_state(run_dir)
+    last_good = resume_from
+    saved_step, stopping = (step if resume_from else -1), False
     model.train()
     while step < total_steps:
+        if stopping:  # a signal reached some rank during the last step: save, then leave
+            if saved_step != step:
+                last_good = save_resume()
+            break
         if (
             cfg.debug.kill_at_step
             and step == cfg.debug.kill_at_step
@@ -603,7 +684,11 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> dict:
                 (loss / accum).backward()
             loss_sum += loss.detach() / accum
         step_tokens = accum * t.micro_batch * seq * d.world
-        loss_avg = d.sum(loss_sum.clone()).item() / d.world
+        # one all-reduce carries the loss and whether any rank was asked to stop
+        flag = torch.tensor(float(stop.signum), device=d.device)
+        reduced = d.sum(torch.stack([loss_sum, flag.to(loss_sum.dtype)]))
+        loss_avg = reduced[0].item() / d.world
+        stopping = reduced[1].item() > 0
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         grad_norm = float(
             grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
@@ -690,8 +775,10 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> dict:
         if milestone_due(step, tokens_before, tokens_seen):
             save_milestone(f"tokens_{tokens_seen:012d}")
         if step % cfg.checkpoint.resume_every_steps == 0 or step == total_steps:
-            last_good = save_resume()
+            last_good, saved_step = save_resume(), step
     bar.close()
+    if stopping and step < total_steps:
+        return stopped(stop.signum or signal.SIGTERM, run, run_dir, step, metrics, d)
 
     final = {
         "step": step,
@@ -731,20 +818,39 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> dict:
         print(f'  python -c "from labkit.checkpoint import load; model, meta = {load_call}"')
         print(f"  tensorboard --logdir {run_dir / 'tensorboard'}")
         print(f"  python pretrain/run.py --run-dir {run_dir} --resume   # after a crash")
+        run.record("finish", step=step, tokens=tokens_seen)
     if d.world > 1:
         dist.destroy_process_group()
     return final
 
 
+def stopped(signum: int, run: RunDir | None, run_dir: Path, step: int, metrics, d: Dist) -> dict:
+    """After SIGINT/SIGTERM: the resume state is written; say how to continue."""
+    if d.main:
+        metrics.close()
+        run.record("stop", step=step, signal=signal.Signals(signum).name)
+        print(
+            f"\nstopped by {signal.Signals(signum).name} after step {step}; resume state saved. "
+            f"Continue with its own config:\n  python pretrain/run.py --run-dir {run_dir} --resume"
+        )
+    if d.world > 1:
+        dist.destroy_process_group()
+    return {"step": step, "stopped": EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = TrainConfig.load(args.config, args.set)
-        train(cfg, args)
-    except (ValueError, FileNotFoundError, ckpt.CheckpointError, TrainingError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    if args.trust_unverified:
+        os.environ["LABKIT_TRUST_UNVERIFIED"] = "1"
+
+    def start() -> int:
+        # Each rank reads the config itself (the pinned one on --resume) to join the group;
+        # rank 0 settles it again under the run dir's lock.
+        run_path = Path(args.run_dir) if args.run_dir and args.resume else None
+        cfg, _ = resolve_config(run_path, args.config, args.set, DEFAULT_CONFIG)
+        return train(cfg, args).get("stopped", 0)
+
+    return one_line_errors("pretrain/run.py", start, args.debug)
 
 
 if __name__ == "__main__":

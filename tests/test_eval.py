@@ -221,6 +221,8 @@ def test_eval_command_writes_every_milestone_into_the_run_and_the_registry(
         assert set(r["scores"]) >= set(TASKS)
         assert (reference / "evals" / f"{r['milestone']}.json").exists()
         assert 0.0 <= r["scores"]["labkit_qa"]["acc"] <= 1.0
+        squad = r["scores"]["labkit_squad"]  # scored by labkit's registered metric, not !function
+        assert 0.0 <= squad["exact_match"] <= squad["f1"] <= 1.0
     assert "milestone" in capsys.readouterr().out
 
 

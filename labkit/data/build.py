@@ -41,7 +41,8 @@ from labkit.data.retrieval import generate_retrieval
 from labkit.data.shards import write_shards
 from labkit.data.tokenizer import EOT, save_tokenizer, train_tokenizer
 from labkit.data.world import GENERATOR_VERSION, world_from_manifest
-from labkit.fileio import atomic_write_bytes
+from labkit.errors import DataError, DataNotFoundError
+from labkit.fileio import atomic_write_bytes, check_output_dir, fsync_dir
 
 MANIFEST_VERSION = 1
 EVAL_SPLITS = ("general", "domain", "code", "retrieval", "control", "prose")
@@ -75,13 +76,30 @@ def default_mixes(sources: list[str]) -> dict[str, list[Stage]]:
     return mixes
 
 
-def build(cfg: DataConfig, out: str | Path, quiet: bool = False) -> dict[str, Any]:
-    """Build the data set described by `cfg` into `out`; return the manifest."""
+PARTIAL_MARKER = ".labkit-partial-build"  # marks `<out>.partial` as this builder's work dir
+
+
+def _check_outputs(out: Path, overwrite: bool) -> None:
+    """Refuse (before any work) to replace anything labkit did not write: `out` must be missing,
+    empty or a data set (manifest.json); `<out>.partial` a killed build's work dir; `<out>.old`
+    a previous data set."""
+    check_output_dir(out, "manifest.json", "data set", overwrite)
+    for sibling, marker in ((".partial", PARTIAL_MARKER), (".old", "manifest.json")):
+        check_output_dir(out.with_name(out.name + sibling), marker, "data set build", overwrite)
+
+
+def build(
+    cfg: DataConfig, out: str | Path, quiet: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
+    """Build the data set described by `cfg` into `out`; return the manifest. `out` is replaced
+    only if it is missing, empty or a data set, unless `overwrite`."""
     out = Path(out)
+    _check_outputs(out, overwrite)
     work = out.with_name(out.name + ".partial")
     if work.exists():
-        shutil.rmtree(work)  # left by a killed build
+        shutil.rmtree(work)  # left by a killed build (checked above)
     work.mkdir(parents=True)
+    (work / PARTIAL_MARKER).touch()
     try:
         return _build_into(cfg, out, work, quiet)
     except BaseException:
@@ -293,12 +311,14 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
     step("manifest written")
 
     # 8. swap into place -------------------------------------------------------------------
+    (work / PARTIAL_MARKER).unlink()
     old = out.with_name(out.name + ".old")
     if old.exists():
         shutil.rmtree(old)
     if out.exists():
         out.rename(old)
     work.rename(out)
+    fsync_dir(out.parent)
     if old.exists():
         shutil.rmtree(old)
     step("done")
@@ -321,14 +341,32 @@ def _read_task_texts(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()]
 
 
+# What readers of a manifest rely on: a manifest without them is not a data set.
+MANIFEST_KEYS = {"shards": ("train", "eval"), "tokenizer": ("vocab_size", "eot_id"), "mixes": ()}
+
+
 def load_manifest(data_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a built data set; a missing, unreadable or incomplete one is a
+    `DataError` naming the file and the command that builds it."""
     path = Path(data_dir) / "manifest.json"
+    rebuild = f"`labkit data build --config pretrain/configs/data/demo.toml --out {data_dir}`"
     if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: build the data set first, e.g. "
-            f"`labkit data build --config pretrain/configs/data/demo.toml --out {data_dir}`"
-        )
-    return json.loads(path.read_text())
+        raise DataNotFoundError(f"{path} not found: build the data set first, e.g. {rebuild}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path} is not valid JSON ({err}): rebuild it with {rebuild}") from err
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path} is not a data set manifest: rebuild it with {rebuild}")
+    for key, inner in MANIFEST_KEYS.items():
+        value = manifest.get(key)
+        missing = [f"{key}.{k}" for k in inner if not isinstance(value, dict) or k not in value]
+        if not isinstance(value, dict) or missing:
+            raise DataError(
+                f"{path} lacks {missing or [key]}: not a complete data set; rebuild it with "
+                f"{rebuild}"
+            )
+    return manifest
 
 
 def document_lengths(data_dir: str | Path, split: str = "train") -> dict[str, np.ndarray]:

@@ -15,7 +15,8 @@ import numpy as np
 
 from labkit.data.build import load_manifest
 from labkit.data.mixing import stage_document_order
-from labkit.data.shards import token_dtype
+from labkit.data.shards import token_dtype, verify_shards
+from labkit.errors import DataError
 
 
 class SourceDocs:
@@ -63,6 +64,11 @@ class TokenStream:
             doc = self.sources[source].doc(i)
             within = pos - int(self.cum[k])
             take = min(length - filled, len(doc) - within)
+            if take <= 0:  # a shard shorter than its index: never spin on it
+                raise DataError(
+                    f"document {i} of {source} ends before its indexed length: the data set is "
+                    "corrupted; rebuild it with `labkit data build`"
+                )
             out[filled : filled + take] = doc[within : within + take]
             filled += take
             pos = (pos + take) % self.total
@@ -81,6 +87,7 @@ class MixedData:
     def __init__(self, data_dir: str | Path, mix: str, run_tokens: int, seed: int):
         self.dir = Path(data_dir)
         self.manifest = load_manifest(self.dir)
+        verify_shards(self.dir, self.manifest)
         if mix not in self.manifest["mixes"]:
             raise ValueError(
                 f"data.mix {mix!r} is not in {self.dir}/manifest.json; mixes there: "
@@ -130,6 +137,7 @@ def eval_windows(data_dir: str | Path, split: str, tokens: int, seq_len: int) ->
     """The first `tokens` tokens of an eval split as non-overlapping windows [n, seq_len + 1]."""
     data_dir = Path(data_dir)
     manifest = load_manifest(data_dir)
+    verify_shards(data_dir, manifest)
     if split not in manifest["shards"]["eval"]:
         raise ValueError(
             f"eval split {split!r} is not in {data_dir}; "

@@ -80,3 +80,72 @@ def iter_documents(bin_path: Path, vocab_size: int) -> Iterator[np.ndarray]:
     ends = list(offsets[1:]) + [len(tokens)]
     for start, end in zip(offsets, ends, strict=True):
         yield tokens[start:end]
+
+
+# --------------------------------------------------------------------------- verification
+def _verified_cache(data_dir: Path) -> Path:
+    """Where the verified (size, mtime) of a data set's shards are remembered: a user cache, so
+    a read-only or shared data set is verified once per user, not once per run."""
+    import hashlib
+    import os
+
+    root = os.environ.get("LABKIT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "labkit"
+    )
+    key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:24]
+    return Path(root) / "verified" / f"{key}.json"
+
+
+def verify_shards(data_dir: str | Path, manifest: dict) -> None:
+    """Check every shard and index the manifest lists: present, of the size its token count
+    implies, and with the SHA-256 the manifest records. The full hash runs once per file and is
+    cached by (size, mtime); a later open only stats the files. Raises `DataError` naming the
+    first bad file."""
+    import json
+
+    from labkit.errors import DataError
+
+    data_dir = Path(data_dir)
+    itemsize = token_dtype(manifest["tokenizer"]["vocab_size"]).itemsize
+    cache_path = _verified_cache(data_dir)
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    verified: dict = cache if isinstance(cache, dict) else {}
+    rebuild = f"rebuild it with `labkit data build --config ... --out {data_dir} --overwrite`"
+    changed = False
+    for kind in ("train", "eval"):
+        for records in manifest["shards"][kind].values():
+            for r in records:
+                checks = [(r["file"], r.get("sha256"), r["tokens"] * itemsize)]
+                checks.append((r["index"], r.get("index_sha256"), None))
+                for name, sha, size in checks:
+                    path = data_dir / kind / name
+                    rel = f"{kind}/{name}"
+                    if not path.is_file():
+                        raise DataError(f"{path} is missing from the data set: {rebuild}")
+                    stat = path.stat()
+                    if size is not None and stat.st_size != size:
+                        raise DataError(
+                            f"{path} is {stat.st_size:,} bytes, manifest.json says {size:,} "
+                            f"(truncated or corrupted): {rebuild}"
+                        )
+                    if sha is None:
+                        raise DataError(f"{data_dir}/manifest.json has no SHA-256 for {rel}")
+                    seen = [stat.st_size, stat.st_mtime_ns, sha]
+                    if verified.get(rel) == seen:
+                        continue
+                    if sha256_file(path) != sha:
+                        raise DataError(
+                            f"{path} does not match its SHA-256 in manifest.json (corrupted): "
+                            f"{rebuild}"
+                        )
+                    verified[rel] = seen
+                    changed = True
+    if changed:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(cache_path, json.dumps(verified, sort_keys=True).encode())
+        except OSError:
+            pass  # no writable cache: the next open verifies again, which is only slower

@@ -43,4 +43,13 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: build the data set with `labkit data build`")
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # the tokenizers library raises a bare Exception on a bad file
+        from labkit.errors import TokenizerError
+
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise TokenizerError(
+            f"{path} is not a tokenizer file ({first}): rebuild the data set with "
+            "`labkit data build`, or point to a tokenizer.json written by `tokenizers`"
+        ) from err

@@ -29,7 +29,10 @@ from tqdm.auto import tqdm
 
 from labkit.checkpoint import load, tokenizer_path
 from labkit.data.tokenizer import EOT, load_tokenizer
+from labkit.eval.metrics import register_lm_eval_metrics
 from labkit.model import KVCache
+
+register_lm_eval_metrics()  # task YAMLs name labkit's metrics; they never carry code
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

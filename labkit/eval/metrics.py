@@ -38,3 +38,28 @@ def squad_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, 
         "exact_match": exact_match(prediction, doc["answer"]),
         "f1": f1(prediction, doc["answer"]),
     }
+
+
+SQUAD_METRIC = "labkit_squad"  # the name task YAMLs use; registered by labkit, not by data
+
+
+def squad_scores(references: list[str], predictions: list[str], **_: Any) -> dict[str, float]:
+    """lm-eval metric `labkit_squad`: exact match and token F1 of one generated answer, as the
+    keys `exact_match` and `f1` (lm-eval expands a dict result into one metric per key)."""
+    prediction = predictions[0] if predictions else ""
+    return {
+        "exact_match": exact_match(prediction, references[0]),
+        "f1": f1(prediction, references[0]),
+    }
+
+
+def register_lm_eval_metrics() -> None:
+    """Register labkit's metrics with lm-eval (idempotent). Task YAMLs in a data set refer to them
+    by name, so no task ever needs code from the data directory (`!function`)."""
+    import lm_eval.api.metrics  # noqa: F401  (registers lm-eval's own aggregations, e.g. mean)
+    from lm_eval.api.registry import metric_registry, register_metric
+
+    if SQUAD_METRIC not in metric_registry:
+        register_metric(metric=SQUAD_METRIC, higher_is_better=True, aggregation="mean")(
+            squad_scores
+        )

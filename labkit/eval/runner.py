@@ -15,7 +15,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from labkit.eval.tasks import SUITE, build_tasks
+from labkit.errors import DataError
+from labkit.eval.metrics import register_lm_eval_metrics
+from labkit.eval.tasks import SUITE, build_tasks, check_tasks_are_data
 from labkit.study import select_milestones
 
 # The number each task is ranked by (lm-eval reports several).
@@ -42,6 +44,15 @@ def tasks_dir_for(checkpoint: Path, rebuild: bool = False) -> Path:
             "built from it (rebuild it with `labkit data build`)"
         )
     tasks = data_dir / "tasks"
+    if not rebuild and (tasks / f"{SUITE}.yaml").exists():
+        try:
+            check_tasks_are_data(tasks)
+        except DataError as err:
+            if not (tasks / "suite.json").exists():
+                raise
+            # a suite an older labkit wrote (with a `!function` hook): regenerate it as data
+            print(f"warning: {err}; rebuilding it")
+            rebuild = True
     if rebuild or not (tasks / f"{SUITE}.yaml").exists():
         build_tasks(data_dir, tasks)
     return tasks
@@ -75,6 +86,8 @@ def load_tasks(tasks: Sequence[str], tasks_dir: str | Path) -> dict:
         datasets.disable_progress_bars()
     except ImportError:
         pass
+    register_lm_eval_metrics()
+    check_tasks_are_data(tasks_dir)  # never let lm-eval import code from a data set
     loaded = TaskManager(include_path=str(tasks_dir)).load(list(tasks))
     for task in loaded["tasks"].values():
         if task.get_config("num_fewshot") is None:

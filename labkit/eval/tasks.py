@@ -33,6 +33,9 @@ import yaml
 
 from labkit.data.build import load_manifest
 from labkit.data.world import World, world_from_manifest
+from labkit.errors import DataError
+from labkit.eval.metrics import SQUAD_METRIC
+from labkit.fileio import check_output_dir
 
 SUITE = "labkit_suite"
 UNANSWERABLE = "not in the passage"
@@ -219,12 +222,6 @@ TASKS: dict[str, dict[str, Any]] = {
                      "description": "extract the answer from a passage, or say it is not there"},
 }  # fmt: skip
 
-FUNCTION = "!function utils.squad_process_results"
-UTILS = '''"""lm-eval hooks of the labkit suite (written by `labkit eval build-tasks`)."""
-
-from labkit.eval.metrics import squad_process_results  # noqa: F401
-'''
-
 
 def _yaml(name: str, spec: dict[str, Any], data_file: Path) -> dict[str, Any]:
     base = {
@@ -269,18 +266,24 @@ def _yaml(name: str, spec: dict[str, Any], data_file: Path) -> dict[str, Any]:
                 }
             ]
         else:
-            base["process_results"] = "!function utils.squad_process_results"
-            base["metric_list"] = [{"metric": "exact_match", **mean}, {"metric": "f1", **mean}]
+            # scored by the metric labkit registers with lm-eval: the YAML stays data only
+            base["metric_list"] = [{"metric": SQUAD_METRIC, **mean}]
     return base
 
 
 def build_tasks(
-    data_dir: str | Path, out: str | Path | None = None, n: int = 200, seed: int = 0
+    data_dir: str | Path,
+    out: str | Path | None = None,
+    n: int = 200,
+    seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
-    """Write the suite's JSONL files, task YAMLs and group into `out` (default DATA/tasks)."""
+    """Write the suite's JSONL files, task YAMLs and group into `out` (default DATA/tasks); `out`
+    must be missing, empty or a suite written before (suite.json), unless `overwrite`."""
     data_dir = Path(data_dir).resolve()
     manifest = load_manifest(data_dir)
     out = Path(out).resolve() if out else data_dir / "tasks"
+    check_output_dir(out, "suite.json", "task suite", overwrite)
     out.mkdir(parents=True, exist_ok=True)
     world = _world(manifest)
     sources = {s: _held_out(data_dir, s) for s in ("general", "retrieval")}
@@ -293,12 +296,10 @@ def build_tasks(
         data_file = out / f"{name}.jsonl"
         data_file.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
         text = yaml.safe_dump(_yaml(name, spec, data_file), sort_keys=False, width=100)
-        # the one YAML tag lm-eval needs: a function from the task directory's utils.py
-        text = text.replace("'!function utils.squad_process_results'", FUNCTION)
         (out / f"{name}.yaml").write_text(text)
         index[name] = {"examples": len(rows), "random_baseline": spec["baseline"],
                        "kind": spec["kind"], "description": spec["description"]}  # fmt: skip
-    (out / "utils.py").write_text(UTILS)
+    (out / "utils.py").unlink(missing_ok=True)  # written by older labkits: code, never loaded
     group = {"group": SUITE, "task": list(TASKS), "metadata": {"version": 1.0}}
     (out / f"{SUITE}.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
     (out / "suite.json").write_text(json.dumps(index, indent=2) + "\n")
@@ -308,3 +309,57 @@ def build_tasks(
 def random_baselines(tasks_dir: str | Path) -> dict[str, float]:
     index = json.loads((Path(tasks_dir) / "suite.json").read_text())
     return {name: entry["random_baseline"] for name, entry in index.items()}
+
+
+# lm-eval renders task templates with an unsandboxed Jinja environment and imports Python for a
+# `!function` tag, `class` or `include`: a task directory inside a data set may use none of them.
+_PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}")
+_FORBIDDEN_KEYS = ("class", "include", "trust_remote_code", "custom_dataset")
+
+
+def _template_problem(value: Any, key: str) -> str | None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k in _FORBIDDEN_KEYS:
+                return f"key {k!r} (it can load code)"
+            problem = _template_problem(v, f"{key}.{k}" if key else str(k))
+            if problem:
+                return problem
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            problem = _template_problem(v, f"{key}[{i}]")
+            if problem:
+                return problem
+    elif isinstance(value, str):
+        rest = _PLACEHOLDER.sub("", value)
+        if "{{" in rest or "{%" in rest or "}}" in rest:
+            return f"{key}: a template beyond {{{{field}}}} placeholders ({value[:60]!r})"
+    return None
+
+
+def check_tasks_are_data(tasks_dir: str | Path) -> None:
+    """Refuse a task directory that could run code when lm-eval loads it: every YAML must parse
+    with `yaml.safe_load` (no `!function` tags), use only `{{field}}` templates, no `class`,
+    `include` or remote code, and only local JSON data (`dataset_path: json`). Raises
+    `DataError` naming the file."""
+    tasks_dir = Path(tasks_dir)
+    rebuild = f"rebuild the suite with `labkit eval build-tasks --data {tasks_dir.parent}`"
+    for path in sorted([*tasks_dir.rglob("*.yaml"), *tasks_dir.rglob("*.yml")]):
+        try:
+            config = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            tag = (
+                " (a `!function` tag: code from the data directory)"
+                if "!function" in str(err)
+                else ""
+            )
+            raise DataError(
+                f"{path} is not plain YAML{tag}: labkit never loads code from a data set; {rebuild}"
+            ) from err
+        if not isinstance(config, dict):
+            continue
+        problem = _template_problem(config, "")
+        if problem is None and config.get("dataset_path", "json") != "json":
+            problem = f"dataset_path {config['dataset_path']!r} (only local json data)"
+        if problem:
+            raise DataError(f"{path}: {problem} is not allowed in a data set's tasks; {rebuild}")
