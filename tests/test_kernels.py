@@ -356,6 +356,22 @@ def test_gpu_check_dry_run_prints_the_plan():
         assert expected in out, expected
 
 
+@pytest.mark.skipif(
+    CUDA or sys.prefix == sys.base_prefix,
+    reason="the refusal without a GPU, inside a venv (outside one it would make .venv-gpu)",
+)
+def test_gpu_check_stops_clearly_without_a_gpu():
+    proc = subprocess.run(
+        [sys.executable, "-m", "labkit.bench.gpu_check"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_gpu_check_never_installs_torch_or_cuda_wheels(tmp_path):
     from labkit.bench import gpu_check
 
