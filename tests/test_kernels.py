@@ -2,7 +2,6 @@
 `gpu` marker runs the same cases in bf16 and fp16 on CUDA."""
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -14,21 +13,11 @@ from conftest import odd_config
 
 from labkit.kernels import attention as kern
 from labkit.kernels import flash_attention, mla_decode
+from labkit.kernels.check import CASES, GPU_CASES, SPLIT_CASES, case_id, reference, run_case
 from labkit.model import KVCache, LabModel
 
 CUDA = torch.cuda.is_available()
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def reference(q, k, v, causal, scale):
-    g = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-    s = (q @ k.transpose(-1, -2)) * scale
-    t, n = q.shape[2], k.shape[2]
-    if causal:
-        keep = torch.arange(n)[None, :] <= torch.arange(t)[:, None] + (n - t)
-        s = s.masked_fill(~keep.to(s.device), float("-inf"))
-    return torch.softmax(s, -1) @ v
 
 
 @pytest.fixture
@@ -41,47 +30,6 @@ def poisoned(monkeypatch):
     )
 
 
-# (B, Hq, Hkv, T, S, Dqk, Dv, causal)
-CASES = [
-    (2, 2, 2, 1, 1, 32, 32, True),
-    (2, 4, 2, 17, 17, 24, 40, True),
-    (1, 4, 1, 67, 67, 32, 16, True),
-    (1, 4, 4, 130, 130, 16, 16, True),
-    (2, 4, 4, 1, 17, 32, 32, True),
-    (1, 4, 2, 17, 67, 40, 24, True),
-    (1, 4, 1, 1, 130, 24, 24, True),
-    (2, 2, 1, 5, 33, 16, 48, True),
-    (1, 4, 2, 67, 67, 16, 16, False),
-    (1, 2, 1, 17, 17, 192, 128, True),  # DeepSeek's MLA head dims, padded to 256
-    (1, 2, 2, 17, 30, 256, 64, True),
-]
-
-
-def run_case(case, device="cpu", dtype=torch.float32, tol=(5e-5, 5e-5)):
-    b, hq, hkv, t, s, dqk, dv, causal = case
-    g = torch.Generator().manual_seed(hash(case) % 2**31)
-    q, k, v = (
-        torch.randn(*shape, generator=g).to(device, dtype)
-        for shape in ((b, hq, t, dqk), (b, hkv, s, dqk), (b, hkv, s, dv))
-    )
-    q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
-    scale = 1 / math.sqrt(dqk)
-    out = flash_attention(q, k, v, causal=causal, scale=scale)
-    grad = torch.randn(out.shape, generator=g).to(device, dtype)
-    out.backward(grad)
-    q64, k64, v64 = (x.detach().double().cpu().requires_grad_() for x in (q, k, v))
-    ref = reference(q64, k64, v64, causal, scale)
-    ref.backward(grad.double().cpu())
-    for name, ours, theirs in [
-        ("out", out, ref),
-        ("dq", q.grad, q64.grad),
-        ("dk", k.grad, k64.grad),
-        ("dv", v.grad, v64.grad),
-    ]:
-        assert torch.isfinite(ours).all(), f"{name} has unwritten or non-finite elements"
-        torch.testing.assert_close(ours.double().cpu(), theirs, rtol=tol[0], atol=tol[1], msg=name)
-
-
 @pytest.mark.parametrize(
     "case",
     CASES,
@@ -89,17 +37,6 @@ def run_case(case, device="cpu", dtype=torch.float32, tol=(5e-5, 5e-5)):
 )
 def test_flash_attention_forward_and_backward(case, poisoned):
     run_case(case)
-
-
-# Shapes for the unmasked/diagonal split of the key and query loops: T and S not multiples of a
-# tile, T < S with an offset that is not one either, non-causal with a ragged S, and query/key
-# widths computed as two dots (48 = 32 + 16, 40 = 32 + 16, MLA's 192 = 128 + 64).
-SPLIT_CASES = [
-    (1, 2, 1, 45, 45, 48, 32, True),
-    (1, 4, 2, 19, 50, 40, 24, True),
-    (1, 2, 2, 37, 37, 16, 16, False),
-    (1, 2, 1, 40, 40, 192, 128, True),
-]
 
 
 def set_tiles(monkeypatch, block_m, block_n):
@@ -228,8 +165,8 @@ def test_cached_decoding_with_triton_matches_full_forward(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}Hq{}Hkv{}T{}S{}D{}-{}".format(*c[:7]))
-def test_flash_attention_gpu(case, dtype):
+@pytest.mark.parametrize("case", CASES + SPLIT_CASES + GPU_CASES, ids=case_id)
+def test_flash_attention_gpu(case, dtype, poisoned):
     run_case(case, device="cuda", dtype=dtype, tol=(3e-2, 3e-2))
 
 
@@ -346,6 +283,7 @@ def test_gpu_check_dry_run_prints_the_plan():
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for expected in (
+        "-m labkit.kernels.check",
         "-m pytest -q -m gpu",
         "-m labkit.bench.attention --record --quick",
         "--layer-slice",

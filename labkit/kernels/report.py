@@ -7,7 +7,10 @@ architecture at every launch configuration the dispatch in `labkit.kernels.atten
 there (`TILES`, `MLA_DECODE_TILES`; no autotuning), and its resources are read from the result:
 shared memory is Triton's dynamic allocation (`metadata.shared`) plus any static shared memory in
 the cubin; registers and static shared memory come from the cubin (`cuobjdump
---dump-resource-usage`); spills from ptxas's own report (`ptxas -v`, which Triton runs). A row
+--dump-resource-usage`); spills from ptxas's own report (`ptxas -v`, which Triton runs; read
+through `knobs.nvidia.dump_ptxas_log`, else the cubin's stack frame is taken as the spill bound).
+A compiled kernel's `n_regs`/`n_spills` attributes are not used: Triton fills them only when it
+loads the binary on a GPU (`CompiledKernel._init_handles`). A row
 fits when shared memory is within the architecture's limit, registers are within 255 per thread
 and registers x threads within the 64K registers of an SM; forward kernels must not spill.
 
@@ -252,7 +255,24 @@ def compile_job(job: Job, fn=None) -> Row:
 
 
 def _compile_in_worker(job: Job) -> Row:
-    return compile_job(job)
+    try:
+        return compile_job(job)
+    except Exception as err:  # a config that does not compile is reported, not a traceback
+        message = str(err).strip().splitlines()
+        return Row(
+            kernel=job.kernel.strip("_").removesuffix("_kernel"),
+            arch=f"sm_{job.arch}",
+            config=job.config,
+            shared_bytes=0,
+            shared_limit_bytes=SHARED_LIMIT[job.arch],
+            registers=0,
+            register_limit=REGISTERS_PER_THREAD,
+            threads=32 * job.num_warps,
+            spills=0,
+            stack_bytes=0,
+            fits=False,
+            problems=f"does not compile: {type(err).__name__}: {message[0] if message else ''}",
+        )
 
 
 def run(
