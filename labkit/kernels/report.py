@@ -351,6 +351,29 @@ def summary(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def markdown(rows: Sequence[Row], command: str) -> str:
+    """The RESULTS.md section: per kernel and architecture, then every row (folded)."""
+    import triton
+
+    bad = [r for r in rows if not r.fits]
+    verdict = (
+        f"all {len(rows)} fit"
+        if not bad
+        else f"{len(bad)} of {len(rows)} do NOT fit: "
+        + "; ".join(f"{r.kernel} {r.arch} {r.config} ({r.problems})" for r in bad)
+    )
+    return (
+        f"`{command}` — Triton {triton.__version__}, compiled on the CPU for each target; "
+        f"{len(rows)} kernel configurations: {verdict}. Shared memory = Triton's allocation + "
+        "static shared memory of the cubin; registers from the cubin (cuobjdump); spills = "
+        "ptxas's spill stores (bytes per thread).\n\n"
+        + summary(rows)
+        + "\n\n<details><summary>every configuration</summary>\n\n"
+        + table(rows)
+        + "\n\n</details>"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m labkit.kernels.report` (also `labkit kernels report`)."""
     import argparse
@@ -377,6 +400,9 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--all-rows", action="store_true", help="print every row, not the summary")
     parser.add_argument("--workers", type=int, help="parallel compiler processes (default: cores)")
+    parser.add_argument(
+        "--record", action="store_true", help="append the tables to benchmarks/RESULTS.md"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -390,6 +416,11 @@ def report_command(args) -> int:
     bad = [r for r in rows if not r.fits]
     for r in bad:
         print(f"DOES NOT FIT: {r.kernel} {r.arch} {r.config}: {r.problems}")
+    if args.record:
+        from labkit.bench.common import record
+
+        command = "labkit kernels report" + (" --quick" if args.quick else "")
+        record("labkit kernels report (compile-time resources, no GPU)", markdown(rows, command))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
