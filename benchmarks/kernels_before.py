@@ -73,12 +73,50 @@ def old_jobs(source: str) -> list[report.Job]:
     return out
 
 
+def compare(before: list[dict], after: list[dict]) -> str:
+    """Per kernel and architecture: the before rows against the same scope of the after rows
+    (bf16, head dims 64-256, one-token MLA decode), as in the README."""
+
+    def quick(r: dict) -> bool:
+        cfg = r["config"]
+        if not cfg.startswith("bf16 ") or cfg.startswith("bf16 d32/") or " dv32 " in f" {cfg}":
+            return False
+        return r["kernel"] != "mla_decode" or " H16 " in cfg
+
+    def groups(rows: list[dict]) -> dict:
+        out: dict = {}
+        for r in rows:
+            out.setdefault((r["kernel"], r["arch"]), []).append(r)
+        return out
+
+    def cells(rows: list[dict]) -> str:
+        spills = [r["spills"] for r in rows if r["spills"]]
+        return (
+            f"{sum(r['fits'] for r in rows)} / {len(rows)} | "
+            f"{max(r['shared_bytes'] for r in rows) / 1024:.1f} | "
+            f"{len(spills)} ({max(spills) if spills else 0})"
+        )
+
+    old, new = groups(before), groups([r for r in after if quick(r)])
+    lines = [
+        "| kernel | arch | limit KiB | before: fit / configs | before: max shared KiB "
+        "| before: configs spilling (max B) | now: fit / configs | now: max shared KiB "
+        "| now: configs spilling (max B) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, rows in old.items():
+        limit = rows[0]["shared_limit_bytes"] // 1024
+        lines.append(f"| {key[0]} | {key[1]} | {limit} | {cells(rows)} | {cells(new[key])} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rev", default="main")
     parser.add_argument("--json")
     parser.add_argument("--from-json", help="tabulate rows written by an earlier --json run")
     parser.add_argument("--record", action="store_true", help="append to benchmarks/RESULTS.md")
+    parser.add_argument("--compare", help="print before vs this `labkit kernels report --json`")
     args = parser.parse_args()
     if args.from_json:
         rows = [report.Row(**r) for r in json.loads(Path(args.from_json).read_text())]
@@ -94,6 +132,9 @@ def main() -> int:
             source = Path(tmp) / "attention_before.py"
             source.write_text(text)
             rows = report.run(todo=old_jobs(str(source)))
+    if args.compare:
+        print(compare([asdict(r) for r in rows], json.loads(Path(args.compare).read_text())))
+        return 0
     print(f"{args.rev}: {len(rows)} kernel configurations compiled")
     print(report.summary(rows))
     for r in rows:
