@@ -59,6 +59,8 @@ def requirements() -> list[str]:
         req, _, marker = req.partition(";")
         if marker and "python_version < '3.11'" in marker and sys.version_info >= (3, 11):
             continue
+        if _dist_name(req) == "ruff":  # lint only; no GPU step needs it
+            continue
         out.append(req.strip())
     return out
 
