@@ -773,8 +773,8 @@ def mla_decode(
         )
     if t > s:
         raise ValueError(f"mla_decode needs T <= S, got {t} > {s}")
-    if r > MAX_LATENT:
-        raise ValueError(f"mla_decode supports latent widths up to {MAX_LATENT}, got {r}")
+    if r > MAX_LATENT and q_latent.is_cuda:  # no checked GPU tile beyond it
+        raise ValueError(f"mla_decode supports latent widths up to {MAX_LATENT} on GPU, got {r}")
     dtype = torch.promote_types(q_latent.dtype, c_kv.dtype)
     ql, qr = q_latent.to(dtype).contiguous(), q_rope.to(dtype).contiguous()
     c, kr = c_kv.to(dtype).contiguous(), k_rope.to(dtype).contiguous()
