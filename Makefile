@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.13.0
 # Exact pin: committed figures are byte-identical only under the same matplotlib (and its fonts).
 MPL_PIN := matplotlib==3.11.2
 
-.PHONY: demo paper figures lab test test-slow test-gpu lint format bench clean-venv
+.PHONY: demo paper figures lab test test-slow test-gpu gpu-check lint format bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,14 @@ test-slow: $(STAMP)
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu
+
+# For a session lent a GPU, with PyTorch (CUDA) and Triton preinstalled: the gpu tests, the
+# attention benchmark and trainer MFU (small presets, a 1.3B layer slice) in 10 minutes, recorded
+# in benchmarks/RESULTS.md. Makes .venv-gpu on the machine's own torch/triton and installs only
+# missing pure-Python dependencies (never torch, triton or CUDA wheels); see
+# labkit/bench/gpu_check.py. Offline: WHEELS=dir of wheels. DRY_RUN=1 prints the plan only.
+gpu-check:
+	$(PYTHON) -m labkit.bench.gpu_check $(if $(WHEELS),--wheels $(WHEELS)) $(if $(DRY_RUN),--dry-run)
 
 bench: $(STAMP)
 	$(PY) -m labkit.bench.model

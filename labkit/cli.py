@@ -305,6 +305,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kernels_report(args: argparse.Namespace) -> int:
+    from labkit.kernels.report import report_command
+
+    return report_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labkit", description="Pre-train small MLA/GQA models and look inside them."
@@ -465,6 +471,19 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--print", action="store_true", help="print one torchrun command per run")
     sw.add_argument("--nproc", type=int, default=1)
     sw.set_defaults(func=cmd_sweep)
+
+    from labkit.kernels.report import add_arguments as kernels_report_arguments
+
+    kn = sub.add_parser("kernels", help="Triton kernels: compile-time resource checks (no GPU)")
+    kn_sub = kn.add_subparsers(dest="kernels_command", metavar="KERNELS_COMMAND")
+    kn_sub.required = True
+    kr = kn_sub.add_parser(
+        "report",
+        help="compile every kernel x launch config for sm_80/86/89/90: shared memory, registers, "
+        "spills against each architecture's limits",
+    )
+    kernels_report_arguments(kr)
+    kr.set_defaults(func=cmd_kernels_report)
     return parser
 
 

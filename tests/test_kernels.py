@@ -1,7 +1,11 @@
 """Triton kernels against a float64 reference: on the CPU through TRITON_INTERPRET=1 (fp32); the
 `gpu` marker runs the same cases in bf16 and fp16 on CUDA."""
 
-import math
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,20 +13,11 @@ from conftest import odd_config
 
 from labkit.kernels import attention as kern
 from labkit.kernels import flash_attention, mla_decode
+from labkit.kernels.check import CASES, GPU_CASES, SPLIT_CASES, case_id, reference, run_case
 from labkit.model import KVCache, LabModel
 
 CUDA = torch.cuda.is_available()
-
-
-def reference(q, k, v, causal, scale):
-    g = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-    s = (q @ k.transpose(-1, -2)) * scale
-    t, n = q.shape[2], k.shape[2]
-    if causal:
-        keep = torch.arange(n)[None, :] <= torch.arange(t)[:, None] + (n - t)
-        s = s.masked_fill(~keep.to(s.device), float("-inf"))
-    return torch.softmax(s, -1) @ v
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -35,47 +30,6 @@ def poisoned(monkeypatch):
     )
 
 
-# (B, Hq, Hkv, T, S, Dqk, Dv, causal)
-CASES = [
-    (2, 2, 2, 1, 1, 32, 32, True),
-    (2, 4, 2, 17, 17, 24, 40, True),
-    (1, 4, 1, 67, 67, 32, 16, True),
-    (1, 4, 4, 130, 130, 16, 16, True),
-    (2, 4, 4, 1, 17, 32, 32, True),
-    (1, 4, 2, 17, 67, 40, 24, True),
-    (1, 4, 1, 1, 130, 24, 24, True),
-    (2, 2, 1, 5, 33, 16, 48, True),
-    (1, 4, 2, 67, 67, 16, 16, False),
-    (1, 2, 1, 17, 17, 192, 128, True),  # DeepSeek's MLA head dims, padded to 256
-    (1, 2, 2, 17, 30, 256, 64, True),
-]
-
-
-def run_case(case, device="cpu", dtype=torch.float32, tol=(5e-5, 5e-5)):
-    b, hq, hkv, t, s, dqk, dv, causal = case
-    g = torch.Generator().manual_seed(hash(case) % 2**31)
-    q, k, v = (
-        torch.randn(*shape, generator=g).to(device, dtype)
-        for shape in ((b, hq, t, dqk), (b, hkv, s, dqk), (b, hkv, s, dv))
-    )
-    q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
-    scale = 1 / math.sqrt(dqk)
-    out = flash_attention(q, k, v, causal=causal, scale=scale)
-    grad = torch.randn(out.shape, generator=g).to(device, dtype)
-    out.backward(grad)
-    q64, k64, v64 = (x.detach().double().cpu().requires_grad_() for x in (q, k, v))
-    ref = reference(q64, k64, v64, causal, scale)
-    ref.backward(grad.double().cpu())
-    for name, ours, theirs in [
-        ("out", out, ref),
-        ("dq", q.grad, q64.grad),
-        ("dk", k.grad, k64.grad),
-        ("dv", v.grad, v64.grad),
-    ]:
-        assert torch.isfinite(ours).all(), f"{name} has unwritten or non-finite elements"
-        torch.testing.assert_close(ours.double().cpu(), theirs, rtol=tol[0], atol=tol[1], msg=name)
-
-
 @pytest.mark.parametrize(
     "case",
     CASES,
@@ -85,8 +39,54 @@ def test_flash_attention_forward_and_backward(case, poisoned):
     run_case(case)
 
 
+def set_tiles(monkeypatch, block_m, block_n):
+    tile = kern.Tile(block_m, block_n)
+    monkeypatch.setattr(
+        kern, "INTERPRETER_TILES", {k: tile for k in ("fwd", "delta", "dkdv", "dq")}
+    )
+
+
+@pytest.mark.parametrize("tiles", [(32, 16), (16, 32)], ids=lambda t: "M{}N{}".format(*t))
+@pytest.mark.parametrize(
+    "case", SPLIT_CASES, ids=lambda c: "T{}S{}D{}-{}{}".format(*c[3:7], "c" if c[7] else "full")
+)
+def test_block_skipping_with_unequal_tiles(case, tiles, poisoned, monkeypatch):
+    """Query blocks larger and smaller than key blocks: the blocks that are fully visible run
+    unmasked, the diagonal ones masked, the ones above the diagonal are skipped."""
+    set_tiles(monkeypatch, *tiles)
+    run_case(case)
+
+
+def test_split_width_and_width_buckets():
+    assert [kern.split_width(d) for d in (8, 24, 40, 48, 64, 96, 160, 192, 224, 256)] == [
+        (16, 0), (32, 0), (32, 16), (32, 16), (64, 0), (64, 32), (128, 32), (128, 64), (256, 0), (256, 0)
+    ]  # fmt: skip
+    assert kern.width_bucket(192, 128) == 192  # MLA: 128 + 64, not padded to 256
+    assert kern.width_bucket(192, 192) == 256
+    assert kern.width_bucket(48, 48) == 64
+
+
+def test_every_architecture_has_a_tile_for_every_width():
+    """The dispatch has a launch configuration for every capability, width and element size
+    (unknown capabilities take the 99 KiB table), and MLA decode one for every latent width."""
+    for cc in (75, 80, 86, 87, 89, 90, 100, 120):
+        for dqk, dv in [(16, 16), (24, 40), (48, 48), (64, 64), (128, 128), (192, 128), (256, 256)]:
+            for elem in (2, 4):
+                tiles = kern.attention_tiles(cc, dqk, dv, elem)
+                assert set(tiles) == {"fwd", "delta", "dkdv", "dq"}
+        for rank in (16, 24, 96, 512):
+            for rows in (1, 20, 200):
+                tile = kern.mla_decode_tile(cc, rank, rows, 2)
+                assert tile.block_m in (16, 32, 64) and tile.block_n >= 16
+    assert kern.attention_tiles(89, 256, 256, 2) == kern.attention_tiles(86, 256, 256, 2)
+    assert kern.attention_tiles(80, 256, 256, 2) != kern.attention_tiles(86, 256, 256, 2)
+
+
+@pytest.mark.parametrize("tiles", [(16, 16), (32, 16)], ids=lambda t: "H{}N{}".format(*t))
 @pytest.mark.parametrize("t", [1, 3])
-def test_mla_decode_matches_reference(t, poisoned):
+def test_mla_decode_matches_reference(t, tiles, poisoned, monkeypatch):
+    """The cache before the new tokens runs unmasked, the last block masked (S = 37, N = 16)."""
+    set_tiles(monkeypatch, *tiles)
     b, h, s, r, dr = 2, 5, 37, 24, 8
     g = torch.Generator().manual_seed(t)
     ql, qr = torch.randn(b, h, t, r, generator=g), torch.randn(b, h, t, dr, generator=g)
@@ -165,8 +165,8 @@ def test_cached_decoding_with_triton_matches_full_forward(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}Hq{}Hkv{}T{}S{}D{}-{}".format(*c[:7]))
-def test_flash_attention_gpu(case, dtype):
+@pytest.mark.parametrize("case", CASES + SPLIT_CASES + GPU_CASES, ids=case_id)
+def test_flash_attention_gpu(case, dtype, poisoned):
     run_case(case, device="cuda", dtype=dtype, tol=(3e-2, 3e-2))
 
 
@@ -183,3 +183,145 @@ def test_dispatch_decision(monkeypatch):
     monkeypatch.setenv("LABKIT_ATTN", "flash")
     with pytest.raises(ValueError, match="LABKIT_ATTN must be"):
         attention_impl(cfg, torch.device("cpu"))
+
+
+# --------------------------------------------------------------------------- compile-time report
+def compile_env():
+    """The report compiles for NVIDIA targets; it must not run under the interpreter."""
+    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+
+def run_report(args, tmp_path, timeout=1500):
+    out = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "labkit.cli", "kernels", "report", "--quiet", "--json", str(out)]
+    proc = subprocess.run(
+        cmd + args, capture_output=True, text=True, env=compile_env(), timeout=timeout, cwd=ROOT
+    )
+    rows = json.loads(out.read_text()) if out.exists() else []
+    return proc, rows
+
+
+def check_rows(proc, rows, dtypes):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    keys = {"kernel", "arch", "config", "shared_bytes", "shared_limit_bytes", "registers", "spills"}
+    assert rows and all(keys <= set(r) for r in rows)
+    archs = {"sm_80", "sm_86", "sm_89", "sm_90"}
+    kernels = {"fwd", "delta", "dkdv", "dq", "mla_decode"}
+    assert {(r["kernel"], r["arch"]) for r in rows} == {(k, a) for k in kernels for a in archs}
+    for arch in archs:
+        fwd = [r["config"] for r in rows if r["kernel"] == "fwd" and r["arch"] == arch]
+        for dtype in dtypes:
+            for dims in ("d64/64", "d128/128", "d192/128", "d256/256"):
+                assert any(c.startswith(f"{dtype} {dims} ") for c in fwd), (arch, dtype, dims)
+        ranks = {c.split()[1] for r in rows if r["arch"] == arch and r["kernel"] == "mla_decode" for c in [r["config"]]}  # fmt: skip
+        assert ranks == {f"r{w}+32" for w in (32, 64, 128, 256, 512)}
+    for r in rows:
+        where = f"{r['kernel']} {r['arch']} {r['config']}"
+        assert 0 < r["shared_bytes"] <= r["shared_limit_bytes"], where
+        assert 0 < r["registers"] <= 255 and r["registers"] * r["threads"] <= 65536, where
+        if r["kernel"] == "fwd":
+            assert r["spills"] == 0, where
+        assert r["fits"], where
+    limits = {r["arch"]: r["shared_limit_bytes"] for r in rows}
+    assert limits == {
+        "sm_80": 163 * 1024,
+        "sm_86": 99 * 1024,
+        "sm_89": 99 * 1024,
+        "sm_90": 227 * 1024,
+    }
+
+
+def test_kernels_report_every_dispatch_config_fits(tmp_path):
+    """CI: every kernel compiled for sm_80/86/89/90 at the tiles the dispatch chooses for bf16
+    at head dims 64, 128, 192/128, 256 and one-token MLA decode at the presets' latent widths
+    fits the architecture's shared memory and registers, and the forward kernel does not spill."""
+    proc, rows = run_report(["--quick"], tmp_path)
+    check_rows(proc, rows, ["bf16"])
+
+
+@pytest.mark.slow
+def test_kernels_report_all_configs_fit(tmp_path):
+    """Everything the dispatch can choose: bf16/fp16 and fp32 tiles, head dims 32-256, MLA decode
+    with 16-64 rows per program."""
+    proc, rows = run_report([], tmp_path, timeout=3600)
+    check_rows(proc, rows, ["bf16", "fp32"])
+
+
+def test_kernels_report_flags_a_config_over_the_limit():
+    """The check can fail: a 64 x 64 dK/dV tile at head dim 256 with 3 stages needs more than
+    the 99 KiB an sm_86 block may use."""
+    code = (
+        "from labkit.kernels.report import Job, compile_job; from labkit.kernels import attention as k;"
+        "w = k._widths(256, 256);"
+        "job = Job('_dkdv_kernel', 86, 'x', dict(CAUSAL=True, BLOCK_M=64, BLOCK_N=64, **w), 'bf16', 4, 3);"
+        "r = compile_job(job); print(r.fits, r.shared_bytes, r.problems)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=compile_env(), cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fits, shared, problems = proc.stdout.split(" ", 2)
+    assert fits == "False" and int(shared) > 99 * 1024 and "shared memory" in problems
+
+
+def test_kernels_report_rejects_unknown_architectures(capsys):
+    from labkit.cli import main
+
+    assert main(["kernels", "report", "--arch", "sm_75"]) == 2
+    assert "sm_80, sm_86, sm_89, sm_90" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- make gpu-check
+def test_gpu_check_dry_run_prints_the_plan():
+    proc = subprocess.run(
+        [sys.executable, "-m", "labkit.bench.gpu_check", "--dry-run"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for expected in (
+        "-m labkit.kernels.check",
+        "-m pytest -q -m gpu",
+        "-m labkit.bench.attention --record --quick",
+        "--layer-slice",
+        "never replaced",
+        "torch==",
+        "benchmarks/RESULTS.md",
+    ):
+        assert expected in out, expected
+
+
+@pytest.mark.skipif(
+    CUDA or sys.prefix == sys.base_prefix,
+    reason="the refusal without a GPU, inside a venv (outside one it would make .venv-gpu)",
+)
+def test_gpu_check_stops_clearly_without_a_gpu():
+    proc = subprocess.run(
+        [sys.executable, "-m", "labkit.bench.gpu_check"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_gpu_check_never_installs_torch_or_cuda_wheels(tmp_path):
+    from labkit.bench import gpu_check
+
+    pins = gpu_check.constraints()
+    assert any(p.startswith("torch==") for p in pins)
+    assert all(gpu_check.NEVER_INSTALL.match(p.split("==")[0]) for p in pins)
+    assert gpu_check.missing(["torch>=2.0", "surely-not-installed-labkit-dep>=1"]) == [
+        "surely-not-installed-labkit-dep>=1"
+    ]
+    cmd = gpu_check.install_command(["tqdm>=4"], str(tmp_path), "c.txt")
+    assert cmd[-1] == "tqdm>=4" and "--no-index" in cmd and cmd[4:6] == ["-c", "c.txt"]
+    assert not any(
+        gpu_check.NEVER_INSTALL.match(gpu_check._dist_name(r))
+        for r in gpu_check.missing(gpu_check.requirements())
+    )
