@@ -380,7 +380,7 @@ def test_every_checkpoint_file_is_covered_and_a_missing_checksum_is_an_error(
             (d / "meta.json").read_text().replace('"data_dir": "', '"data_dir": "/evil')
         ),
         "SHA256SUMS": lambda d: (d / "SHA256SUMS").unlink(),
-        "not covered": lambda d: (d / "tokenizer.json").write_text("{}"),
+        "not covered": lambda d: (d / "notes.txt").write_text("added after the save"),
     }
     for match, damage in cases.items():
         d = tmp_path / match.replace(" ", "_")

@@ -149,6 +149,13 @@ def test_corrupted_checkpoints_are_detected(reference, tmp_path):
     assert ckpt.latest_resume_state(runs) == sorted((runs / "resume").glob("step_*"))[-2]
 
 
+def rewrite_meta(milestone, meta):
+    """Stage a scenario (a moved data set, an older checkpoint): meta.json is covered by
+    SHA256SUMS, so the sums are written again, as the writer of such a checkpoint would have."""
+    (milestone / "meta.json").write_text(json.dumps(meta))
+    ckpt.write_sums(milestone)
+
+
 def test_a_milestone_copied_alone_loads_and_tokenizes(reference, ci_data, tmp_path, capsys):
     import shutil
 
@@ -161,7 +168,7 @@ def test_a_milestone_copied_alone_loads_and_tokenizes(reference, ci_data, tmp_pa
     meta = json.loads((copy / "meta.json").read_text())
     assert "tokenizer.json" in meta["checksums"]
     meta["data_dir"] = str(tmp_path / "gone")  # the data set is not on this machine
-    (copy / "meta.json").write_text(json.dumps(meta))
+    rewrite_meta(copy, meta)
     model, _ = ckpt.load(copy)
     text = "The river flows past 12 old houses."
     toks = model.to_tokens(text)
@@ -174,10 +181,10 @@ def test_a_milestone_copied_alone_loads_and_tokenizes(reference, ci_data, tmp_pa
     del meta["checksums"]["tokenizer.json"]
     (copy / "tokenizer.json").unlink()
     meta["data_dir"] = str(ci_data)
-    (copy / "meta.json").write_text(json.dumps(meta))
+    rewrite_meta(copy, meta)
     assert ckpt.load(copy)[0].to_string(toks[0]) == text
     meta["data_dir"] = str(tmp_path / "gone")
-    (copy / "meta.json").write_text(json.dumps(meta))
+    rewrite_meta(copy, meta)
     capsys.readouterr()
     model, _ = ckpt.load(copy)
     out = capsys.readouterr().out
