@@ -237,6 +237,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"`labkit lm-eval --model labkit --include_path {out} --tasks labkit_suite ...`"
         )
         return 0
+    if args.action == "perplexity":
+        return _eval_perplexity(args)
     from labkit.eval.runner import evaluate_run, main_metric
 
     if not args.run:
@@ -256,6 +258,47 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(
         f"results in {Path(args.run) / 'evals'} and the registry "
         f"{args.registry or Path(args.run).parent / 'index.jsonl'}"
+    )
+    return 0
+
+
+def _eval_perplexity(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from labkit.eval.perplexity import perplexity_over_milestones, write_rows
+    from labkit.study import select_milestones
+
+    if not args.run or not args.split:
+        raise ValueError("labkit eval perplexity needs --run DIR and --split NAME (an eval split)")
+    rows = perplexity_over_milestones(
+        select_milestones(args.run, args.milestones), args.split, args.limit, args.batch_size
+    )
+    print(f"perplexity on eval_{args.split} ({rows[0]['documents']} documents, "
+          f"{rows[0]['tokens']:,} predicted tokens)")  # fmt: skip
+    print(f"{'milestone':<22}{'loss':>10}{'perplexity':>12}")
+    for r in rows:
+        print(f"{r['milestone']:<22}{r['loss']:>10.4f}{r['perplexity']:>12.2f}")
+    out = Path(args.run) / "evals" / f"perplexity_{args.split}.json"
+    write_rows(out, rows)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from labkit.checkpoint import load
+    from labkit.export import to_hf
+
+    model, _ = load(args.checkpoint)
+    if model.tokenizer is None:
+        raise ValueError(
+            f"{args.checkpoint} carries no tokenizer.json and its data set's is gone: the export "
+            "would not load in a pipeline"
+        )
+    out = to_hf(model, args.out, overwrite=args.overwrite)
+    print(
+        f"exported {args.checkpoint} to {out} (weights, config, tokenizer, eos/pad ids); try:\n"
+        f'  python -c "from transformers import pipeline; '
+        f"print(pipeline('text-generation', '{out}')('The', max_new_tokens=20))\""
     )
     return 0
 
@@ -421,11 +464,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "eval", help="evaluate milestones with lm-eval (offline labkit_suite), or build the suite"
     )
-    ev.add_argument("action", nargs="?", default="run", choices=["run", "build-tasks"])
+    ev.add_argument(
+        "action",
+        nargs="?",
+        default="run",
+        choices=["run", "build-tasks", "perplexity"],
+        help="run the task suite (default), build its tasks, or perplexity on one eval split",
+    )
+    ev.add_argument("--split", help="perplexity: the eval split (e.g. prose, or a source name)")
     ev.add_argument("--run", help="a run directory")
     ev.add_argument("--tasks", default="labkit_suite", help="comma list (default labkit_suite)")
     ev.add_argument("--milestones", default="all", help="'all' or a comma list")
-    ev.add_argument("--limit", type=int, help="examples per task (quick looks)")
+    ev.add_argument(
+        "--limit", type=int, help="examples per task (perplexity: documents) for quick looks"
+    )
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--registry", help="registry file (default: index.jsonl beside the run)")
@@ -436,6 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="build-tasks: write into a non-suite --out"
     )
     ev.set_defaults(func=cmd_eval)
+
+    ex = sub.add_parser(
+        "export", help="a milestone as a Hugging Face folder (weights, config, tokenizer, eos)"
+    )
+    ex.add_argument("--checkpoint", required=True, help="a milestone directory")
+    ex.add_argument("--out", required=True, help="output directory")
+    ex.add_argument("--overwrite", action="store_true", help="replace a non-export --out")
+    ex.set_defaults(func=cmd_export)
 
     # Parsed by lm-eval itself (main() hands the arguments over before argparse sees them).
     sub.add_parser(

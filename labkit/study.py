@@ -120,8 +120,8 @@ def pick_milestones(milestones: Sequence[Path], n: int | None) -> list[Path]:
 def select_milestones(
     run_dir: str | Path, milestones: str | Sequence[str] | None = "all"
 ) -> list[Path]:
-    """A run's milestones: all, or those named (directory names or token counts) in a comma
-    list or sequence."""
+    """A run's milestones: all, or those named (directory names, token counts, `first`, `last`)
+    in a comma list or sequence."""
     found = list_milestones(run_dir)
     if not found:
         raise FileNotFoundError(f"no milestones in {run_dir}/checkpoints: is it a labkit run?")
@@ -130,6 +130,8 @@ def select_milestones(
     wanted = [
         m.strip() for m in (milestones.split(",") if isinstance(milestones, str) else milestones)
     ]
+    aliases = {"first": found[0].name, "last": found[-1].name}
+    wanted = list(dict.fromkeys(aliases.get(m, m) for m in wanted))
     by_name = {p.name: p for p in found} | {p.name.split("_")[-1].lstrip("0"): p for p in found}
     missing = [m for m in wanted if m not in by_name and m.lstrip("0") not in by_name]
     if missing:

@@ -7,7 +7,9 @@ which token positions, which label.
                                               # question_end
     label: {kind: entity_attr, entity: people, attr: occupation}
                                               # token_is_digit | doc_label | entity_attr |
-                                              # number_value | answerable
+                                              # number_value | answerable |
+                                              # label_field (any field of your own data:
+                                              # {kind: label_field, field: topic})
     task: classification                      # or regression
     control: token_type                       # or document, or entity (span targets: one random
                                               # label per entity or world quantity)
@@ -27,7 +29,9 @@ from typing import Any
 import numpy as np
 
 POSITION_KINDS = ("all_tokens", "span", "last_token", "document_mean", "question_end")
-LABEL_KINDS = ("token_is_digit", "doc_label", "entity_attr", "number_value", "answerable")
+LABEL_KINDS = (
+    "token_is_digit", "doc_label", "label_field", "entity_attr", "number_value", "answerable",
+)  # fmt: skip
 SPAN_TYPES = {"people": "person", "cities": "city", "organisations": "organisation",
               "elements": "element", "species": "species", "events": "event"}  # fmt: skip
 
@@ -44,7 +48,9 @@ class ProbeData:
 
     @property
     def n_examples(self) -> int:
-        return len(self.labels)
+        """Examples the probe is fit and scored on: one per document when positions are
+        averaged over a document, else one per position."""
+        return len(np.unique(self.groups)) if self.document_mean else len(self.labels)
 
 
 CONTROLS = ("token_type", "document", "entity")
@@ -177,6 +183,17 @@ def _doc_label(doc: dict, label: dict, name: str) -> Any:
         if "labels" not in doc or label["key"] not in doc["labels"]:
             raise ValueError(f"probe {name}: documents carry no label {label['key']!r}")
         return doc["labels"][label["key"]]
+    if label["kind"] == "label_field":  # a field the user's jsonl brought (kept by the build)
+        key = label.get("field")
+        fields = doc.get("fields") or {}
+        if not key:
+            raise ValueError(f"probe {name}: label kind 'label_field' needs `field: NAME`")
+        if key not in fields or fields[key] is None:
+            raise ValueError(
+                f"probe {name}: document {doc.get('id')!r} has no field {key!r}; its fields are "
+                f"{sorted(fields)} (fields come from the source's jsonl, kept by the build)"
+            )
+        return fields[key]
     if label["kind"] == "answerable":
         return int(bool(doc["answerable"]))
     raise ValueError(f"probe {name}: label kind {label['kind']!r} does not fit these positions")
