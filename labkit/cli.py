@@ -114,7 +114,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         f"{metric} / control / selectivity"
     )
     names = [p.name for p in milestones]
-    print(f"{'layer':<7}" + "".join(f"{n[-14:]:>26}" for n in names))
+    print(f"{'layer':<7}" + "".join(f"{milestone_label(n):>26}" for n in names))
     for layer in sorted({r["layer"] for r in rows}):
         cells = []
         for name in names:
@@ -127,6 +127,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
         print(f"wrote {len(rows)} rows to {args.json}")
     return 0
+
+
+def milestone_label(name: str) -> str:
+    """`tokens_000003010560` -> `3.01M tokens`; other names unchanged."""
+    from labkit.config import human
+
+    count = name.rsplit("_", 1)[-1]
+    return f"{human(int(count))} tokens" if count.isdigit() else name
 
 
 def _write_json(path: str | None, payload) -> None:
@@ -203,8 +211,25 @@ def cmd_latent(args: argparse.Namespace) -> int:
     return 0
 
 
+STUDY_RUNS = "runs/paper-mini"  # the committed study: its figures are figures/
+
+
+def figures_out(runs: list[str], out: str | None) -> str:
+    """Where `labkit figures` writes: --out, else figures/ only for the committed study (other
+    runs must not overwrite the study's committed figures), else a folder inside the run."""
+    from pathlib import Path
+
+    if out:
+        return out
+    if [str(Path(r)) for r in runs] == [STUDY_RUNS]:
+        return "figures"
+    return str(Path(runs[0]) / "figures")
+
+
 def cmd_figures(args: argparse.Namespace) -> int:
     from labkit.figures import NotebookFailed, build
+
+    args.out = figures_out(args.runs, args.out)
 
     try:
         manifest = build(
@@ -348,6 +373,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+class DefaultsHelp(argparse.HelpFormatter):
+    """`--help` that shows each option's default (none for unset options and off switches)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        quiet = action.default in (None, False, argparse.SUPPRESS) or "default" in text
+        if action.option_strings and not quiet:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labkit", description="Pre-train small MLA/GQA models and look inside them."
@@ -384,19 +420,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe = sub.add_parser("probe", help="train probes at layers x milestones of a run")
     probe.add_argument("--layer", required=True, help="a layer, a comma list, or 'all'")
-    probe.add_argument("--target", required=True, help="a probe spec name in probes/")
+    shipped = sorted(
+        p.stem for p in (Path(__file__).resolve().parents[1] / "probes").glob("*.yaml")
+    )
+    probe.add_argument(
+        "--target",
+        required=True,
+        help=f"a probe spec name in --probes-dir; shipped: {', '.join(shipped) or 'none'}",
+    )
     where = probe.add_mutually_exclusive_group(required=True)
     where.add_argument("--run", help="a run directory (runs/<id>)")
     where.add_argument("--checkpoint", help="one milestone directory")
     probe.add_argument("--site", default="resid_post", help=f"one of {', '.join(PROBE_SITES)}")
     probe.add_argument("--probe", default="linear", choices=["linear", "mlp"])
     probe.add_argument(
-        "--milestones", default="all", help="'all' or a comma list of names/token counts"
+        "--milestones",
+        default="all",
+        help="'all', or a comma list of first, last, names or token counts",
     )
     probe.add_argument("--json", help="write the result rows here")
     probe.add_argument("--data", help="the data set (default: the one the run trained on)")
     probe.add_argument("--max-documents", type=int, help="cap the spec's number of documents")
-    probe.add_argument("--probes-dir", default=str(Path(__file__).resolve().parents[1] / "probes"))
+    probe.add_argument(
+        "--probes-dir",
+        default=str(Path(__file__).resolve().parents[1] / "probes"),
+        help="folder of probe specs (YAML)",
+    )
     probe.set_defaults(func=cmd_probe)
 
     def run_args(p, multi: bool = False) -> None:
@@ -404,7 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
             where = p.add_mutually_exclusive_group(required=True)
             where.add_argument("--run", help="a run directory")
             where.add_argument("--checkpoint", help="one milestone directory")
-            p.add_argument("--milestones", default="all", help="'all' or a comma list")
+            p.add_argument(
+                "--milestones", default="all", help="'all', or a comma list of first, last, names"
+            )
         p.add_argument("--json", help="write the results here")
 
     ind = sub.add_parser(
@@ -449,7 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=["runs/paper-mini"],
         help="run directories, or a directory of runs (default: runs/paper-mini from make paper)",
     )
-    fig.add_argument("--out", default="figures", help="output directory (default: figures)")
+    fig.add_argument(
+        "--out",
+        help="output directory (default: figures/ for the committed study runs/paper-mini, "
+        "else RUN/figures of the first --runs)",
+    )
     fig.add_argument("--smoke", action="store_true", help="few milestones and documents: fast")
     fig.add_argument("--notebooks", nargs="*", help="only these (e.g. 02 03_probes)")
     fig.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
@@ -474,7 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", help="perplexity: the eval split (e.g. prose, or a source name)")
     ev.add_argument("--run", help="a run directory")
     ev.add_argument("--tasks", default="labkit_suite", help="comma list (default labkit_suite)")
-    ev.add_argument("--milestones", default="all", help="'all' or a comma list")
+    ev.add_argument(
+        "--milestones", default="all", help="'all', or a comma list of first, last, names"
+    )
     ev.add_argument(
         "--limit", type=int, help="examples per task (perplexity: documents) for quick looks"
     )
@@ -525,6 +582,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--print", action="store_true", help="print one torchrun command per run")
     sw.add_argument("--nproc", type=int, default=1)
     sw.set_defaults(func=cmd_sweep)
+    # `--help` of every command shows each option's default
+    for choice in sub.choices.values():
+        choice.formatter_class = DefaultsHelp
+    for choice in data_sub.choices.values():
+        choice.formatter_class = DefaultsHelp
     return parser
 
 

@@ -8,6 +8,7 @@ table or a plot can use directly. The analyses themselves stay pure functions in
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -457,7 +458,7 @@ def probe_over_milestones(
 ) -> list[dict[str, Any]]:
     """Probe rows (accuracy or R^2, control accuracy, selectivity) for every layer x milestone.
     The probe data are built once, from the data set of the first milestone unless given."""
-    from labkit.analysis.probe_tasks import build_probe_data
+    from labkit.analysis.probe_tasks import build_probe_data, unseen_text_warning
     from labkit.analysis.probing import probe_model
     from labkit.data.build import load_manifest
     from labkit.data.tokenizer import load_tokenizer
@@ -468,7 +469,11 @@ def probe_over_milestones(
         if data is None:
             root = Path(data_dir) if data_dir else run_data_dir(path)
             tok = load_tokenizer(root / "tokenizer.json")
-            data = build_probe_data(spec, tok, load_manifest(root), root, model.cfg.max_seq_len)
+            manifest = load_manifest(root)
+            warning = unseen_text_warning(spec, manifest)
+            if warning:
+                print(warning, file=sys.stderr)
+            data = build_probe_data(spec, tok, manifest, root, model.cfg.max_seq_len)
         chosen = list(range(model.cfg.n_layers)) if layers is None else list(layers)
         bad = [x for x in chosen if not 0 <= x < model.cfg.n_layers]
         if bad:

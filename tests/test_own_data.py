@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from conftest import run
 
-from labkit.cli import main
+from labkit.cli import figures_out, main, milestone_label
 from labkit.config import CurationSection, DataConfig
 from labkit.data.build import build, dataset_card
 from labkit.data.curation import curate, curation_warnings
 from labkit.data.prose import generate_prose
+from labkit.eval.tasks import build_tasks
 
 OWN_TEXT_ONLY = {
     "synthetic": {"enabled": False},
@@ -34,8 +35,13 @@ def write_prose_jsonl(path: Path, limit: int) -> list[dict]:
             "text": d["text"],
             "kind": "topic" if d["id"].startswith("prose-topic-") else "docstring",
             "origin": d["origin"],
+            # a span label from character offsets: the first word, and whether it is capitalised
+            "spans": [
+                {"start": 0, "end": len(first), "type": "word", "capital": first[:1].isupper()}
+            ],
         }
         for d in docs
+        for first in [d["text"].split()[0]]
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
@@ -99,6 +105,28 @@ def test_extra_fields_and_ids_travel_into_the_document_index(tmp_path):
         assert d["fields"] == {"kind": by_id[d["id"]]["kind"], "origin": by_id[d["id"]]["origin"]}
     text = [json.loads(x) for x in (out / "text" / "train.jsonl").read_text().splitlines()]
     assert [d["id"] for d in text] == [d["id"] for d in docs]
+    for d in text:  # the spans stay on their words through curation
+        (span,) = d["spans"]
+        assert d["text"][span["start"] : span["end"]] == d["text"].split()[0]
+    # a span probe label taken from the user's offsets
+    from labkit.analysis.probe_tasks import build_probe_data
+    from labkit.data.tokenizer import load_tokenizer
+
+    spec = {"name": "capital", "source": {"kind": "data", "split": "train"},
+            "positions": {"kind": "span", "type": "word"},
+            "label": {"kind": "label_field", "field": "capital"}, "control": "entity"}  # fmt: skip
+    data = build_probe_data(spec, load_tokenizer(out / "tokenizer.json"), manifest, out)
+    assert data.n_examples == len(text)
+    assert sorted(set(data.labels.tolist())) == [False, True]
+    # the offline suite needs the world's splits: each task is skipped with a note, and with
+    # none buildable the error names what to run instead
+    with pytest.raises(ValueError, match="labkit eval perplexity --split"):
+        build_tasks(out, tmp_path / "tasks")
+
+
+def test_milestone_names_read_as_token_counts():
+    assert milestone_label("tokens_000003010560") == "3.01M tokens"
+    assert milestone_label("final") == "final"
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -136,6 +164,7 @@ def test_own_prose_end_to_end(tmp_path, capsys):
     probe_json = tmp_path / "probe.json"
     assert main(["probe", "--run", str(run_dir), "--milestones", "last", "--layer", "all",
                  "--target", "kind", "--probes-dir", str(probes), "--json", str(probe_json)]) == 0  # fmt: skip
+    assert "6.14K tokens" in capsys.readouterr().out
     probe_rows = json.loads(probe_json.read_text())
     assert probe_rows and all(r["examples"] <= 200 for r in probe_rows)
     assert max(r["accuracy"] for r in probe_rows) > 0.5
@@ -155,3 +184,70 @@ def test_own_prose_end_to_end(tmp_path, capsys):
     text = generate("The", max_new_tokens=8, do_sample=False)[0]["generated_text"]
     assert text.startswith("The") and len(text) > 3
     assert json.loads((hf / "config.json").read_text())["eos_token_id"] is not None
+
+
+# ----------------------------------------------------------------------------- newcomer friction
+def test_figures_write_into_figures_only_for_the_committed_study():
+    assert figures_out(["runs/paper-mini"], None) == "figures"
+    assert figures_out(["runs/mine"], None) == str(Path("runs/mine/figures"))
+    assert figures_out(["runs/mine"], "out") == "out"
+
+
+def test_help_shows_defaults_and_probe_targets(capsys):
+    with pytest.raises(SystemExit):
+        main(["probe", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: resid_post)" in out and "digit" in out and "first, last" in out
+
+
+def test_make_lab_passes_lab_args():
+    import subprocess
+
+    from conftest import ROOT
+
+    dry = subprocess.run(["make", "-n", "lab", "LAB_ARGS=--allow-root --port 8890"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "jupyter lab" in dry and "--allow-root --port 8890" in dry
+
+
+def test_printed_next_commands_run_without_activating_the_venv():
+    import importlib.util
+    import sys
+
+    from conftest import RUN
+
+    spec = importlib.util.spec_from_file_location("labkit_trainer", RUN)
+    trainer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trainer)
+    last = Path("runs/x/checkpoints/tokens_000000024576")
+    lines = trainer.next_commands(Path("runs/x"), last, ["code", "general"])
+    bin_dir = Path(sys.executable).parent
+    if bin_dir.is_relative_to(Path.cwd()):
+        bin_dir = bin_dir.relative_to(Path.cwd())
+    assert all(line.startswith(f"  {bin_dir}/") for line in lines[1:])  # .venv/bin/..., not bare
+    assert any(f"export --checkpoint {last}" in line for line in lines)
+    assert any("--target digit" in line for line in lines)
+    own = trainer.next_commands(Path("runs/x"), last, ["mine"])
+    assert any("--split mine" in line for line in own)
+    assert not any("--target digit" in line for line in own)  # world probes: not for own text
+
+
+def test_probes_warn_when_the_run_never_saw_their_text():
+    from labkit.analysis.probe_tasks import unseen_text_warning
+
+    own = {"sources": {"mine": {"documents": 10, "tokens": 1000}}}
+    world_spec = {"name": "digit", "source": {"kind": "world"}}
+    assert "no 'synthetic' source" in unseen_text_warning(world_spec, own)
+    data_spec = {"name": "kind", "source": {"kind": "data", "split": "train"}}
+    assert unseen_text_warning(data_spec, own) is None
+    seen = {"sources": {"synthetic": {"documents": 10, "tokens": 1000}}}
+    assert unseen_text_warning(world_spec, seen) is None
+
+
+def test_bad_span_offsets_name_the_document(tmp_path):
+    from labkit.data.curation import load_text_source
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"id": "a1", "text": "short", "spans": [{"start": 2, "end": 9}]}))
+    with pytest.raises(ValueError, match=r"document 'a1': spans\[0\] needs integer start < end"):
+        load_text_source("mine", str(path))

@@ -94,6 +94,21 @@ def _documents(spec: dict, manifest: dict, data_dir: Path | None, world) -> list
     raise ValueError(f"probe {spec['name']}: source.kind must be world, retrieval or data")
 
 
+def unseen_text_warning(spec: dict[str, Any], manifest: dict) -> str | None:
+    """A warning when the spec probes text of a kind the run's corpus lacked (e.g. a shipped,
+    world-generated probe on a run trained on own text only): its numbers would say little."""
+    kind = spec["source"].get("kind", "world")
+    needs = {"world": "synthetic", "retrieval": "retrieval"}.get(kind)
+    trained = manifest.get("sources", {}).get(needs, {}).get("tokens", 0) if needs else 1
+    if trained:
+        return None
+    return (
+        f"warning: probe {spec['name']} reads {kind}-generated text, but the run's data set has no "
+        f"{needs!r} source: the model never trained on text like it; for own text use a "
+        "`kind: data` spec (README: Your own data)"
+    )
+
+
 def _world(manifest: dict):
     from labkit.data.world import world_from_manifest
 
@@ -153,7 +168,9 @@ def build_probe_data(
                 value = _span_label(span, label_spec, world, spec["name"], doc.get("cast", {}))
                 if value is not None:
                     picked.append((toks[-1], value))  # read at the mention's last token
-                    ids_of_spans[toks[-1]] = f"{span['type']}:{span['id']}"
+                    # entity identity for the control task: its id, else (own spans) its text
+                    key = span.get("id", doc["text"][span["start"] : span["end"]])
+                    ids_of_spans[toks[-1]] = f"{span['type']}:{key}"
         elif kind == "all_tokens":
             value = _doc_label(doc, label_spec, spec["name"])
             picked = [(i, value) for i in range(len(ids))]
@@ -212,4 +229,6 @@ def _span_label(span: dict, label: dict, world, name: str, cast: dict | None = N
             return math.log10(1 + abs(float(span["attr"])))
         except (KeyError, ValueError):
             return None
+    if label["kind"] == "label_field":  # a key of the user's own span ({start, end, type, KEY})
+        return span.get(label.get("field"))
     raise ValueError(f"probe {name}: label kind {label['kind']!r} does not fit span positions")

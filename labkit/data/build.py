@@ -56,7 +56,10 @@ def _progress(quiet: bool):
 
 
 def _jsonl(docs: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(d, ensure_ascii=False, sort_keys=True) + "\n" for d in docs).encode()
+    # default=str: fields a user brings (e.g. parquet timestamps) are written as text
+    return "".join(
+        json.dumps(d, ensure_ascii=False, sort_keys=True, default=str) + "\n" for d in docs
+    ).encode()
 
 
 def _hash_split(doc_id: str, fraction: float) -> bool:
@@ -429,9 +432,11 @@ def dataset_card(data_dir: str | Path) -> str:
     for name, s in m["eval_splits"].items():
         lines.append(f"{name:<14}{s['documents']:>11,}{s['tokens']:>12,}")
     lines.append("")
-    lines.append(
-        f"## Dimensions of the synthetic corpus (max |error| {m['dimension_max_abs_error_pp']} pp)"
-    )
+    if m["dimension_targets"]:  # none when the synthetic source is disabled
+        lines.append(
+            f"## Dimensions of the synthetic corpus "
+            f"(max |error| {m['dimension_max_abs_error_pp']} pp)"
+        )
     for dim, targets in m["dimension_targets"].items():
         lines.append(f"{dim}")
         for k, t in targets.items():
@@ -459,7 +464,9 @@ def dataset_card(data_dir: str | Path) -> str:
     lines.append(
         f"Tokenizer: vocab {m['tokenizer']['vocab_size']}, sha256 {m['tokenizer']['sha256'][:16]}..."
     )
-    lines.append(f"Retrieval unanswerable share: {100 * m['retrieval_unanswerable_share']:.1f}%")
+    if "retrieval" in m["sources"]:
+        share = m["retrieval_unanswerable_share"]
+        lines.append(f"Retrieval unanswerable share: {100 * share:.1f}%")
     lines.append("")
     lines += _measure_lines(m)
     lines.append("")

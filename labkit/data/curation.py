@@ -68,14 +68,17 @@ def load_text_source(
         )
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
-    # Every other field travels with the document (labels for probes, offsets, provenance); a
-    # field named `id` is kept as the document's id.
-    extra = [c for c in ds.column_names if c not in (text_field, "id")]
+    # Every other field travels with the document (labels for probes, provenance); a field named
+    # `id` is kept as the document's id, and `spans` (a list of {start, end, type, ...} character
+    # offsets) become the document's spans, which curation keeps aligned when it rewrites text.
+    extra = [c for c in ds.column_names if c not in (text_field, "id", "spans")]
     docs = []
     for i, row in enumerate(ds):
         doc = {"text": row[text_field] or "", "source": name, "id": f"{name}-{i:07d}"}
         if row.get("id") not in (None, ""):
             doc["id"] = str(row["id"])
+        if row.get("spans"):
+            doc["spans"] = _user_spans(name, doc["id"], row["spans"], len(doc["text"]))
         if extra:
             doc["fields"] = {c: row[c] for c in extra}
         docs.append(doc)
@@ -86,6 +89,21 @@ def load_text_source(
             f"source {name!r}: the id {dup!r} occurs more than once; ids must be unique"
         )
     return docs
+
+
+def _user_spans(source: str, doc_id: str, spans: list, length: int) -> list[dict[str, Any]]:
+    """Character-offset spans brought with a document, checked: each needs integer `start` <
+    `end` within the text; `type` defaults to "span"."""
+    out = []
+    for k, span in enumerate(spans):
+        start, end = (span.get("start"), span.get("end")) if isinstance(span, dict) else (0, 0)
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= length):
+            raise ValueError(
+                f"source {source!r}, document {doc_id!r}: spans[{k}] needs integer start < end "
+                f"within the text (0..{length}), got {span!r}"
+            )
+        out.append({"type": "span", **{key: v for key, v in span.items() if v is not None}})
+    return out
 
 
 # --------------------------------------------------------------------------- text edits

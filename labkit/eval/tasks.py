@@ -297,11 +297,15 @@ def build_tasks(
     for name, spec in TASKS.items():
         rng = random.Random(f"{name}-{seed}")
         docs = sources.get(spec["source"], [])
-        rows = spec["build"](docs, world, rng, n) if docs else []
+        if spec["source"] is None:  # built from the world's facts: only if the corpus taught them
+            usable, what = "synthetic" in manifest["sources"], "no synthetic (world) source"
+        else:
+            usable, what = bool(docs), f"no eval split {spec['source']!r}"
+        rows = spec["build"](docs, world, rng, n) if usable else []
         if not rows:
             print(
-                f"note: {name} skipped: no examples can be built from {data_dir}'s eval split "
-                f"{spec['source']!r} (for your own text: `labkit eval perplexity --split NAME`)",
+                f"note: {name} skipped: {data_dir} has {what if not usable else 'no examples'} "
+                "(for your own text: `labkit eval perplexity --split NAME`)",
                 file=sys.stderr,
             )
             continue
