@@ -436,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--milestones",
         default="all",
-        help="'all', or a comma list of first, last, names or token counts",
+        help="'all', or a comma list of first, last, best, names or token counts",
     )
     probe.add_argument("--json", help="write the result rows here")
     probe.add_argument("--data", help="the data set (default: the one the run trained on)")
@@ -454,7 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
             where.add_argument("--run", help="a run directory")
             where.add_argument("--checkpoint", help="one milestone directory")
             p.add_argument(
-                "--milestones", default="all", help="'all', or a comma list of first, last, names"
+                "--milestones",
+                default="all",
+                help="'all', or a comma list of first, last, best, names",
             )
         p.add_argument("--json", help="write the results here")
 
@@ -530,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--run", help="a run directory")
     ev.add_argument("--tasks", default="labkit_suite", help="comma list (default labkit_suite)")
     ev.add_argument(
-        "--milestones", default="all", help="'all', or a comma list of first, last, names"
+        "--milestones", default="all", help="'all', or a comma list of first, last, best, names"
     )
     ev.add_argument(
         "--limit", type=int, help="examples per task (perplexity: documents) for quick looks"

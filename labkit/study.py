@@ -121,8 +121,8 @@ def pick_milestones(milestones: Sequence[Path], n: int | None) -> list[Path]:
 def select_milestones(
     run_dir: str | Path, milestones: str | Sequence[str] | None = "all"
 ) -> list[Path]:
-    """A run's milestones: all, or those named (directory names, token counts, `first`, `last`)
-    in a comma list or sequence."""
+    """A run's milestones: all, or those named (directory names, token counts, `first`, `last`,
+    `best` = lowest mean validation loss) in a comma list or sequence."""
     found = list_milestones(run_dir)
     if not found:
         raise FileNotFoundError(f"no milestones in {run_dir}/checkpoints: is it a labkit run?")
@@ -132,12 +132,26 @@ def select_milestones(
         m.strip() for m in (milestones.split(",") if isinstance(milestones, str) else milestones)
     ]
     aliases = {"first": found[0].name, "last": found[-1].name}
+    if "best" in wanted:
+        aliases["best"] = best_milestone(found).name
     wanted = list(dict.fromkeys(aliases.get(m, m) for m in wanted))
     by_name = {p.name: p for p in found} | {p.name.split("_")[-1].lstrip("0"): p for p in found}
     missing = [m for m in wanted if m not in by_name and m.lstrip("0") not in by_name]
     if missing:
         raise ValueError(f"unknown milestones {missing}; available: {[p.name for p in found]}")
     return [by_name.get(m) or by_name[m.lstrip("0")] for m in wanted]
+
+
+def best_milestone(milestones: Sequence[Path]) -> Path:
+    """The milestone with the lowest mean validation loss over its eval splits (meta.json)."""
+    scored = []
+    for path in milestones:
+        val = json.loads((path / "meta.json").read_text()).get("val") or {}
+        if val:
+            scored.append((sum(val.values()) / len(val), path))
+    if not scored:
+        raise ValueError("no milestone records validation losses: 'best' needs eval splits")
+    return min(scored, key=lambda x: x[0])[1]
 
 
 def shared_milestones(a: Run, b: Run) -> list[tuple[Path, Path]]:

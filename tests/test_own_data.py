@@ -251,3 +251,17 @@ def test_bad_span_offsets_name_the_document(tmp_path):
     path.write_text(json.dumps({"id": "a1", "text": "short", "spans": [{"start": 2, "end": 9}]}))
     with pytest.raises(ValueError, match=r"document 'a1': spans\[0\] needs integer start < end"):
         load_text_source("mine", str(path))
+
+
+def test_milestones_first_last_best(tmp_path):
+    from labkit.study import select_milestones
+
+    for name, val in (("tokens_000000001024", 7.0), ("tokens_000000002048", 5.0),
+                      ("tokens_000000004096", 6.0)):  # fmt: skip
+        d = tmp_path / "checkpoints" / name
+        d.mkdir(parents=True)
+        meta = {"kind": "milestone", "tokens": int(name.split("_")[1]), "val": {"mine": val}}
+        (d / "meta.json").write_text(json.dumps(meta))
+        (d / "model.safetensors").write_bytes(b"")
+    picked = [p.name for p in select_milestones(tmp_path, "first,last,best")]
+    assert picked == ["tokens_000000001024", "tokens_000000004096", "tokens_000000002048"]
