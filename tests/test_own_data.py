@@ -265,3 +265,24 @@ def test_milestones_first_last_best(tmp_path):
         (d / "model.safetensors").write_bytes(b"")
     picked = [p.name for p in select_milestones(tmp_path, "first,last,best")]
     assert picked == ["tokens_000000001024", "tokens_000000004096", "tokens_000000002048"]
+
+
+def test_an_empty_eval_split_is_skipped_with_a_note(tmp_path, capsys):
+    write_prose_jsonl(tmp_path / "mine.jsonl", 40)
+    cfg = own_config(tmp_path / "mine.jsonl")
+    cfg.sources["mine"].eval_fraction = 0.0
+    manifest = build(cfg, tmp_path / "data", quiet=True)
+    assert manifest["eval_splits"] == {} and manifest["sources"]["mine"]["documents"] > 30
+    assert "eval split 'mine' is empty and is skipped" in capsys.readouterr().err
+
+
+def test_an_empty_stage_names_the_empty_sources():
+    import numpy as np
+
+    from labkit.data.loader import TokenStream
+
+    class Empty:
+        lengths = np.zeros(0, dtype=np.int64)
+
+    with pytest.raises(ValueError, match=r"the sources \['retrieval'\] have no training documents"):
+        TokenStream({"retrieval": Empty()}, [])
