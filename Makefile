@@ -34,8 +34,10 @@ figures: $(STAMP)
 	$(VENV)/bin/labkit figures --runs $(RUNS)
 
 # JupyterLab with jupytext: notebooks/*.py open as notebooks and stay paired with their .ipynb.
+# Extra flags through LAB_ARGS, e.g. `make lab LAB_ARGS="--allow-root --port 8890 --no-browser"`.
+LAB_ARGS ?=
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) $(LAB_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -114,7 +114,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         f"{metric} / control / selectivity"
     )
     names = [p.name for p in milestones]
-    print(f"{'layer':<7}" + "".join(f"{n[-14:]:>26}" for n in names))
+    print(f"{'layer':<7}" + "".join(f"{milestone_label(n):>26}" for n in names))
     for layer in sorted({r["layer"] for r in rows}):
         cells = []
         for name in names:
@@ -127,6 +127,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
         print(f"wrote {len(rows)} rows to {args.json}")
     return 0
+
+
+def milestone_label(name: str) -> str:
+    """`tokens_000003010560` -> `3.01M tokens`; other names unchanged."""
+    from labkit.config import human
+
+    count = name.rsplit("_", 1)[-1]
+    return f"{human(int(count))} tokens" if count.isdigit() else name
 
 
 def _write_json(path: str | None, payload) -> None:
@@ -203,8 +211,25 @@ def cmd_latent(args: argparse.Namespace) -> int:
     return 0
 
 
+STUDY_RUNS = "runs/paper-mini"  # the committed study: its figures are figures/
+
+
+def figures_out(runs: list[str], out: str | None) -> str:
+    """Where `labkit figures` writes: --out, else figures/ only for the committed study (other
+    runs must not overwrite the study's committed figures), else a folder inside the run."""
+    from pathlib import Path
+
+    if out:
+        return out
+    if [str(Path(r)) for r in runs] == [STUDY_RUNS]:
+        return "figures"
+    return str(Path(runs[0]) / "figures")
+
+
 def cmd_figures(args: argparse.Namespace) -> int:
     from labkit.figures import NotebookFailed, build
+
+    args.out = figures_out(args.runs, args.out)
 
     try:
         manifest = build(
@@ -237,6 +262,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"`labkit lm-eval --model labkit --include_path {out} --tasks labkit_suite ...`"
         )
         return 0
+    if args.action == "perplexity":
+        return _eval_perplexity(args)
     from labkit.eval.runner import evaluate_run, main_metric
 
     if not args.run:
@@ -256,6 +283,47 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(
         f"results in {Path(args.run) / 'evals'} and the registry "
         f"{args.registry or Path(args.run).parent / 'index.jsonl'}"
+    )
+    return 0
+
+
+def _eval_perplexity(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from labkit.eval.perplexity import perplexity_over_milestones, write_rows
+    from labkit.study import select_milestones
+
+    if not args.run or not args.split:
+        raise ValueError("labkit eval perplexity needs --run DIR and --split NAME (an eval split)")
+    rows = perplexity_over_milestones(
+        select_milestones(args.run, args.milestones), args.split, args.limit, args.batch_size
+    )
+    print(f"perplexity on eval_{args.split} ({rows[0]['documents']} documents, "
+          f"{rows[0]['tokens']:,} predicted tokens)")  # fmt: skip
+    print(f"{'milestone':<22}{'loss':>10}{'perplexity':>12}")
+    for r in rows:
+        print(f"{r['milestone']:<22}{r['loss']:>10.4f}{r['perplexity']:>12.2f}")
+    out = Path(args.run) / "evals" / f"perplexity_{args.split}.json"
+    write_rows(out, rows)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from labkit.checkpoint import load
+    from labkit.export import to_hf
+
+    model, _ = load(args.checkpoint)
+    if model.tokenizer is None:
+        raise ValueError(
+            f"{args.checkpoint} carries no tokenizer.json and its data set's is gone: the export "
+            "would not load in a pipeline"
+        )
+    out = to_hf(model, args.out, overwrite=args.overwrite)
+    print(
+        f"exported {args.checkpoint} to {out} (weights, config, tokenizer, eos/pad ids); try:\n"
+        f'  python -c "from transformers import pipeline; '
+        f"print(pipeline('text-generation', '{out}')('The', max_new_tokens=20))\""
     )
     return 0
 
@@ -311,6 +379,17 @@ def cmd_kernels_report(args: argparse.Namespace) -> int:
     return report_command(args)
 
 
+class DefaultsHelp(argparse.HelpFormatter):
+    """`--help` that shows each option's default (none for unset options and off switches)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        quiet = action.default in (None, False, argparse.SUPPRESS) or "default" in text
+        if action.option_strings and not quiet:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labkit", description="Pre-train small MLA/GQA models and look inside them."
@@ -347,19 +426,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe = sub.add_parser("probe", help="train probes at layers x milestones of a run")
     probe.add_argument("--layer", required=True, help="a layer, a comma list, or 'all'")
-    probe.add_argument("--target", required=True, help="a probe spec name in probes/")
+    shipped = sorted(
+        p.stem for p in (Path(__file__).resolve().parents[1] / "probes").glob("*.yaml")
+    )
+    probe.add_argument(
+        "--target",
+        required=True,
+        help=f"a probe spec name in --probes-dir; shipped: {', '.join(shipped) or 'none'}",
+    )
     where = probe.add_mutually_exclusive_group(required=True)
     where.add_argument("--run", help="a run directory (runs/<id>)")
     where.add_argument("--checkpoint", help="one milestone directory")
     probe.add_argument("--site", default="resid_post", help=f"one of {', '.join(PROBE_SITES)}")
     probe.add_argument("--probe", default="linear", choices=["linear", "mlp"])
     probe.add_argument(
-        "--milestones", default="all", help="'all' or a comma list of names/token counts"
+        "--milestones",
+        default="all",
+        help="'all', or a comma list of first, last, best, names or token counts",
     )
     probe.add_argument("--json", help="write the result rows here")
     probe.add_argument("--data", help="the data set (default: the one the run trained on)")
     probe.add_argument("--max-documents", type=int, help="cap the spec's number of documents")
-    probe.add_argument("--probes-dir", default=str(Path(__file__).resolve().parents[1] / "probes"))
+    probe.add_argument(
+        "--probes-dir",
+        default=str(Path(__file__).resolve().parents[1] / "probes"),
+        help="folder of probe specs (YAML)",
+    )
     probe.set_defaults(func=cmd_probe)
 
     def run_args(p, multi: bool = False) -> None:
@@ -367,7 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
             where = p.add_mutually_exclusive_group(required=True)
             where.add_argument("--run", help="a run directory")
             where.add_argument("--checkpoint", help="one milestone directory")
-            p.add_argument("--milestones", default="all", help="'all' or a comma list")
+            p.add_argument(
+                "--milestones",
+                default="all",
+                help="'all', or a comma list of first, last, best, names",
+            )
         p.add_argument("--json", help="write the results here")
 
     ind = sub.add_parser(
@@ -412,7 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=["runs/paper-mini"],
         help="run directories, or a directory of runs (default: runs/paper-mini from make paper)",
     )
-    fig.add_argument("--out", default="figures", help="output directory (default: figures)")
+    fig.add_argument(
+        "--out",
+        help="output directory (default: figures/ for the committed study runs/paper-mini, "
+        "else RUN/figures of the first --runs)",
+    )
     fig.add_argument("--smoke", action="store_true", help="few milestones and documents: fast")
     fig.add_argument("--notebooks", nargs="*", help="only these (e.g. 02 03_probes)")
     fig.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
@@ -427,11 +527,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "eval", help="evaluate milestones with lm-eval (offline labkit_suite), or build the suite"
     )
-    ev.add_argument("action", nargs="?", default="run", choices=["run", "build-tasks"])
+    ev.add_argument(
+        "action",
+        nargs="?",
+        default="run",
+        choices=["run", "build-tasks", "perplexity"],
+        help="run the task suite (default), build its tasks, or perplexity on one eval split",
+    )
+    ev.add_argument("--split", help="perplexity: the eval split (e.g. prose, or a source name)")
     ev.add_argument("--run", help="a run directory")
     ev.add_argument("--tasks", default="labkit_suite", help="comma list (default labkit_suite)")
-    ev.add_argument("--milestones", default="all", help="'all' or a comma list")
-    ev.add_argument("--limit", type=int, help="examples per task (quick looks)")
+    ev.add_argument(
+        "--milestones", default="all", help="'all', or a comma list of first, last, best, names"
+    )
+    ev.add_argument(
+        "--limit", type=int, help="examples per task (perplexity: documents) for quick looks"
+    )
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--registry", help="registry file (default: index.jsonl beside the run)")
@@ -442,6 +553,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="build-tasks: write into a non-suite --out"
     )
     ev.set_defaults(func=cmd_eval)
+
+    ex = sub.add_parser(
+        "export", help="a milestone as a Hugging Face folder (weights, config, tokenizer, eos)"
+    )
+    ex.add_argument("--checkpoint", required=True, help="a milestone directory")
+    ex.add_argument("--out", required=True, help="output directory")
+    ex.add_argument("--overwrite", action="store_true", help="replace a non-export --out")
+    ex.set_defaults(func=cmd_export)
 
     # Parsed by lm-eval itself (main() hands the arguments over before argparse sees them).
     sub.add_parser(
@@ -484,6 +603,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     kernels_report_arguments(kr)
     kr.set_defaults(func=cmd_kernels_report)
+    # `--help` of every command shows each option's default
+    for choice in sub.choices.values():
+        choice.formatter_class = DefaultsHelp
+    for choice in data_sub.choices.values():
+        choice.formatter_class = DefaultsHelp
     return parser
 
 

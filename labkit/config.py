@@ -443,8 +443,8 @@ FIELD_RULES: dict[str, dict[str, Any]] = {
     "world.elements": {"min": 1},
     "world.species": {"min": 1},
     "world.events": {"min": 1},
-    "synthetic.documents": {"min": 1},
-    "synthetic.eval_documents": {"min": 1},
+    "synthetic.documents": {"min": 0},  # positive when enabled (DataConfig.validate)
+    "synthetic.eval_documents": {"min": 0},
     "retrieval.unanswerable": {"min": 0, "lt": 1},
     "curation.minhash_threshold": {"gt": 0, "max": 1},
     "curation.minhash_num_perm": {"min": 1},
@@ -543,12 +543,14 @@ class WorldSizes:
 
 @dataclass
 class SyntheticSection:
+    enabled: bool = True  # false: no world-generated documents (own text only)
     documents: int = 2000
     eval_documents: int = 200  # split by domain into eval "general" and "domain" (stem)
 
 
 @dataclass
 class RetrievalSection:
+    enabled: bool = True
     documents: int = 400
     eval_documents: int = 80
     unanswerable: float = 0.2
@@ -580,6 +582,7 @@ class ProseSection:
 class SourceSection:
     """A user text source: a local file/folder (json, jsonl, txt, parquet) or a Hub dataset."""
 
+    enabled: bool = True
     path: str = ""
     hub: str = ""
     text_field: str = "text"
@@ -721,7 +724,7 @@ class DataConfig:
             for i, stage in enumerate(stages):
                 check_fields(stage, f"mixes.{mix}.stages[{i}]", "mixes.*.stages")
         positives = {
-            "synthetic.documents": self.synthetic.documents,
+            **({"synthetic.documents": self.synthetic.documents} if self.synthetic.enabled else {}),
             "tokenizer.vocab_size": self.tokenizer.vocab_size,
             "shards.tokens_per_shard": self.shards.tokens_per_shard,
         }
@@ -740,11 +743,19 @@ class DataConfig:
             raise ValueError(f"total_tokens must be >= 0, got {self.total_tokens}")
 
     def source_names(self) -> list[str]:
-        names = ["synthetic", "retrieval"]
-        names += ["control"] if self.control.enabled else []
+        names = ["synthetic"] if self.synthetic.enabled else []
+        names += ["retrieval"] if self.retrieval.enabled else []
+        # The control corpus is trimmed to the synthetic corpus's size: nothing without it.
+        names += ["control"] if self.control.enabled and self.synthetic.enabled else []
         names += ["code"] if self.code.enabled else []
         names += ["prose"] if self.prose.enabled else []
-        return names + sorted(self.sources)
+        names += sorted(n for n, s in self.sources.items() if s.enabled)
+        if not names:
+            raise ValueError(
+                "every source is disabled: enable one of synthetic, retrieval, code, prose or a "
+                "[sources.NAME] table"
+            )
+        return names
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,6 +8,7 @@ table or a plot can use directly. The analyses themselves stay pure functions in
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,8 +121,8 @@ def pick_milestones(milestones: Sequence[Path], n: int | None) -> list[Path]:
 def select_milestones(
     run_dir: str | Path, milestones: str | Sequence[str] | None = "all"
 ) -> list[Path]:
-    """A run's milestones: all, or those named (directory names or token counts) in a comma
-    list or sequence."""
+    """A run's milestones: all, or those named (directory names, token counts, `first`, `last`,
+    `best` = lowest mean validation loss) in a comma list or sequence."""
     found = list_milestones(run_dir)
     if not found:
         raise FileNotFoundError(f"no milestones in {run_dir}/checkpoints: is it a labkit run?")
@@ -130,11 +131,27 @@ def select_milestones(
     wanted = [
         m.strip() for m in (milestones.split(",") if isinstance(milestones, str) else milestones)
     ]
+    aliases = {"first": found[0].name, "last": found[-1].name}
+    if "best" in wanted:
+        aliases["best"] = best_milestone(found).name
+    wanted = list(dict.fromkeys(aliases.get(m, m) for m in wanted))
     by_name = {p.name: p for p in found} | {p.name.split("_")[-1].lstrip("0"): p for p in found}
     missing = [m for m in wanted if m not in by_name and m.lstrip("0") not in by_name]
     if missing:
         raise ValueError(f"unknown milestones {missing}; available: {[p.name for p in found]}")
     return [by_name.get(m) or by_name[m.lstrip("0")] for m in wanted]
+
+
+def best_milestone(milestones: Sequence[Path]) -> Path:
+    """The milestone with the lowest mean validation loss over its eval splits (meta.json)."""
+    scored = []
+    for path in milestones:
+        val = json.loads((path / "meta.json").read_text()).get("val") or {}
+        if val:
+            scored.append((sum(val.values()) / len(val), path))
+    if not scored:
+        raise ValueError("no milestone records validation losses: 'best' needs eval splits")
+    return min(scored, key=lambda x: x[0])[1]
 
 
 def shared_milestones(a: Run, b: Run) -> list[tuple[Path, Path]]:
@@ -455,7 +472,7 @@ def probe_over_milestones(
 ) -> list[dict[str, Any]]:
     """Probe rows (accuracy or R^2, control accuracy, selectivity) for every layer x milestone.
     The probe data are built once, from the data set of the first milestone unless given."""
-    from labkit.analysis.probe_tasks import build_probe_data
+    from labkit.analysis.probe_tasks import build_probe_data, unseen_text_warning
     from labkit.analysis.probing import probe_model
     from labkit.data.build import load_manifest
     from labkit.data.tokenizer import load_tokenizer
@@ -466,7 +483,11 @@ def probe_over_milestones(
         if data is None:
             root = Path(data_dir) if data_dir else run_data_dir(path)
             tok = load_tokenizer(root / "tokenizer.json")
-            data = build_probe_data(spec, tok, load_manifest(root), root, model.cfg.max_seq_len)
+            manifest = load_manifest(root)
+            warning = unseen_text_warning(spec, manifest)
+            if warning:
+                print(warning, file=sys.stderr)
+            data = build_probe_data(spec, tok, manifest, root, model.cfg.max_seq_len)
         chosen = list(range(model.cfg.n_layers)) if layers is None else list(layers)
         bad = [x for x in chosen if not 0 <= x < model.cfg.n_layers]
         if bad:

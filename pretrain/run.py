@@ -813,15 +813,35 @@ def _train(
             f"{len(milestones)} milestones in {run_dir / 'checkpoints'} "
             f"(first {milestones[0].name}, last {milestones[-1].name})"
         )
-        load_call = f"load('{milestones[-1]}')"
-        print("next:")
-        print(f'  python -c "from labkit.checkpoint import load; model, meta = {load_call}"')
-        print(f"  tensorboard --logdir {run_dir / 'tensorboard'}")
-        print(f"  python pretrain/run.py --run-dir {run_dir} --resume   # after a crash")
+        for line in next_commands(run_dir, milestones[-1], sorted(final["val"])):
+            print(line)
         run.record("finish", step=step, tokens=tokens_seen)
     if d.world > 1:
         dist.destroy_process_group()
     return final
+
+
+def next_commands(run_dir: Path, last: Path, splits: list[str]) -> list[str]:
+    """Ready-to-run next steps for this run, with the interpreter's own bin directory (e.g.
+    .venv/bin/) so they work without activating the environment."""
+    bin_dir = Path(sys.executable).parent
+    if bin_dir.is_relative_to(Path.cwd()):
+        bin_dir = bin_dir.relative_to(Path.cwd())
+    py, labkit = bin_dir / "python", bin_dir / "labkit"
+    split = splits[0] if splits else "NAME"
+    # The shipped probes read world-generated text: for a run on own text, a `kind: data` spec.
+    own = "general" not in splits
+    target = "SPEC --probes-dir DIR" if own else "digit"
+    return [
+        "next:",
+        f"  {labkit} probe --run {run_dir} --layer all --target {target} --milestones first,last"
+        + ("   # a `kind: data` spec: README, Your own data" if own else ""),
+        f"  {labkit} eval perplexity --run {run_dir} --split {split} --milestones first,last",
+        f"  {labkit} export --checkpoint {last} --out {run_dir / 'hf'}",
+        f"  {py} -c \"from labkit.checkpoint import load; model, meta = load('{last}')\"",
+        f"  {bin_dir / 'tensorboard'} --logdir {run_dir / 'tensorboard'}",
+        f"  {py} pretrain/run.py --run-dir {run_dir} --resume   # after a crash",
+    ]
 
 
 def stopped(signum: int, run: RunDir | None, run_dir: Path, step: int, metrics, d: Dist) -> dict:

@@ -7,7 +7,9 @@ which token positions, which label.
                                               # question_end
     label: {kind: entity_attr, entity: people, attr: occupation}
                                               # token_is_digit | doc_label | entity_attr |
-                                              # number_value | answerable
+                                              # number_value | answerable |
+                                              # label_field (any field of your own data:
+                                              # {kind: label_field, field: topic})
     task: classification                      # or regression
     control: token_type                       # or document, or entity (span targets: one random
                                               # label per entity or world quantity)
@@ -27,7 +29,9 @@ from typing import Any
 import numpy as np
 
 POSITION_KINDS = ("all_tokens", "span", "last_token", "document_mean", "question_end")
-LABEL_KINDS = ("token_is_digit", "doc_label", "entity_attr", "number_value", "answerable")
+LABEL_KINDS = (
+    "token_is_digit", "doc_label", "label_field", "entity_attr", "number_value", "answerable",
+)  # fmt: skip
 SPAN_TYPES = {"people": "person", "cities": "city", "organisations": "organisation",
               "elements": "element", "species": "species", "events": "event"}  # fmt: skip
 
@@ -44,7 +48,9 @@ class ProbeData:
 
     @property
     def n_examples(self) -> int:
-        return len(self.labels)
+        """Examples the probe is fit and scored on: one per document when positions are
+        averaged over a document, else one per position."""
+        return len(np.unique(self.groups)) if self.document_mean else len(self.labels)
 
 
 CONTROLS = ("token_type", "document", "entity")
@@ -86,6 +92,21 @@ def _documents(spec: dict, manifest: dict, data_dir: Path | None, world) -> list
     if kind == "retrieval":
         return generate_retrieval(world, n, seed, split=f"probe-{spec['name']}")
     raise ValueError(f"probe {spec['name']}: source.kind must be world, retrieval or data")
+
+
+def unseen_text_warning(spec: dict[str, Any], manifest: dict) -> str | None:
+    """A warning when the spec probes text of a kind the run's corpus lacked (e.g. a shipped,
+    world-generated probe on a run trained on own text only): its numbers would say little."""
+    kind = spec["source"].get("kind", "world")
+    needs = {"world": "synthetic", "retrieval": "retrieval"}.get(kind)
+    trained = manifest.get("sources", {}).get(needs, {}).get("tokens", 0) if needs else 1
+    if trained:
+        return None
+    return (
+        f"warning: probe {spec['name']} reads {kind}-generated text, but the run's data set has no "
+        f"{needs!r} source: the model never trained on text like it; for own text use a "
+        "`kind: data` spec (README: Your own data)"
+    )
 
 
 def _world(manifest: dict):
@@ -147,7 +168,9 @@ def build_probe_data(
                 value = _span_label(span, label_spec, world, spec["name"], doc.get("cast", {}))
                 if value is not None:
                     picked.append((toks[-1], value))  # read at the mention's last token
-                    ids_of_spans[toks[-1]] = f"{span['type']}:{span['id']}"
+                    # entity identity for the control task: its id, else (own spans) its text
+                    key = span.get("id", doc["text"][span["start"] : span["end"]])
+                    ids_of_spans[toks[-1]] = f"{span['type']}:{key}"
         elif kind == "all_tokens":
             value = _doc_label(doc, label_spec, spec["name"])
             picked = [(i, value) for i in range(len(ids))]
@@ -177,6 +200,17 @@ def _doc_label(doc: dict, label: dict, name: str) -> Any:
         if "labels" not in doc or label["key"] not in doc["labels"]:
             raise ValueError(f"probe {name}: documents carry no label {label['key']!r}")
         return doc["labels"][label["key"]]
+    if label["kind"] == "label_field":  # a field the user's jsonl brought (kept by the build)
+        key = label.get("field")
+        fields = doc.get("fields") or {}
+        if not key:
+            raise ValueError(f"probe {name}: label kind 'label_field' needs `field: NAME`")
+        if key not in fields or fields[key] is None:
+            raise ValueError(
+                f"probe {name}: document {doc.get('id')!r} has no field {key!r}; its fields are "
+                f"{sorted(fields)} (fields come from the source's jsonl, kept by the build)"
+            )
+        return fields[key]
     if label["kind"] == "answerable":
         return int(bool(doc["answerable"]))
     raise ValueError(f"probe {name}: label kind {label['kind']!r} does not fit these positions")
@@ -195,4 +229,6 @@ def _span_label(span: dict, label: dict, world, name: str, cast: dict | None = N
             return math.log10(1 + abs(float(span["attr"])))
         except (KeyError, ValueError):
             return None
+    if label["kind"] == "label_field":  # a key of the user's own span ({start, end, type, KEY})
+        return span.get(label.get("field"))
     raise ValueError(f"probe {name}: label kind {label['kind']!r} does not fit span positions")

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from labkit.config import DataConfig
 from labkit.data.code import generate_code, interpreter
 from labkit.data.control import generate_control
-from labkit.data.curation import curate, load_text_source
+from labkit.data.curation import curate, curation_warnings, load_text_source
 from labkit.data.documents import DIMENSIONS, generate_documents, realized_distribution
 from labkit.data.measures import TARGETS, corpus_measures, measure_value, target_met
 from labkit.data.mixing import Stage, plan_mix
@@ -56,7 +56,10 @@ def _progress(quiet: bool):
 
 
 def _jsonl(docs: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(d, ensure_ascii=False, sort_keys=True) + "\n" for d in docs).encode()
+    # default=str: fields a user brings (e.g. parquet timestamps) are written as text
+    return "".join(
+        json.dumps(d, ensure_ascii=False, sort_keys=True, default=str) + "\n" for d in docs
+    ).encode()
 
 
 def _hash_split(doc_id: str, fraction: float) -> bool:
@@ -112,16 +115,21 @@ def generate_sources(cfg: DataConfig) -> tuple[dict[str, list[dict]], dict[str, 
     world = world_from_manifest({"config": cfg.to_dict()})
     train: dict[str, list[dict]] = {}
     held: dict[str, list[dict]] = {}
-    train["synthetic"] = generate_documents(world, cfg.synthetic.documents, cfg.seed, "train")
-    eval_synth = generate_documents(world, cfg.synthetic.eval_documents, cfg.seed, "eval")
-    held["general"] = [d for d in eval_synth if d["labels"]["domain"] != "stem"]
-    held["domain"] = [d for d in eval_synth if d["labels"]["domain"] == "stem"]
+    eval_synth: list[dict] = []
+    if cfg.synthetic.enabled:
+        train["synthetic"] = generate_documents(world, cfg.synthetic.documents, cfg.seed, "train")
+        eval_synth = generate_documents(world, cfg.synthetic.eval_documents, cfg.seed, "eval")
+        held["general"] = [d for d in eval_synth if d["labels"]["domain"] != "stem"]
+        held["domain"] = [d for d in eval_synth if d["labels"]["domain"] == "stem"]
     r = cfg.retrieval
-    train["retrieval"] = generate_retrieval(world, r.documents, cfg.seed, "train", r.unanswerable)
-    held["retrieval"] = generate_retrieval(
-        world, r.eval_documents, cfg.seed, "eval", r.unanswerable
-    )
-    if cfg.control.enabled:
+    if r.enabled:
+        train["retrieval"] = generate_retrieval(
+            world, r.documents, cfg.seed, "train", r.unanswerable
+        )
+        held["retrieval"] = generate_retrieval(
+            world, r.eval_documents, cfg.seed, "eval", r.unanswerable
+        )
+    if cfg.control.enabled and cfg.synthetic.enabled:
         # Over-supplied here, trimmed to the synthetic corpus's token count after tokenization.
         train["control"] = generate_control(world, train["synthetic"], cfg.seed, "train", 1.5)
         held["control"] = generate_control(world, eval_synth, cfg.seed, "eval", 1.5)
@@ -133,11 +141,17 @@ def generate_sources(cfg: DataConfig) -> tuple[dict[str, list[dict]], dict[str, 
         held["prose"] = [d for d in docs if _hash_split(d["id"], cfg.prose.eval_fraction)]
         train["prose"] = [d for d in docs if not _hash_split(d["id"], cfg.prose.eval_fraction)]
     for name, src in cfg.sources.items():
+        if not src.enabled:
+            continue
         docs = load_text_source(
             name, src.path or None, src.hub or None, src.text_field, limit=src.limit or None
         )
         held[name] = [d for d in docs if _hash_split(d["id"], src.eval_fraction)]
         train[name] = [d for d in docs if not _hash_split(d["id"], src.eval_fraction)]
+    for split in [s for s, docs in held.items() if not docs]:
+        # e.g. eval_fraction = 0 or a source too small to hold any out: no eval_<split>
+        print(f"note: eval split {split!r} is empty and is skipped", file=sys.stderr)
+        del held[split]
     return train, held
 
 
@@ -156,22 +170,29 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
     # 2. curate --------------------------------------------------------------------------
     # Seed 003's prose heuristics target web-like text: the control corpus and user sources.
     quality_sources = {"control", "prose"} | {n for n, s in cfg.sources.items() if s.quality}
-    # 13-gram contamination: eval task texts, and held-out text that is not world-generated (the
-    # synthetic eval documents share the world's facts with train by design; they are guarded by
-    # exact and near-duplicate screening instead).
-    contamination = [
-        d["text"] for split in held for d in held[split] if split in ("code", "prose", *cfg.sources)
-    ]
+    # 13-gram contamination: eval task texts, and other sources' held-out text that is not
+    # world-generated (the synthetic eval documents share the world's facts with train by design;
+    # exact and near-duplicate screening guards them). A source's own held-out split is not
+    # checked against it: copies are caught by dedup, and shared boilerplate is not a leak.
+    task_texts: list[str] = []
     for f in cfg.curation.contamination_files:
-        contamination += _read_task_texts(Path(f))
+        task_texts += _read_task_texts(Path(f))
+    checked_splits = [s for s in held if s in ("code", "prose", *cfg.sources)]
     references = [d["text"] for docs in held.values() for d in docs]
     reports: dict[str, list[dict]] = {}
+    warnings: list[str] = []
     for name in list(train):
+        contamination = task_texts + [
+            d["text"] for split in checked_splits if split != name for d in held[split]
+        ]
         kept, rep = curate(
             train[name], cfg.curation, references, contamination, quality_sources, progress
         )
         train[name] = kept
         reports[name] = [vars(x) for x in rep]
+        warnings += curation_warnings(name, reports[name])
+    for line in warnings:
+        print(line, file=sys.stderr)
     for split in list(held):  # eval text gets the same rewriting; dedup only within itself
         kept, _ = curate(held[split], cfg.curation, (), (), set(), progress)
         held[split] = kept
@@ -224,6 +245,7 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
     shards: dict[str, dict[str, list]] = {"train": {}, "eval": {}}
     token_counts: dict[str, dict[str, int]] = {"train": {}, "eval": {}}
     doc_counts: dict[str, dict[str, int]] = {"train": {}, "eval": {}}
+    document_index: dict[str, dict[str, str]] = {"train": {}, "eval": {}}
     for kind, groups in (("train", train), ("eval", held)):
         for name in sorted(groups):
             ids = encoded[kind][name]
@@ -231,6 +253,12 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
             shards[kind][name] = recs
             token_counts[kind][name] = sum(r["tokens"] for r in recs)
             doc_counts[kind][name] = len(ids)
+            # The shards' document index: document k of `name`'s shards, in order, with its id
+            # and the fields it was brought with (labels for probes).
+            index_name = f"{name}_documents.jsonl"
+            rows = [{"id": d.get("id"), "fields": d.get("fields", {})} for d in groups[name]]
+            atomic_write_bytes(work / kind / index_name, _jsonl(rows))
+            document_index[kind][name] = index_name
     step("sharded")
 
     # 6. mixes ---------------------------------------------------------------------------
@@ -254,8 +282,8 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
     step("mixed")
 
     # 7. manifest ------------------------------------------------------------------------
-    synth = train["synthetic"]
-    realized = realized_distribution(synth)
+    synth = train.get("synthetic", [])
+    realized = realized_distribution(synth) if synth else {}
     text_blob = "\n\n".join(d["text"] for d in synth).encode()
     manifest = {
         "manifest_version": MANIFEST_VERSION,
@@ -278,6 +306,7 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
             for s in sorted(held)
         },
         "curation": reports,
+        "curation_warnings": warnings,
         "tokenizer": {
             "file": "tokenizer.json",
             "sha256": tokenizer_sha,
@@ -286,17 +315,21 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
         },
         "token_dtype": "uint16" if vocab <= 65_536 else "uint32",
         "shards": shards,
+        "document_index": document_index,
         "dimensions": realized,
-        "dimension_targets": DIMENSIONS,
+        "dimension_targets": DIMENSIONS if synth else {},
         "dimension_max_abs_error_pp": round(
             100
             * max(
                 abs(realized[d][k] - DIMENSIONS[d][k]) for d in DIMENSIONS for k in DIMENSIONS[d]
             ),
             3,
-        ),
+        )
+        if synth
+        else None,
         "retrieval_unanswerable_share": round(
-            sum(not d["answerable"] for d in train["retrieval"]) / max(1, len(train["retrieval"])),
+            sum(not d["answerable"] for d in train.get("retrieval", []))
+            / max(1, len(train.get("retrieval", []))),
             4,
         ),
         "gzip_ratio_synthetic": round(
@@ -399,9 +432,11 @@ def dataset_card(data_dir: str | Path) -> str:
     for name, s in m["eval_splits"].items():
         lines.append(f"{name:<14}{s['documents']:>11,}{s['tokens']:>12,}")
     lines.append("")
-    lines.append(
-        f"## Dimensions of the synthetic corpus (max |error| {m['dimension_max_abs_error_pp']} pp)"
-    )
+    if m["dimension_targets"]:  # none when the synthetic source is disabled
+        lines.append(
+            f"## Dimensions of the synthetic corpus "
+            f"(max |error| {m['dimension_max_abs_error_pp']} pp)"
+        )
     for dim, targets in m["dimension_targets"].items():
         lines.append(f"{dim}")
         for k, t in targets.items():
@@ -414,11 +449,24 @@ def dataset_card(data_dir: str | Path) -> str:
     for source, stages in m["curation"].items():
         flow = " -> ".join(f"{s['stage']} {s['docs_out']}" for s in stages)
         lines.append(f"{source:<12} {stages[0]['docs_in']} -> {flow}")
+        for st in stages:
+            removed = st["docs_in"] - st["docs_out"]
+            if removed:
+                detail = ", ".join(f"{k} {v}" for k, v in st["detail"].items())
+                lines.append(
+                    f"  {st['stage']}: removed {removed}" + (f" ({detail})" if detail else "")
+                )
+                for ex in st.get("examples", []):
+                    lines.append(f"    - {ex['id']}: {ex['reason']} | {ex['text'][:100]}")
+    for line in m.get("curation_warnings", []):
+        lines.append(line)
     lines.append("")
     lines.append(
         f"Tokenizer: vocab {m['tokenizer']['vocab_size']}, sha256 {m['tokenizer']['sha256'][:16]}..."
     )
-    lines.append(f"Retrieval unanswerable share: {100 * m['retrieval_unanswerable_share']:.1f}%")
+    if "retrieval" in m["sources"]:
+        share = m["retrieval_unanswerable_share"]
+        lines.append(f"Retrieval unanswerable share: {100 * share:.1f}%")
     lines.append("")
     lines += _measure_lines(m)
     lines.append("")

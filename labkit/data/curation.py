@@ -68,10 +68,42 @@ def load_text_source(
         )
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
-    return [
-        {"text": row[text_field] or "", "source": name, "id": f"{name}-{i:07d}"}
-        for i, row in enumerate(ds)
-    ]
+    # Every other field travels with the document (labels for probes, provenance); a field named
+    # `id` is kept as the document's id, and `spans` (a list of {start, end, type, ...} character
+    # offsets) become the document's spans, which curation keeps aligned when it rewrites text.
+    extra = [c for c in ds.column_names if c not in (text_field, "id", "spans")]
+    docs = []
+    for i, row in enumerate(ds):
+        doc = {"text": row[text_field] or "", "source": name, "id": f"{name}-{i:07d}"}
+        if row.get("id") not in (None, ""):
+            doc["id"] = str(row["id"])
+        if row.get("spans"):
+            doc["spans"] = _user_spans(name, doc["id"], row["spans"], len(doc["text"]))
+        if extra:
+            doc["fields"] = {c: row[c] for c in extra}
+        docs.append(doc)
+    ids = [d["id"] for d in docs]
+    if len(set(ids)) != len(ids):
+        dup = next(x for x in ids if ids.count(x) > 1)
+        raise ValueError(
+            f"source {name!r}: the id {dup!r} occurs more than once; ids must be unique"
+        )
+    return docs
+
+
+def _user_spans(source: str, doc_id: str, spans: list, length: int) -> list[dict[str, Any]]:
+    """Character-offset spans brought with a document, checked: each needs integer `start` <
+    `end` within the text; `type` defaults to "span"."""
+    out = []
+    for k, span in enumerate(spans):
+        start, end = (span.get("start"), span.get("end")) if isinstance(span, dict) else (0, 0)
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= length):
+            raise ValueError(
+                f"source {source!r}, document {doc_id!r}: spans[{k}] needs integer start < end "
+                f"within the text (0..{length}), got {span!r}"
+            )
+        out.append({"type": "span", **{key: v for key, v in span.items() if v is not None}})
+    return out
 
 
 # --------------------------------------------------------------------------- text edits
@@ -209,6 +241,48 @@ class StageReport:
     docs_in: int
     docs_out: int
     detail: dict[str, int] = field(default_factory=dict)
+    # A few removed documents: id, why, and the opening of the text, so a loss can be judged.
+    examples: list[dict[str, str]] = field(default_factory=list)
+
+
+MAX_EXAMPLES = 3
+WARN_REMOVED_SHARE = 0.10  # a stage removing more of a source than this is reported loudly
+
+
+def curation_warnings(source: str, reports: list[dict[str, Any]]) -> list[str]:
+    """One line per stage that removed more than WARN_REMOVED_SHARE of `source`'s documents,
+    naming the stage, the share and the reason (its detail and first example)."""
+    total = reports[0]["docs_in"] if reports else 0
+    lines = []
+    for r in reports:
+        removed = r["docs_in"] - r["docs_out"]
+        if total and removed / total > WARN_REMOVED_SHARE:
+            why = ", ".join(f"{k} {v}" for k, v in r["detail"].items()) or STAGE_REASONS.get(
+                r["stage"], r["stage"]
+            )
+            first = r["examples"][0]["reason"] if r.get("examples") else ""
+            lines.append(
+                f"warning: curation stage {r['stage']!r} removed {removed} of {total} "
+                f"{source} documents ({100 * removed / total:.0f}%): {why}"
+                + (f"; e.g. {first}" if first else "")
+            )
+    return lines
+
+
+STAGE_REASONS = {
+    "exact_dedup": "an exact copy of an earlier document or of held-out text",
+    "near_dedup": "a near-duplicate (MinHash) of an earlier document or of held-out text",
+    "contamination": "shares an n-gram with an eval task text or another source's held-out text",
+}
+
+
+def _first_shared_ngram(text: str, banned: set[int], n: int) -> str:
+    words = re.findall(r"\w+", text.lower())
+    for i in range(len(words) - n + 1):
+        gram = " ".join(words[i : i + n])
+        if int.from_bytes(hashlib.blake2b(gram.encode(), digest_size=8).digest()) in banned:
+            return gram
+    return ""
 
 
 def curate(
@@ -292,14 +366,26 @@ def _curate(docs, cfg, reference_texts, contamination_texts, quality_sources, pr
         reports.append(StageReport(stage, len(ds), len(ds), {"rewritten": changed}))
 
     def drop(
-        stage: str, keep: Callable[[dict], bool], detail: dict[str, int] | None = None
+        stage: str,
+        keep: Callable[[dict], bool],
+        detail: dict[str, int] | None = None,
+        reason: Callable[[dict], str] | None = None,
     ) -> None:
         nonlocal ds
-        before = len(ds)
+        before = ds["i"]
         ds = ds.filter(
             keep, desc=stage, keep_in_memory=True, new_fingerprint=_fingerprint(ds, stage)
         )
-        reports.append(StageReport(stage, before, len(ds), detail or {}))
+        removed = sorted(set(before) - set(ds["i"]))[:MAX_EXAMPLES]
+        examples = [
+            {
+                "id": str(rows[i].get("id", i)),
+                "reason": reason(rows[i]) if reason else STAGE_REASONS.get(stage, stage),
+                "text": " ".join(rows[i]["text"].split())[:160],
+            }
+            for i in removed
+        ]
+        reports.append(StageReport(stage, len(before), len(ds), detail or {}, examples))
 
     rewrite("normalize", normalize)
     rewrite("pii", redact_pii)
@@ -327,7 +413,7 @@ def _curate(docs, cfg, reference_texts, contamination_texts, quality_sources, pr
             reasons[reason] = reasons.get(reason, 0) + 1
         return not bad
 
-    drop("quality", good, reasons)
+    drop("quality", good, reasons, lambda d: "quality: " + ", ".join(rules.reasons(d["text"])))
 
     keep_ids = _near_unique(ds, references, cfg, wrap)
     drop("near_dedup", lambda r: r["i"] in keep_ids)
@@ -335,8 +421,13 @@ def _curate(docs, cfg, reference_texts, contamination_texts, quality_sources, pr
     banned: set[int] = set()
     for text in contamination_texts:
         banned |= ngram_hashes(text, cfg.contamination_ngram)
+    n = cfg.contamination_ngram
     drop(
         "contamination",
-        lambda r: not banned or ngram_hashes(r["text"], cfg.contamination_ngram).isdisjoint(banned),
+        lambda r: not banned or ngram_hashes(r["text"], n).isdisjoint(banned),
+        reason=lambda d: (
+            f"shares the {n}-gram {_first_shared_ngram(d['text'], banned, n)!r} with "
+            "an eval task text or another source's held-out text"
+        ),
     )
     return [rows[i] for i in ds["i"]], reports

@@ -49,7 +49,13 @@ class TokenStream:
 
     def __init__(self, sources: dict[str, SourceDocs], order: list[tuple[str, int]]):
         if not order:
-            raise ValueError("a data stage with no documents: check the mix weights")
+            empty = sorted(n for n, src in sources.items() if len(src.lengths) == 0)
+            raise ValueError(
+                "a data stage with no documents: "
+                + (f"the sources {empty} have no training documents (curated away or set to 0); "
+                   if empty else "")
+                + "check the mix weights and the data card (`labkit data card DIR`)"
+            )  # fmt: skip
         self.sources, self.order = sources, order
         lengths = np.array([sources[s].lengths[i] for s, i in order], dtype=np.int64)
         self.cum = np.concatenate([[0], np.cumsum(lengths)])

@@ -77,3 +77,22 @@ def prose_lineage() -> dict[str, Any]:
     """What the manifest records about the source: the interpreter and the modules used."""
     available = [m for m in PROSE_MODULES if importlib.util.find_spec(m.split(".")[0])]
     return {"python": sys.version.split()[0], "modules": available, "pydoc_topics": True}
+
+
+def write_jsonl(path: str, limit: int = 0) -> int:
+    """The prose as a user brings text: one JSON object per line with `id`, `text` and two label
+    fields (`kind`: topic or docstring; `module`: the stdlib module, or `topics`). Returns the
+    number of documents written. Used by the README's "Your own data" walk-through."""
+    import json
+    from pathlib import Path
+
+    rows = []
+    for d in generate_prose(limit):
+        topic = d["id"].startswith("prose-topic-")
+        module = "topics" if topic else d["origin"].split(".")[0]
+        rows.append({"id": d["id"], "text": d["text"], "kind": "topic" if topic else "docstring",
+                     "module": module})  # fmt: skip
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return len(rows)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -286,13 +287,28 @@ def build_tasks(
     check_output_dir(out, "suite.json", "task suite", overwrite)
     out.mkdir(parents=True, exist_ok=True)
     world = _world(manifest)
-    sources = {s: _held_out(data_dir, s) for s in ("general", "retrieval")}
+    # A data set without the synthetic world or retrieval (own text only) lacks these splits:
+    # the tasks that need them are skipped with a note, not failed.
+    sources = {
+        s: _held_out(data_dir, s) if (data_dir / "text" / f"eval_{s}.jsonl").exists() else []
+        for s in ("general", "retrieval")
+    }
     index = {}
     for name, spec in TASKS.items():
         rng = random.Random(f"{name}-{seed}")
-        rows = spec["build"](sources.get(spec["source"], []), world, rng, n)
+        docs = sources.get(spec["source"], [])
+        if spec["source"] is None:  # built from the world's facts: only if the corpus taught them
+            usable, what = "synthetic" in manifest["sources"], "no synthetic (world) source"
+        else:
+            usable, what = bool(docs), f"no eval split {spec['source']!r}"
+        rows = spec["build"](docs, world, rng, n) if usable else []
         if not rows:
-            raise ValueError(f"{name}: no examples could be built from {data_dir}")
+            print(
+                f"note: {name} skipped: {data_dir} has {what if not usable else 'no examples'} "
+                "(for your own text: `labkit eval perplexity --split NAME`)",
+                file=sys.stderr,
+            )
+            continue
         data_file = out / f"{name}.jsonl"
         data_file.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
         text = yaml.safe_dump(_yaml(name, spec, data_file), sort_keys=False, width=100)
@@ -300,7 +316,12 @@ def build_tasks(
         index[name] = {"examples": len(rows), "random_baseline": spec["baseline"],
                        "kind": spec["kind"], "description": spec["description"]}  # fmt: skip
     (out / "utils.py").unlink(missing_ok=True)  # written by older labkits: code, never loaded
-    group = {"group": SUITE, "task": list(TASKS), "metadata": {"version": 1.0}}
+    if not index:
+        raise ValueError(
+            f"none of the {SUITE} tasks can be built from {data_dir} (it has no eval_general or "
+            "eval_retrieval split); evaluate own text with `labkit eval perplexity --split NAME`"
+        )
+    group = {"group": SUITE, "task": list(index), "metadata": {"version": 1.0}}
     (out / f"{SUITE}.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
     (out / "suite.json").write_text(json.dumps(index, indent=2) + "\n")
     return out
