@@ -155,19 +155,59 @@ def generate_sources(cfg: DataConfig) -> tuple[dict[str, list[dict]], dict[str, 
     return train, held
 
 
+BUILD_STEPS = ("generated", "curated", "tokenizer trained", "tokenized", "sharded", "mixed",
+               "manifest written", "done")  # fmt: skip
+
+
 def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str, Any]:
+    """The build, step by step, into `work`, which then replaces `out`."""
     progress = _progress(quiet)
-    steps = tqdm(total=9, desc="labkit data build", disable=quiet)
+    steps = tqdm(total=len(BUILD_STEPS), desc="labkit data build", disable=quiet)
 
     def step(desc: str) -> None:
         steps.set_postfix_str(desc)
         steps.update(1)
 
-    # 1. generate ------------------------------------------------------------------------
     train, held = generate_sources(cfg)
     step("generated")
+    reports, warnings = _curate_sources(cfg, train, held, progress)
+    step("curated")
+    order = cfg.source_names()
+    tok = train_tokenizer(
+        (d["text"] for name in order for d in train.get(name, [])),
+        cfg.tokenizer.vocab_size,
+        cfg.tokenizer.min_frequency,
+    )
+    tokenizer_sha = save_tokenizer(tok, work / "tokenizer.json")
+    step("tokenizer trained")
+    encoded = {
+        kind: {n: _encode(tok, g[n], f"tokenize {kind}/{n}", progress) for n in sorted(g)}
+        for kind, g in (("train", train), ("eval", held))
+    }
+    _trim_control(train, held, encoded)
+    step("tokenized")
+    _write_text(work, order, train, held)
+    written = _write_shards(cfg, work, tok, train, held, encoded)
+    step("sharded")
+    mixes = _plan_mixes(cfg, order, written["tokens"]["train"])
+    step("mixed")
+    manifest = _manifest(cfg, train, held, tok, tokenizer_sha, written, mixes)
+    manifest.update(curation=reports, curation_warnings=warnings)
+    atomic_write_bytes(
+        work / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    )
+    step("manifest written")
+    _swap_into_place(work, out)
+    step("done")
+    steps.close()
+    return manifest
 
-    # 2. curate --------------------------------------------------------------------------
+
+def _curate_sources(
+    cfg: DataConfig, train: dict[str, list[dict]], held: dict[str, list[dict]], progress
+) -> tuple[dict[str, list[dict]], list[str]]:
+    """Curate every source in place; return the per-source stage reports and the warnings (a
+    stage removing more than 10 % of a source), which are also printed."""
     # Seed 003's prose heuristics target web-like text: the control corpus and user sources.
     quality_sources = {"control", "prose"} | {n for n, s in cfg.sources.items() if s.quality}
     # 13-gram contamination: eval task texts, and other sources' held-out text that is not
@@ -196,31 +236,21 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
     for split in list(held):  # eval text gets the same rewriting; dedup only within itself
         kept, _ = curate(held[split], cfg.curation, (), (), set(), progress)
         held[split] = kept
-    step("curated")
+    return reports, warnings
 
-    # 3. tokenizer -----------------------------------------------------------------------
-    order = cfg.source_names()
-    tok = train_tokenizer(
-        (d["text"] for name in order for d in train.get(name, [])),
-        cfg.tokenizer.vocab_size,
-        cfg.tokenizer.min_frequency,
-    )
-    tokenizer_sha = save_tokenizer(tok, work / "tokenizer.json")
-    eot = tok.token_to_id(EOT)
-    vocab = tok.get_vocab_size()
-    step("tokenizer trained")
 
-    # 4. tokens; the control corpus is trimmed to the synthetic corpus's token budget -------
-    def encode(docs: list[dict], desc: str) -> list[list[int]]:
-        ids = []
-        for i in progress(range(0, len(docs), 256), desc):
-            ids += [e.ids for e in tok.encode_batch([d["text"] for d in docs[i : i + 256]])]
-        return ids
+def _encode(tok, docs: list[dict], desc: str, progress) -> list[list[int]]:
+    ids = []
+    for i in progress(range(0, len(docs), 256), desc):
+        ids += [e.ids for e in tok.encode_batch([d["text"] for d in docs[i : i + 256]])]
+    return ids
 
-    encoded = {
-        kind: {n: encode(g[n], f"tokenize {kind}/{n}") for n in sorted(g)}
-        for kind, g in (("train", train), ("eval", held))
-    }
+
+def _trim_control(
+    train: dict[str, list[dict]], held: dict[str, list[dict]], encoded: dict[str, dict]
+) -> None:
+    """The control corpus (over-supplied) is cut to the synthetic corpus's token count, in train
+    and in eval, so the two arms differ in density, not in size."""
     dense_splits = {"train": ["synthetic"], "eval": ["general", "domain"]}
     for kind, groups in (("train", train), ("eval", held)):
         if "control" not in groups:
@@ -232,9 +262,11 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
             keep += 1
         groups["control"] = groups["control"][:keep]
         encoded[kind]["control"] = encoded[kind]["control"][:keep]
-    step("tokenized")
 
-    # 5. text and shards -----------------------------------------------------------------
+
+def _write_text(
+    work: Path, order: list[str], train: dict[str, list[dict]], held: dict[str, list[dict]]
+) -> None:
     (work / "text").mkdir()
     atomic_write_bytes(
         work / "text" / "train.jsonl", _jsonl([d for n in order for d in train.get(n, [])])
@@ -242,27 +274,39 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
     for split, docs in held.items():
         atomic_write_bytes(work / "text" / f"eval_{split}.jsonl", _jsonl(docs))
 
-    shards: dict[str, dict[str, list]] = {"train": {}, "eval": {}}
-    token_counts: dict[str, dict[str, int]] = {"train": {}, "eval": {}}
-    doc_counts: dict[str, dict[str, int]] = {"train": {}, "eval": {}}
-    document_index: dict[str, dict[str, str]] = {"train": {}, "eval": {}}
+
+def _write_shards(
+    cfg: DataConfig,
+    work: Path,
+    tok,
+    train: dict[str, list[dict]],
+    held: dict[str, list[dict]],
+    encoded: dict[str, dict],
+) -> dict[str, dict[str, dict]]:
+    """Token shards and each source's document index; returns, per kind (train/eval) and
+    source: `shards` (records), `tokens`, `documents` (counts) and `index` (file names)."""
+    eot, vocab = tok.token_to_id(EOT), tok.get_vocab_size()
+    written: dict[str, dict[str, dict]] = {
+        key: {"train": {}, "eval": {}} for key in ("shards", "tokens", "documents", "index")
+    }
     for kind, groups in (("train", train), ("eval", held)):
         for name in sorted(groups):
             ids = encoded[kind][name]
             recs = write_shards(ids, work / kind, name, eot, vocab, cfg.shards.tokens_per_shard)
-            shards[kind][name] = recs
-            token_counts[kind][name] = sum(r["tokens"] for r in recs)
-            doc_counts[kind][name] = len(ids)
+            written["shards"][kind][name] = recs
+            written["tokens"][kind][name] = sum(r["tokens"] for r in recs)
+            written["documents"][kind][name] = len(ids)
             # The shards' document index: document k of `name`'s shards, in order, with its id
             # and the fields it was brought with (labels for probes).
             index_name = f"{name}_documents.jsonl"
             rows = [{"id": d.get("id"), "fields": d.get("fields", {})} for d in groups[name]]
             atomic_write_bytes(work / kind / index_name, _jsonl(rows))
-            document_index[kind][name] = index_name
-    step("sharded")
+            written["index"][kind][name] = index_name
+    return written
 
-    # 6. mixes ---------------------------------------------------------------------------
-    sizes = {n: token_counts["train"].get(n, 0) for n in order}
+
+def _plan_mixes(cfg: DataConfig, order: list[str], train_tokens: dict[str, int]) -> dict[str, Any]:
+    sizes = {n: train_tokens.get(n, 0) for n in order}
     total = cfg.total_tokens or sum(sizes.values())
     stage_cfgs = {
         name: [
@@ -279,13 +323,30 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
             if any(k in s.weights for s in stages) or not any(s.weights for s in stages)
         }
         mixes[name] = plan_mix(usable, total, stages)
-    step("mixed")
+    return mixes
 
-    # 7. manifest ------------------------------------------------------------------------
+
+def _manifest(
+    cfg: DataConfig,
+    train: dict[str, list[dict]],
+    held: dict[str, list[dict]],
+    tok,
+    tokenizer_sha: str,
+    written: dict[str, dict[str, dict]],
+    mixes: dict[str, Any],
+) -> dict[str, Any]:
+    """Everything a reader of the data set needs to trust it (curation is added by the caller)."""
     synth = train.get("synthetic", [])
     realized = realized_distribution(synth) if synth else {}
     text_blob = "\n\n".join(d["text"] for d in synth).encode()
-    manifest = {
+    retrieval = train.get("retrieval", [])
+    vocab = tok.get_vocab_size()
+    counts = {
+        kind: {n: {"documents": written["documents"][kind].get(n, 0),
+                   "tokens": written["tokens"][kind].get(n, 0)} for n in names}
+        for kind, names in (("train", cfg.source_names()), ("eval", sorted(held)))
+    }  # fmt: skip
+    return {
         "manifest_version": MANIFEST_VERSION,
         "name": cfg.name,
         "generator_version": GENERATOR_VERSION,
@@ -294,28 +355,17 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
         "code_source": interpreter() if cfg.code.enabled else None,
         "prose_source": prose_lineage() if cfg.prose.enabled else None,
         "python": sys.version.split()[0],
-        "sources": {
-            n: {
-                "documents": doc_counts["train"].get(n, 0),
-                "tokens": token_counts["train"].get(n, 0),
-            }
-            for n in order
-        },
-        "eval_splits": {
-            s: {"documents": doc_counts["eval"][s], "tokens": token_counts["eval"][s]}
-            for s in sorted(held)
-        },
-        "curation": reports,
-        "curation_warnings": warnings,
+        "sources": counts["train"],
+        "eval_splits": counts["eval"],
         "tokenizer": {
             "file": "tokenizer.json",
             "sha256": tokenizer_sha,
             "vocab_size": vocab,
-            "eot_id": eot,
+            "eot_id": tok.token_to_id(EOT),
         },
         "token_dtype": "uint16" if vocab <= 65_536 else "uint32",
-        "shards": shards,
-        "document_index": document_index,
+        "shards": written["shards"],
+        "document_index": written["index"],
         "dimensions": realized,
         "dimension_targets": DIMENSIONS if synth else {},
         "dimension_max_abs_error_pp": round(
@@ -326,11 +376,9 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
             3,
         )
         if synth
-        else None,
+        else None,  # fmt: skip
         "retrieval_unanswerable_share": round(
-            sum(not d["answerable"] for d in train.get("retrieval", []))
-            / max(1, len(train.get("retrieval", []))),
-            4,
+            sum(not d["answerable"] for d in retrieval) / max(1, len(retrieval)), 4
         ),
         "gzip_ratio_synthetic": round(
             len(gzip.compress(text_blob, mtime=0)) / max(1, len(text_blob)), 4
@@ -338,12 +386,10 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
         "mixes": mixes,
         "measures": corpus_measures(train, held, mixes),
     }
-    atomic_write_bytes(
-        work / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    )
-    step("manifest written")
 
-    # 8. swap into place -------------------------------------------------------------------
+
+def _swap_into_place(work: Path, out: Path) -> None:
+    """`work` becomes `out`; a previous build is moved aside first and removed last."""
     (work / PARTIAL_MARKER).unlink()
     old = out.with_name(out.name + ".old")
     if old.exists():
@@ -354,9 +400,6 @@ def _build_into(cfg: DataConfig, out: Path, work: Path, quiet: bool) -> dict[str
     fsync_dir(out.parent)
     if old.exists():
         shutil.rmtree(old)
-    step("done")
-    steps.close()
-    return manifest
 
 
 def _read_task_texts(path: Path) -> list[str]:
