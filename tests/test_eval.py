@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import CI
 from lm_eval.api.instance import Instance
 from scipy import stats as sps
@@ -412,3 +413,34 @@ def test_baselines_command_end_to_end(ci_data, tmp_path):
     assert all(len(v) == 2 for v in record["scores"]["trained"].values())
     assert (tmp_path / "b" / "tiny-mla.json").exists()
     assert json.loads((tmp_path / "index.jsonl").read_text().splitlines()[-1])["kind"] == "baseline"
+
+
+def test_eval_builds_only_the_requested_suite_tasks(ci_data, tmp_path):
+    """`labkit eval --tasks X` builds X alone; asking for more adds them; the whole group builds
+    the rest; a task already built is not rebuilt."""
+    import shutil
+
+    from labkit.eval.runner import tasks_dir_for
+
+    data = tmp_path / "data"
+    shutil.copytree(ci_data, data, ignore=shutil.ignore_patterns("tasks"))
+    milestone = tmp_path / "milestone"
+    milestone.mkdir()
+    (milestone / "meta.json").write_text(json.dumps({"data_dir": str(data)}))
+
+    def built(out):
+        group = yaml.safe_load((out / "labkit_suite.yaml").read_text())
+        return set(json.loads((out / "suite.json").read_text())), group["metadata"]["partial"]
+
+    out = tasks_dir_for(milestone, tasks=["labkit_arithmetic"])
+    assert built(out) == ({"labkit_arithmetic"}, True)
+    stamp = (out / "labkit_arithmetic.jsonl").stat().st_mtime_ns
+    assert tasks_dir_for(milestone, tasks=["labkit_arithmetic", "hellaswag"]) == out  # lm-eval's
+    assert (out / "labkit_arithmetic.jsonl").stat().st_mtime_ns == stamp  # not rebuilt
+    assert built(tasks_dir_for(milestone, tasks=["labkit_qa"])) == (
+        {"labkit_arithmetic", "labkit_qa"},
+        True,
+    )
+    assert built(tasks_dir_for(milestone, tasks=["labkit_suite"])) == (set(TASKS), False)
+    with pytest.raises(ValueError, match="unknown labkit_suite task"):
+        build_tasks(data, tmp_path / "other", names=["labkit_nope"])

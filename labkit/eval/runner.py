@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tqdm.auto import tqdm
 
 from labkit.errors import DataError
 from labkit.eval.metrics import register_lm_eval_metrics
-from labkit.eval.tasks import SUITE, build_tasks, check_tasks_are_data
+from labkit.eval.tasks import SUITE, TASKS, build_tasks, check_tasks_are_data
 from labkit.study import select_milestones
 
 # The number each task is ranked by (lm-eval reports several).
@@ -33,8 +34,10 @@ def main_metric(task: str) -> str:
     return MAIN_METRIC.get(task, DEFAULT_METRIC)
 
 
-def tasks_dir_for(checkpoint: Path, rebuild: bool = False) -> Path:
-    """The suite of the data set a checkpoint trained on (DATA/tasks), built on first use."""
+def tasks_dir_for(checkpoint: Path, rebuild: bool = False, tasks: Sequence[str] = (SUITE,)) -> Path:
+    """The suite of the data set a checkpoint trained on (DATA/tasks), built on first use: only
+    the suite tasks named in `tasks` (all of them for the `labkit_suite` group); a later request
+    for others adds them."""
     from labkit.study import run_data_dir
 
     data_dir = run_data_dir(checkpoint)
@@ -43,19 +46,28 @@ def tasks_dir_for(checkpoint: Path, rebuild: bool = False) -> Path:
             f"the data set {data_dir} that {checkpoint} trained on is gone: the offline suite is "
             "built from it (rebuild it with `labkit data build`)"
         )
-    tasks = data_dir / "tasks"
-    if not rebuild and (tasks / f"{SUITE}.yaml").exists():
+    out = data_dir / "tasks"
+    group = out / f"{SUITE}.yaml"
+    if not rebuild and group.exists():
         try:
-            check_tasks_are_data(tasks)
+            check_tasks_are_data(out)
         except DataError as err:
-            if not (tasks / "suite.json").exists():
+            if not (out / "suite.json").exists():
                 raise
             # a suite an older labkit wrote (with a `!function` hook): regenerate it as data
             print(f"warning: {err}; rebuilding it")
             rebuild = True
-    if rebuild or not (tasks / f"{SUITE}.yaml").exists():
-        build_tasks(data_dir, tasks)
-    return tasks
+    whole = SUITE in tasks
+    wanted = [t for t in TASKS if t in tasks]  # other names are lm-eval's own tasks
+    if not rebuild and group.exists():
+        built = json.loads((out / "suite.json").read_text())
+        partial = (yaml.safe_load(group.read_text()).get("metadata") or {}).get("partial", False)
+        if (not whole or not partial) and all(t in built for t in wanted):
+            return out
+        wanted = sorted(set(wanted) | set(built), key=list(TASKS).index)
+    if whole or wanted:
+        build_tasks(data_dir, out, names=None if whole else wanted, overwrite=False)
+    return out
 
 
 def flatten(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -118,7 +130,7 @@ def evaluate_checkpoint(
 
     checkpoint = Path(checkpoint)
     if loaded is None:
-        loaded = load_tasks(tasks, tasks_dir or tasks_dir_for(checkpoint))
+        loaded = load_tasks(tasks, tasks_dir or tasks_dir_for(checkpoint, tasks=tasks))
     lm = LabkitLM(checkpoint=str(checkpoint), batch_size=batch_size, device=device, dtype=dtype)
     random.seed(0)  # the bootstrap of standard errors draws from these
     np.random.seed(0)
@@ -149,7 +161,7 @@ def evaluate_run(
     record per milestone to the registry (default: index.jsonl beside the run)."""
     run_dir = Path(run_dir)
     chosen = select_milestones(run_dir, milestones)
-    loaded = load_tasks(tasks, tasks_dir_for(chosen[0]))
+    loaded = load_tasks(tasks, tasks_dir_for(chosen[0], tasks=tasks))
     registry = Path(registry) if registry else run_dir.parent / "index.jsonl"
     (run_dir / "evals").mkdir(exist_ok=True)
     records = []

@@ -26,7 +26,7 @@ import json
 import random
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -278,9 +278,12 @@ def build_tasks(
     n: int = 200,
     seed: int = 0,
     overwrite: bool = False,
+    names: Sequence[str] | None = None,
 ) -> Path:
     """Write the suite's JSONL files, task YAMLs and group into `out` (default DATA/tasks); `out`
-    must be missing, empty or a suite written before (suite.json), unless `overwrite`."""
+    must be missing, empty or a suite written before (suite.json), unless `overwrite`. `names`
+    builds only those tasks (an error if one cannot be built from this data set); by default
+    every task the data set can build, skipping the others with a note."""
     data_dir = Path(data_dir).resolve()
     manifest = load_manifest(data_dir)
     out = Path(out).resolve() if out else data_dir / "tasks"
@@ -293,8 +296,13 @@ def build_tasks(
         s: _held_out(data_dir, s) if (data_dir / "text" / f"eval_{s}.jsonl").exists() else []
         for s in ("general", "retrieval")
     }
+    unknown = sorted(set(names or ()) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown {SUITE} task(s) {unknown}: allowed {', '.join(TASKS)}")
     index = {}
     for name, spec in TASKS.items():
+        if names is not None and name not in names:
+            continue
         rng = random.Random(f"{name}-{seed}")
         docs = sources.get(spec["source"], [])
         if spec["source"] is None:  # built from the world's facts: only if the corpus taught them
@@ -302,6 +310,8 @@ def build_tasks(
         else:
             usable, what = bool(docs), f"no eval split {spec['source']!r}"
         rows = spec["build"](docs, world, rng, n) if usable else []
+        if not rows and names is not None:
+            raise ValueError(f"{name} cannot be built from {data_dir}: it has {what}")
         if not rows:
             print(
                 f"note: {name} skipped: {data_dir} has {what if not usable else 'no examples'} "
@@ -321,7 +331,9 @@ def build_tasks(
             f"none of the {SUITE} tasks can be built from {data_dir} (it has no eval_general or "
             "eval_retrieval split); evaluate own text with `labkit eval perplexity --split NAME`"
         )
-    group = {"group": SUITE, "task": list(index), "metadata": {"version": 1.0}}
+    # `partial`: built for named tasks only; asking for the whole suite later builds the rest.
+    metadata = {"version": 1.0, "partial": names is not None}
+    group = {"group": SUITE, "task": list(index), "metadata": metadata}
     (out / f"{SUITE}.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
     (out / "suite.json").write_text(json.dumps(index, indent=2) + "\n")
     return out
