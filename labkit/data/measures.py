@@ -200,8 +200,9 @@ def measure_value(measures: dict[str, Any], key: str) -> float | None:
     """The value a TARGETS key names, from a `corpus_measures` result."""
     if key == "leaks":
         return measures["leaks"]["total"]
-    if key == "copy_pressure":
-        return measures["copy_pressure"]["share"]
+    if key == "copy_pressure":  # n/a for a corpus without repeated entity mentions (own text)
+        pressure = measures["copy_pressure"]
+        return pressure["share"] if pressure["repeated_mentions"] else None
     if key == "mix_other_source_gap_pp":
         arms = measures.get("arms")
         return arms["max_other_source_gap_pp"] if arms else None
