@@ -814,6 +814,9 @@ class CheckpointSection:
     keep_last: int = 2
     log_spaced_until_step: int = 64  # milestones after steps 1, 2, 4, ... up to this
     every_tokens: int = 1_000_000  # then a milestone every this many tokens, then the final one
+    # a milestone of the initial weights (tokens_000000000000): the step-0 baseline of probes, the
+    # random-init floor of CKA, the start of every curve
+    save_init: bool = False
 
 
 @dataclass

@@ -95,6 +95,45 @@ def save_figure(
     return files
 
 
+RESULTS = "results.json"  # the study's numbers, one top-level section per notebook
+
+
+def _rounded(value: Any, digits: int = 6) -> Any:
+    """Floats to `digits` significant digits (and NaN to None) so that reruns on the same
+    checkpoints give byte-identical results, whatever the last bits of a BLAS reduction did."""
+    import math
+
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float) or hasattr(value, "item"):
+        x = float(value)
+        return None if not math.isfinite(x) else float(f"{x:.{digits}g}")
+    if isinstance(value, dict):
+        return {str(k): _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+        items = value.tolist() if hasattr(value, "tolist") else value
+        return [_rounded(v, digits) for v in items]
+    raise TypeError(f"results hold numbers, strings, lists and dicts, not {type(value).__name__}")
+
+
+def save_results(out: str | Path, section: str, values: dict[str, Any]) -> Path:
+    """Merge `values` into `out`/results.json under `section` (replacing that section, keeping the
+    others): the numbers a notebook measured, for the README to cite by key. Keys sorted, floats
+    rounded (see `_rounded`), written atomically."""
+    path = Path(out) / RESULTS
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[section] = _rounded(values)
+    text = json.dumps(results, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    atomic_write_bytes(path, text.encode())
+    return path
+
+
+def load_results(out: str | Path) -> dict[str, Any]:
+    """The results.json of a figures directory ({} when there is none yet)."""
+    path = Path(out) / RESULTS
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 # ------------------------------------------------------------------------------------ validation
 def check_image(path: Path) -> None:
     """Raise ValueError unless `path` is a non-empty, readable PNG or a complete PDF."""
@@ -262,6 +301,8 @@ def build(
             log(f"[figures] warning: {r.name} has not finished training (no final.json)")
     run_dirs = [str(r.path.resolve()) for r in found]
     chosen = notebooks(names, directory)
+    if not names:  # a full build regenerates every section; a partial one keeps the others
+        (out / RESULTS).unlink(missing_ok=True)
     records_dir = out / RECORDS
     manifest: dict[str, Any] = {
         "labkit_commit": _git_commit(),

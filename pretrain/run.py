@@ -642,6 +642,8 @@ def _train(
     )
     last_good = resume_from
     saved_step, stopping = (step if resume_from else -1), False
+    if cfg.checkpoint.save_init and step == 0:
+        save_milestone(f"tokens_{0:012d}", {"init": True})
     model.train()
     while step < total_steps:
         if stopping:  # a signal reached some rank during the last step: save, then leave
