@@ -105,7 +105,11 @@ def _rounded(value: Any, digits: int = 6) -> Any:
 
     if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
         return value
-    if isinstance(value, float) or hasattr(value, "item"):
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # numpy / torch scalars
+        value = value.item()
+        if isinstance(value, (bool, int)):
+            return value
+    if isinstance(value, float):
         x = float(value)
         return None if not math.isfinite(x) else float(f"{x:.{digits}g}")
     if isinstance(value, dict):
