@@ -570,6 +570,16 @@ class CodeSection:
 
 
 @dataclass
+class RecordsSection:
+    """Record logs with one-off random codes (labkit.data.records): the copy-heavy source. Off by
+    default; the miniature study's corpus turns it on."""
+
+    enabled: bool = False
+    documents: int = 2000
+    eval_documents: int = 200
+
+
+@dataclass
 class ProseSection:
     """Real English prose shipped with Python (labkit.data.prose), curated like a user source."""
 
@@ -642,6 +652,7 @@ class DataConfig:
     control: ControlSection = field(default_factory=ControlSection)
     code: CodeSection = field(default_factory=CodeSection)
     prose: ProseSection = field(default_factory=ProseSection)
+    records: RecordsSection = field(default_factory=RecordsSection)
     sources: dict = field(default_factory=dict)  # name -> SourceSection
     curation: CurationSection = field(default_factory=CurationSection)
     tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
@@ -658,6 +669,7 @@ class DataConfig:
             "control": ControlSection,
             "code": CodeSection,
             "prose": ProseSection,
+            "records": RecordsSection,
             "curation": CurationSection,
             "tokenizer": TokenizerSection,
             "shards": ShardSection,
@@ -674,7 +686,7 @@ class DataConfig:
             kwargs.get("total_tokens", 0), int
         ):
             raise ValueError("seed and total_tokens must be integers")
-        reserved = {"synthetic", "retrieval", "control", "code", "prose"}
+        reserved = {"synthetic", "retrieval", "control", "code", "prose", "records"}
         sources = {}
         for name, table in data.get("sources", {}).items():
             if name in reserved:
@@ -749,6 +761,7 @@ class DataConfig:
         names += ["control"] if self.control.enabled and self.synthetic.enabled else []
         names += ["code"] if self.code.enabled else []
         names += ["prose"] if self.prose.enabled else []
+        names += ["records"] if self.records.enabled else []
         names += sorted(n for n, s in self.sources.items() if s.enabled)
         if not names:
             raise ValueError(

@@ -96,6 +96,8 @@ def save_figure(
 
 
 RESULTS = "results.json"  # the study's numbers, one top-level section per notebook
+# sections no notebook writes (`make paper`'s own cost): a rebuild of the figures keeps them
+KEPT_SECTIONS = ("study",)
 
 
 def _rounded(value: Any, digits: int = 6) -> Any:
@@ -305,8 +307,11 @@ def build(
             log(f"[figures] warning: {r.name} has not finished training (no final.json)")
     run_dirs = [str(r.path.resolve()) for r in found]
     chosen = notebooks(names, directory)
-    if not names:  # a full build regenerates every section; a partial one keeps the others
+    if not names:  # a full build regenerates every notebook's section; a partial one keeps all
+        kept = {k: v for k, v in load_results(out).items() if k in KEPT_SECTIONS}
         (out / RESULTS).unlink(missing_ok=True)
+        for section, values in kept.items():
+            save_results(out, section, values)
     records_dir = out / RECORDS
     manifest: dict[str, Any] = {
         "labkit_commit": _git_commit(),

@@ -271,7 +271,8 @@ def resolve_config(
         cfg = TrainConfig.load(config_path, overrides)
     else:
         cfg = TrainConfig.from_dict(_apply(pinned, overrides))
-    changes = config_changes(pinned, cfg.to_dict())
+    # fields added to labkit since the run was pinned take their defaults: not a change
+    changes = config_changes(TrainConfig.from_dict(pinned).to_dict(), cfg.to_dict())
     unsafe = {k: v for k, v in changes.items() if not is_safe_change(k)}
     if unsafe:
         items = list(unsafe.items())

@@ -52,6 +52,39 @@ class Run:
         return f"{self.attention.upper()} / {self.mix}"
 
     @property
+    def seed(self) -> int:
+        return int(self.train.get("seed", 0))
+
+    @property
+    def variant(self) -> dict[str, Any]:
+        """Model fields set on top of the preset (e.g. {"kv_lora_rank": 8}): {} for the preset."""
+        return {k: v for k, v in sorted(self.train.get("model", {}).items()) if k != "preset"}
+
+    @property
+    def cell(self) -> tuple:
+        """Runs of one cell differ only in their seed: attention, corpus and model variant."""
+        return (self.attention, self.mix, tuple(self.variant.items()))
+
+    @property
+    def init(self) -> Path | None:
+        """The step-0 milestone (`checkpoint.save_init`), if the run has one."""
+        first = self.milestones[0]
+        return first if _tokens(first) == 0 else None
+
+    @property
+    def trained(self) -> list[Path]:
+        """The milestones after at least one optimizer step."""
+        return [m for m in self.milestones if _tokens(m) > 0]
+
+    def trained_splits(self) -> list[str]:
+        """The held-out splits whose source this run trained on (a dense run never saw the
+        control corpus): the in-distribution splits its losses are reported on."""
+        from labkit.data.build import trained_splits
+
+        manifest = json.loads((run_data_dir(self.milestones[-1]) / "manifest.json").read_text())
+        return trained_splits(manifest, self.mix, _tokens(self.milestones[-1]))
+
+    @property
     def finished(self) -> bool:
         return (self.path / "final.json").exists()
 
@@ -98,11 +131,26 @@ def find_runs(paths: Iterable[str | Path]) -> list[Run]:
 
 
 def pick_run(runs: Sequence[Run], attention: str, mix: str | None = None) -> Run | None:
-    """The first run with this attention kind (and mix, when given)."""
-    for r in runs:
-        if r.attention == attention and (mix is None or r.mix == mix):
-            return r
-    return None
+    """The main run with this attention kind (and mix, when given): the preset itself (no model
+    variant) and, among seeds, the first run in name order; else any matching run."""
+    matching = [r for r in runs if r.attention == attention and (mix is None or r.mix == mix)]
+    if not matching:
+        return None
+    return min(matching, key=lambda r: (bool(r.variant), r.name))
+
+
+def main_runs(runs: Sequence[Run]) -> list[Run]:
+    """One run per (attention, corpus): `pick_run`'s choice, in the order given."""
+    chosen = {id(pick_run(runs, r.attention, r.mix)) for r in runs}
+    return [r for r in runs if id(r) in chosen]
+
+
+def seed_groups(runs: Sequence[Run]) -> dict[tuple, list[Run]]:
+    """Cells (`Run.cell`) trained with two or more seeds, each with its runs in name order."""
+    cells: dict[tuple, list[Run]] = {}
+    for r in sorted(runs, key=lambda r: r.name):
+        cells.setdefault(r.cell, []).append(r)
+    return {c: rs for c, rs in cells.items() if len({r.seed for r in rs}) >= 2}
 
 
 def pick_milestones(milestones: Sequence[Path], n: int | None) -> list[Path]:
@@ -199,6 +247,7 @@ def induction_over_milestones(
         phase_change,
         repeated_random_tokens,
         repeated_tokens_test,
+        uniform_induction_score,
     )
 
     rows = []
@@ -219,11 +268,48 @@ def induction_over_milestones(
             "copying": copying_scores(model).tolist(),
         })  # fmt: skip
     result: dict[str, Any] = {"milestones": rows}
+    if rows:
+        result["uniform_score"] = uniform_induction_score(rows[0]["seq_len"])
     if len(rows) >= 2:
         result["phase_change"] = phase_change(
             [r["tokens"] for r in rows], [r["max_induction"] for r in rows], threshold
         )
     return result
+
+
+def induction_summary(induction: dict[str, Any], icl: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The numbers a study reports per run from `induction_over_milestones` and
+    `icl_over_milestones` over the same milestones: the best head's score, when it crossed the
+    threshold (None if never), the copy-loss drop at the last milestone, and the in-context-
+    learning score just before and at the crossing, beside its steepest improvement."""
+    rows = induction["milestones"]
+    change = induction.get("phase_change") or {}
+    best = max(rows, key=lambda r: r["max_induction"])
+    layer, head = np.unravel_index(int(np.argmax(best["induction"])), np.shape(best["induction"]))
+    out: dict[str, Any] = {
+        "max_score": best["max_induction"],
+        "max_head": [int(layer), int(head)],
+        "max_at_tokens": best["tokens"],
+        "final_score": rows[-1]["max_induction"],
+        "threshold": change.get("threshold"),
+        "uniform_score": induction.get("uniform_score"),
+        "crossing_tokens": change.get("first_above_threshold"),
+        "crossed_in": change.get("crossed_in"),
+        "crossed_inside_training": bool(change.get("crossed_inside")),
+        "milestone_tokens": [r["tokens"] for r in rows],
+        "copy_loss_drop": rows[-1]["loss_first_copy"] - rows[-1]["loss_second_copy"],
+    }
+    by_tokens = {x["tokens"]: x["icl_score"] for x in icl}
+    scores = [by_tokens.get(r["tokens"]) for r in rows]
+    if None not in scores and len(scores) >= 2:
+        steps = np.diff(scores)
+        k = int(np.argmin(steps))  # ICL scores fall (more negative) as in-context learning grows
+        out["icl_steepest_improvement"] = [rows[k]["tokens"], rows[k + 1]["tokens"]]
+        out["icl_first"], out["icl_final"] = scores[0], scores[-1]
+        if out["crossed_in"]:
+            before, at = out["crossed_in"]
+            out["icl_before_crossing"], out["icl_at_crossing"] = by_tokens[before], by_tokens[at]
+    return out
 
 
 def icl_over_milestones(
@@ -343,6 +429,7 @@ def latent_over_milestones(
         direction_ablation_loss,
         kv_variance_explained,
         spectrum,
+        truncated_all_layers_loss,
         truncated_latent_loss,
     )
 
@@ -357,10 +444,12 @@ def latent_over_milestones(
         width = min(len(s) for s in seqs)
         tokens = torch.tensor([s[:width] for s in seqs])
         r = model.cfg.kv_lora_rank
-        ranks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if k < r} | {r})
+        ranks = sorted({k for k in (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if k < r} | {r})
+        specs = [spectrum(np.asarray(acts["kv_latent", layer])) for layer in layers]
+        all_layers = truncated_all_layers_loss(model, tokens, specs, ranks)
         for layer in layers:
             c_kv = acts["kv_latent", layer]
-            spec = spectrum(np.asarray(c_kv))
+            spec = specs[layer]
             rows.append({
                 "milestone": path.name, "tokens": meta["tokens"], "layer": layer,
                 "participation_ratio": spec.participation_ratio,
@@ -369,6 +458,7 @@ def latent_over_milestones(
                 "ranks": ranks,
                 "kv_variance_explained": kv_variance_explained(model, layer, c_kv, ranks),
                 "truncated_loss": truncated_latent_loss(model, tokens, layer, spec, ranks),
+                "truncated_all_layers_loss": all_layers,
                 "direction_ablation_loss": direction_ablation_loss(
                     model, tokens, layer, spec, list(range(min(3, r)))
                 ),

@@ -32,27 +32,35 @@ figures_dir = "../figures"
 import matplotlib.pyplot as plt
 import numpy as np
 
-from labkit.figures import run_style, save_figure, use_style
+from labkit.figures import run_style, save_figure, save_results, use_style
 from labkit.study import (
     find_runs,
     kv_patching,
     latent_over_milestones,
     load_probe_spec,
     logit_lens_over_milestones,
+    main_runs,
     pick_milestones,
     probe_over_milestones,
 )
 
 use_style()
-mla_runs = [r for r in find_runs(runs) if r.attention == "mla"]
-if not mla_runs:
+every_mla = [r for r in find_runs(runs) if r.attention == "mla"]
+if not every_mla:
     raise ValueError(f"no MLA run among {runs}: the latent exists only in MLA models")
+mla_runs = [r for r in main_runs(every_mla)]  # one per corpus, at the preset's kv_lora_rank
 documents, max_len = (4, 32) if smoke else (32, 128)
-chosen = {r.name: pick_milestones(r.milestones, 2 if smoke else 6) for r in mla_runs}
+chosen = {r.name: pick_milestones(r.trained, 2 if smoke else 6) for r in mla_runs}
 latent = {
     r.name: latent_over_milestones(chosen[r.name], "general", documents, max_len, True)
     for r in mla_runs
 }
+# every MLA run at its final milestone, the kv_lora_rank variants included (the truncation figure)
+final_latent = {
+    r.name: latent[r.name] if r.name in latent
+    else latent_over_milestones(r.milestones[-1:], "general", documents, max_len, True)
+    for r in every_mla
+}  # fmt: skip
 n_layers = mla_runs[0].model.n_layers
 rank = mla_runs[0].model.kv_lora_rank
 sources = [m for ms in chosen.values() for m in ms]
@@ -109,7 +117,7 @@ save_figure(fig, "05_latent_spectrum", figures_dir, sources=sources)
 # ## How many latent directions do k, v and the loss need?
 
 # %%
-fig, (ax_k, ax_v, ax_loss) = plt.subplots(1, 3, figsize=(12, 3.4))
+fig, (ax_k, ax_v, ax_loss, ax_all) = plt.subplots(1, 4, figsize=(15, 3.4))
 for r in mla_runs:
     style = run_style(r.attention, r.mix)
     for row in final_rows(r.name):
@@ -138,16 +146,60 @@ for r in mla_runs:
             color=color,
             linestyle=style["linestyle"],
         )
+truncation = {}
+for r in every_mla:
+    last = final_latent[r.name][-1]["milestone"]
+    row = next(x for x in final_latent[r.name] if x["milestone"] == last)
+    ranks = row["ranks"]
+    all_layers = [row["truncated_all_layers_loss"][k] for k in ranks]
+    style = run_style(r.attention, r.mix)
+    if r.variant:  # the kv_lora_rank variants: one colour each, by rank
+        style["color"] = plt.cm.plasma(np.log2(r.model.kv_lora_rank) / np.log2(4 * rank))
+    ax_all.plot(ranks, all_layers, marker=".", label=f"{r.name} (r={ranks[-1]})", **style)
+    truncation[r.name] = {"kv_lora_rank": r.model.kv_lora_rank, "ranks": ranks,
+                          "all_layers_loss": all_layers}  # fmt: skip
 ax_k.set_title("k (no-RoPE part) variance kept")
 ax_v.set_title("v variance kept")
 ax_loss.set_title("loss with c_kv truncated to rank r\n(one layer at a time)")
-for ax in (ax_k, ax_v, ax_loss):
-    ax.set_xscale("log", base=2)
+ax_all.set_title("loss with every layer's c_kv truncated\nto rank r at once (all MLA runs)")
+for ax in (ax_k, ax_v, ax_loss, ax_all):
+    ax.set_xscale("symlog", base=2, linthresh=1)  # rank 0 (the mean latent only) included
     ax.set_xlabel("rank r of the projected c_kv")
 ax_k.legend(fontsize=6)
+ax_all.legend(fontsize=6)
+fig.tight_layout()
+save_figure(fig, "05_latent_truncation", figures_dir, sources=[r.milestones[-1] for r in every_mla])
+save_results(figures_dir, "latent_truncation", truncation)
+
+# %% [markdown]
+# ## Single latent directions
+#
+# The loss increase when one principal direction of a layer's `c_kv` is mean-ablated (its
+# component replaced by the mean's), for the top three directions at the final milestone: a
+# direction that carries a large share of the variance need not carry loss.
+
+# %%
+fig, axes = plt.subplots(1, len(mla_runs), figsize=(4 * len(mla_runs), 3.0), squeeze=False)
+for ax, r in zip(axes[0], mla_runs, strict=True):
+    rows = final_rows(r.name)
+    width = 0.8 / 3
+    for j in range(3):
+        clean = [row["truncated_loss"][row["ranks"][-1]] for row in rows]
+        delta = [
+            row["direction_ablation_loss"].get(j, np.nan) - c
+            for row, c in zip(rows, clean, strict=True)
+        ]
+        ax.bar(
+            np.arange(len(rows)) - 0.4 + width * (j + 0.5), delta, width, label=f"direction {j + 1}"
+        )
+    ax.set_xticks(range(len(rows)))
+    ax.set_xlabel("layer")
+    ax.set_title(f"{r.label}", fontsize=8)
+axes[0, 0].set_ylabel("loss increase (nats)")
+axes[0, 0].legend(fontsize=6)
 fig.tight_layout()
 save_figure(
-    fig, "05_latent_truncation", figures_dir, sources=[chosen[r.name][-1] for r in mla_runs]
+    fig, "05_direction_ablation", figures_dir, sources=[chosen[r.name][-1] for r in mla_runs]
 )
 
 # %%

@@ -10,6 +10,7 @@ from labkit.analysis.latent import (
     direction_ablation_loss,
     kv_variance_explained,
     spectrum,
+    truncated_all_layers_loss,
     truncated_latent_loss,
 )
 from labkit.model import LabModel
@@ -131,3 +132,18 @@ def test_truncation_and_ablation_losses(mla):
     # the last direction carries (almost) no variance of these tokens: ablating it changes little
     ablated = direction_ablation_loss(mla, tokens, 1, spec, [0, mla.cfg.kv_lora_rank - 1])
     assert abs(ablated[mla.cfg.kv_lora_rank - 1] - clean) < abs(ablated[0] - clean)
+
+
+def test_truncating_every_layer_at_once(mla):
+    tokens = torch.tensor(sequences(mla.cfg.vocab_size, [24, 24, 24], seed=3))
+    acts = collect(mla, tokens.tolist(), ["kv_latent"], [0, 1])
+    specs = [spectrum(acts["kv_latent", layer]) for layer in (0, 1)]
+    with torch.no_grad():
+        clean = float(mla(tokens, return_type="loss"))
+    r = mla.cfg.kv_lora_rank
+    out = truncated_all_layers_loss(mla, tokens, specs, [0, 1, r])
+    assert out[r] == pytest.approx(clean, rel=1e-5)  # full rank: the model itself
+    # rank 0 everywhere moves the loss further than rank 0 in one layer alone
+    one = truncated_latent_loss(mla, tokens, 1, specs[1], [0])[0]
+    assert abs(out[0] - clean) > abs(one - clean) * 0.5 and abs(out[0] - clean) > 1e-4
+    assert out[0] != pytest.approx(one, rel=1e-6)

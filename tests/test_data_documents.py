@@ -285,3 +285,21 @@ def test_cast_names_are_one_off_and_repeated(world, docs):
             main = next(iter(d["cast"]))  # the document's main cast member
             assert sum(s["id"] == main for s in d["spans"]) >= 2
             assert d["cast"][main]["name"] in d["text"]  # named in full at least once
+
+
+def test_record_logs_list_items_twice_in_the_same_order(world):
+    """The check list of a record log repeats its arrival list verbatim, its items are distinct
+    words (so a copy has one earlier occurrence to follow), and the generator is deterministic."""
+    from labkit.data.records import generate_records, item_words
+
+    docs = generate_records(world, 200, seed=7)
+    assert docs == generate_records(world, 200, seed=7)
+    assert generate_records(world, 5, seed=7) == docs[:5]  # each document has its own generator
+    assert len(item_words()) == 1500 and all(w.isalpha() for w in item_words())
+    for doc in docs:
+        items = doc["items"]
+        assert 12 <= len(items) <= 30 and len(set(items)) == len(items)
+        lines = doc["text"].splitlines()
+        listed = ", ".join(items)
+        assert lines[1].endswith(f": {listed}.") and lines[-1].endswith(f": {listed}.")
+    assert len({tuple(d["items"]) for d in docs}) == len(docs)

@@ -444,3 +444,18 @@ def test_eval_builds_only_the_requested_suite_tasks(ci_data, tmp_path):
     assert built(tasks_dir_for(milestone, tasks=["labkit_suite"])) == (set(TASKS), False)
     with pytest.raises(ValueError, match="unknown labkit_suite task"):
         build_tasks(data, tmp_path / "other", names=["labkit_nope"])
+
+
+def test_wilson_interval_matches_statsmodels_reference_values():
+    from labkit.eval.stats import wilson_interval
+
+    # Reference values of the Wilson score interval (95 %), e.g. statsmodels'
+    # proportion_confint(count, nobs, method="wilson").
+    lo, hi = wilson_interval(12, 50)
+    assert (lo, hi) == pytest.approx((0.1430, 0.3742), abs=2e-4)
+    lo, hi = wilson_interval(0, 20)
+    assert lo == 0.0 and hi == pytest.approx(0.1611, abs=2e-4)
+    lo, hi = wilson_interval(20, 20)
+    assert hi == 1.0 and lo == pytest.approx(0.8389, abs=2e-4)
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(21, 20)

@@ -4,6 +4,7 @@ against CI-sized runs trained through `make paper`'s driver, and JupyterLab serv
 import ast
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -125,19 +126,27 @@ def test_notebook_selection_names_unknown_ones():
 def test_every_scale_of_the_study_loads_and_pairs_twins_within_two_percent():
     for scale_name in ("cpu", "gpu", "1.3b"):
         scale, runs = paper.load_study(paper.STUDY, scale_name)
-        assert set(runs) == {"mla-dense", "gqa-dense", "mla-control", "gqa-control"}
-        presets, budgets = {}, set()
+        core = {"mla-dense", "gqa-dense", "mla-control", "gqa-control"}
+        assert core <= set(runs)
+        presets, budgets, seeds = {}, set(), {}
         for name, run in runs.items():
             cmd = paper.train_command(scale, name, run, ROOT / "runs" / "x" / name)
             sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
             cfg = TrainConfig.load(ROOT / scale["config"], sets)
             assert cfg.data.mix == run["mix"]
             presets[name] = cfg.model_config(vocab_size=4096)
-            budgets.add((cfg.train.tokens, cfg.seed, cfg.train.batch_tokens))
+            budgets.add((cfg.train.tokens, cfg.train.batch_tokens))
+            seeds[name] = cfg.seed
             assert presets[name].attention == run["attention"]
         gap = params_gap(presets["mla-dense"], presets["gqa-dense"])
         assert gap < 0.02, (scale_name, gap)
-        assert len(budgets) == 1, budgets  # equal token budgets, one seed
+        assert len(budgets) == 1, budgets  # equal token budgets for every run
+        assert len({seeds[n] for n in core}) == 1  # the four cells: one seed, one data order
+        # a second seed of the MLA dense cell (CKA's control), and kv variants of the frontier
+        assert seeds["mla-dense-seed2"] != seeds["mla-dense"]
+        ranks = {p.kv_lora_rank for n, p in presets.items() if p.attention == "mla"}
+        kv_heads = {p.n_kv_heads for n, p in presets.items() if p.attention == "gqa"}
+        assert len(ranks) >= 3 and len(kv_heads) >= 2, (ranks, kv_heads)
     with pytest.raises(SystemExit, match="allowed values"):
         paper.load_study(paper.STUDY, "tpu")
 
@@ -202,11 +211,21 @@ def test_smoke_build_writes_every_declared_figure_deterministically(study_runs, 
     assert manifest["figures"]["02_top_heads"]["checkpoints"]
     assert "04_cka_mla_vs_gqa" in manifest["figures"]
     written = sorted(p.name for p in out.iterdir())
-    assert written == sorted(["MANIFEST.json", *(f for fig in manifest["figures"].values()
-                                                  for f in fig["files"])])  # fmt: skip
+    assert written == sorted(["MANIFEST.json", "results.json", *(
+        f for fig in manifest["figures"].values() for f in fig["files"])])  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert {"training", "induction", "cka", "cka_layer_identification", "tasks"} <= set(results)
+    for name, row in results["induction"].items():
+        assert {"max_score", "crossing_tokens", "milestone_tokens", "copy_loss_drop"} <= set(row)
+        assert row["milestone_tokens"] == sorted(row["milestone_tokens"]), name
+    # the dense runs are scored on the splits they trained on, never on the control corpus
+    assert all("control" not in r["final_val"] for r in results["training"].values())
 
     again = tmp_path / "again"
     build([study_runs], again, smoke=True, names=["01", "04"], log=lambda *_: None)
+    rebuilt_results = json.loads((again / "results.json").read_text())
+    for section in ("training", "cka", "cka_layer_identification"):  # same numbers, rebuilt
+        assert rebuilt_results[section] == results[section], section
     rebuilt = json.loads((again / "MANIFEST.json").read_text())["figures"]
     assert rebuilt
     for fig in rebuilt.values():
@@ -257,3 +276,37 @@ def test_jupyter_lab_serves_py_notebooks_as_notebooks(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _lookup(results: dict, key: str):
+    """results.json value at a dotted key; run names may hold dots, so match greedily."""
+    node, rest = results, key
+    while rest:
+        for cut in sorted({len(rest)} | {i for i, c in enumerate(rest) if c == "."}, reverse=True):
+            head = rest[:cut]
+            if isinstance(node, dict) and head in node:
+                node, rest = node[head], rest[cut + 1 :]
+                break
+            if isinstance(node, list) and head.isdigit() and int(head) < len(node):
+                node, rest = node[int(head)], rest[cut + 1 :]
+                break
+        else:
+            raise KeyError(key)
+    return node
+
+
+def test_readme_study_numbers_are_read_from_results_json():
+    """Every number the README's study section cites as `NUMBER (`key`)` is results.json's value
+    at that key, as rounded in the text (a trailing % reads the value as a fraction)."""
+    results = json.loads((ROOT / "figures" / "results.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The miniature study", 1)[1].split("\n## ", 1)[0]
+    cited = re.findall(r"(-?\d[\d,]*(?:\.\d+)?)( ?%)? \(`([A-Za-z0-9_.\-]+)`\)", section)
+    assert len(cited) >= 10, "the study section cites too few results.json keys"
+    for number, percent, key in cited:
+        value = _lookup(results, key)
+        assert isinstance(value, int | float), (key, value)
+        shown = float(number.replace(",", ""))
+        decimals = len(number.split(".")[1]) if "." in number else 0
+        expected = round(value * (100 if percent else 1), decimals)
+        assert shown == pytest.approx(expected, abs=10**-decimals / 2 + 1e-9), (key, number, value)

@@ -13,6 +13,7 @@ from labkit.analysis.induction import (
     phase_change,
     repeated_random_tokens,
     repeated_tokens_test,
+    uniform_induction_score,
 )
 from labkit.data.tokenizer import train_tokenizer
 from labkit.export import to_hf
@@ -146,7 +147,25 @@ def test_phase_change():
     scores = [0.02, 0.03, 0.05, 0.41, 0.52, 0.55]
     out = phase_change(tokens, scores, threshold=0.3)
     assert out["first_above_threshold"] == 4000 and out["steepest_rise"] == (2000, 4000)
-    assert phase_change(tokens, [0.0] * 6)["first_above_threshold"] is None
+    assert out["crossed_in"] == (2000, 4000) and out["crossed_inside"]
+    never = phase_change(tokens, [0.0] * 6)
+    assert never["first_above_threshold"] is None and never["crossed_in"] is None
+    assert not never["crossed_inside"]
+    # above the threshold from the first milestone on, or only at the last: not a phase change
+    # observed inside training
+    assert not phase_change(tokens, [0.4] * 6)["crossed_inside"]
+    assert not phase_change(tokens, [0.1] * 5 + [0.4])["crossed_inside"]
+
+
+def test_uniform_induction_score_is_what_uniform_attention_scores():
+    seq_len, offset = 8, 1
+    tokens = torch.zeros(1, offset + 2 * seq_len, dtype=torch.long)
+    q = torch.arange(tokens.shape[1])
+    uniform = (q[:, None] >= q[None, :]).float()
+    uniform = uniform / uniform.sum(-1, keepdim=True)  # [q, k], causal and uniform
+    rows = torch.arange(offset + seq_len, offset + 2 * seq_len)
+    expected = uniform[rows, rows - seq_len + 1].mean().item()
+    assert uniform_induction_score(seq_len, offset) == pytest.approx(expected)
 
 
 def test_copying_score_finds_a_planted_copying_head():

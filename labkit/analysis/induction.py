@@ -160,21 +160,35 @@ def in_context_learning_score(
     return loss_at(late) - loss_at(early)
 
 
+def uniform_induction_score(seq_len: int, offset: int = 0) -> float:
+    """The induction score of a head attending uniformly over its causal window on
+    [offset tokens, r, r] with |r| = seq_len: the mean of 1 / (q + 1) over second-copy queries q.
+    A score must clear this (and the 0.3 threshold) before it means anything."""
+    q = np.arange(offset + seq_len, offset + 2 * seq_len)
+    return float(np.mean(1.0 / (q + 1)))
+
+
 def phase_change(
     tokens_seen: list[int] | np.ndarray, scores: list[float] | np.ndarray, threshold: float = 0.3
 ) -> dict:
     """When induction heads form, from a score per milestone (e.g. the best head's induction
-    score): the first milestone at or above `threshold`, and the interval of steepest rise."""
+    score): the first milestone at or above `threshold`, the interval it was crossed in (last
+    milestone below, first at or above; None if never crossed or already above at the first
+    milestone), whether that happened strictly inside training, and the interval of steepest
+    rise (reported, but a phase change only where the threshold is crossed)."""
     x, y = np.asarray(tokens_seen, dtype=float), np.asarray(scores, dtype=float)
     if len(x) != len(y) or len(x) < 2:
         raise ValueError("need the same number (>= 2) of token counts and scores")
     order = np.argsort(x)
     x, y = x[order], y[order]
     above = np.nonzero(y >= threshold)[0]
+    first = int(above[0]) if len(above) else None
     rise = np.diff(y)
     k = int(np.argmax(rise))
     return {
-        "first_above_threshold": int(x[above[0]]) if len(above) else None,
+        "first_above_threshold": int(x[first]) if first is not None else None,
+        "crossed_in": (int(x[first - 1]), int(x[first])) if first else None,
+        "crossed_inside": first is not None and 0 < first < len(x) - 1,
         "steepest_rise": (int(x[k]), int(x[k + 1])),
         "rise": float(rise[k]),
         "threshold": threshold,

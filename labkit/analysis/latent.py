@@ -114,6 +114,30 @@ def truncated_latent_loss(
     return out
 
 
+def truncated_all_layers_loss(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    specs: Sequence[Spectrum],
+    ranks: Sequence[int],
+) -> dict[int, float]:
+    """Next-token loss with every layer's c_kv projected at once onto its own top-r directions
+    (`specs[layer]`); r = 0 keeps only each layer's mean latent. What a KV cache of r numbers per
+    token and layer (plus the RoPE key) would cost in loss, if it kept the top directions."""
+    means = [torch.from_numpy(s.mean).float() for s in specs]
+    dirs = [torch.from_numpy(s.directions).float() for s in specs]
+    out = {}
+    for r in ranks:
+        hooks = []
+        for layer, (mean, d) in enumerate(zip(means, dirs, strict=True)):
+
+            def hook(x, hook, mean=mean, basis=d[:, :r]):
+                return _project(x.float(), mean.to(x.device), basis.to(x.device)).to(x.dtype)
+
+            hooks.append((f"blocks.{layer}.attn.hook_kv_latent", hook))
+        out[r] = _loss(model, tokens, hooks)
+    return out
+
+
 def direction_ablation_loss(
     model: torch.nn.Module,
     tokens: torch.Tensor,

@@ -156,6 +156,25 @@ def cka_matrix(
     return out
 
 
+def layer_identification(matrix: Array) -> dict[str, Any]:
+    """Kornblith et al.'s (2019) sanity check for a similarity index, on a [layers_a, layers_b]
+    matrix between two networks of the same architecture (e.g. two seeds): for each layer i of A,
+    is the most similar layer of B layer i itself? Returns the fraction of layers identified, the
+    argmax per layer and the margin of the diagonal over the best other layer (negative where the
+    identification fails)."""
+    m = _t(matrix).double().numpy()
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"need a square layer x layer matrix, got shape {tuple(m.shape)}")
+    best = m.argmax(axis=1)
+    n = len(m)
+    others = np.where(np.eye(n, dtype=bool), -np.inf, m).max(axis=1) if n > 1 else np.zeros(1)
+    return {
+        "fraction": float(np.mean(best == np.arange(n))),
+        "argmax": [int(b) for b in best],
+        "margin": [float(m[i, i] - others[i]) for i in range(n)],
+    }
+
+
 # --------------------------------------------------------------------------- RSA
 def rdm(X: Array, metric: str = "correlation") -> np.ndarray:
     """Representational dissimilarity matrix (condensed upper triangle) between the n examples:

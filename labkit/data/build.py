@@ -37,6 +37,7 @@ from labkit.data.documents import DIMENSIONS, generate_documents, realized_distr
 from labkit.data.measures import TARGETS, corpus_measures, measure_value, target_met
 from labkit.data.mixing import Stage, plan_mix
 from labkit.data.prose import generate_prose, prose_lineage
+from labkit.data.records import generate_records
 from labkit.data.retrieval import generate_retrieval
 from labkit.data.shards import write_shards
 from labkit.data.tokenizer import EOT, save_tokenizer, train_tokenizer
@@ -45,7 +46,9 @@ from labkit.errors import DataError, DataNotFoundError
 from labkit.fileio import atomic_write_bytes, check_output_dir, fsync_dir
 
 MANIFEST_VERSION = 1
-EVAL_SPLITS = ("general", "domain", "code", "retrieval", "control", "prose")
+EVAL_SPLITS = ("general", "domain", "code", "retrieval", "control", "prose", "records")
+# the training source each held-out split is drawn from (a user's sources: the split's own name)
+EVAL_SPLIT_SOURCE = {"general": "synthetic", "domain": "synthetic"}
 
 
 def _progress(quiet: bool):
@@ -140,6 +143,9 @@ def generate_sources(cfg: DataConfig) -> tuple[dict[str, list[dict]], dict[str, 
         docs = generate_prose(cfg.prose.documents)
         held["prose"] = [d for d in docs if _hash_split(d["id"], cfg.prose.eval_fraction)]
         train["prose"] = [d for d in docs if not _hash_split(d["id"], cfg.prose.eval_fraction)]
+    if cfg.records.enabled:
+        train["records"] = generate_records(world, cfg.records.documents, cfg.seed, "train")
+        held["records"] = generate_records(world, cfg.records.eval_documents, cfg.seed, "eval")
     for name, src in cfg.sources.items():
         if not src.enabled:
             continue
@@ -419,6 +425,20 @@ def _read_task_texts(path: Path) -> list[str]:
 
 # What readers of a manifest rely on: a manifest without them is not a data set.
 MANIFEST_KEYS = {"shards": ("train", "eval"), "tokenizer": ("vocab_size", "eot_id"), "mixes": ()}
+
+
+def trained_splits(manifest: dict[str, Any], mix: str, tokens: int | None = None) -> list[str]:
+    """The held-out splits whose source has tokens in `mix`'s stages that start before `tokens`
+    (all stages when None): the splits a run on that mix trained on."""
+    stages = manifest["mixes"][mix]
+    seen = {
+        source
+        for stage in stages
+        if tokens is None or stage["start_token"] < tokens
+        for source, n in stage["tokens"].items()
+        if n > 0
+    }
+    return sorted(s for s in manifest["eval_splits"] if EVAL_SPLIT_SOURCE.get(s, s) in seen)
 
 
 def load_manifest(data_dir: str | Path) -> dict[str, Any]:

@@ -46,6 +46,20 @@ class TTest:
         return asdict(self)
 
 
+def wilson_interval(successes: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (successes / n): unlike the normal approximation it
+    stays inside [0, 1] and is honest at small n and at 0 or n successes."""
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in [0, {n}], got {successes}")
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def paired_ttest(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> TTest:
     """Two-sided paired t-test of a against b (pairs: the same seed, or the same task)."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)

@@ -339,6 +339,12 @@ def build_tasks(
     return out
 
 
+def suite_sizes(tasks_dir: str | Path) -> dict[str, int]:
+    """{task: number of examples} of a built suite: the n of each score's interval."""
+    index = json.loads((Path(tasks_dir) / "suite.json").read_text())
+    return {name: entry["examples"] for name, entry in index.items()}
+
+
 def random_baselines(tasks_dir: str | Path) -> dict[str, float]:
     index = json.loads((Path(tasks_dir) / "suite.json").read_text())
     return {name: entry["random_baseline"] for name, entry in index.items()}
