@@ -55,8 +55,12 @@ study = main_runs(find_runs(runs))
 threshold = 0.3
 seq_len, batch = (16, 4) if smoke else (64, 16)
 early, late = (8, 60) if smoke else (16, 200)  # token positions of the ICL score
-# every milestone (the transition is between two of them); a few in smoke mode
-chosen = {r.name: pick_milestones(r.milestones, 3) if smoke else r.milestones for r in study}
+# every milestone of the dense runs (a transition lies between two of them), 8 of the control
+# runs; a few in smoke mode
+chosen = {
+    r.name: pick_milestones(r.milestones, 3 if smoke else None if r.mix == "dense" else 8)
+    for r in study
+}
 induction = {
     r.name: induction_over_milestones(chosen[r.name], seq_len, batch, threshold, progress=True)
     for r in study

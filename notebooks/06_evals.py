@@ -34,10 +34,7 @@ use_style()
 study = main_runs(find_runs(runs))
 limit = 4 if smoke else 100  # examples per task
 # the step-0 milestone (when the run has one) and trained milestones spread in log(tokens)
-chosen = {
-    r.name: ([r.init] if r.init else []) + pick_milestones(r.trained, 2 if smoke else 3)
-    for r in study
-}
+chosen = {r.name: ([r.init] if r.init else []) + pick_milestones(r.trained, 2) for r in study}
 scores = {r.name: milestone_scores(r.path, chosen[r.name], limit, progress=True) for r in study}
 baselines = load_baselines(baselines_dir)
 print(f"up to {limit} examples per task; stored baselines: {sorted(baselines) or 'none'}")
