@@ -666,6 +666,7 @@ def probe_layers_over_milestones(
         features, keep, meta = _features(path, probes, site)
         y = data.labels[keep]
         chosen = fit_and_test(features, y, probes.split, data.task, seed)[0]
+        scores = layer_scores(features, y, probes.split, data.task, seed)
         rows.append({"milestone": path.name, "tokens": meta["tokens"], "chosen_layer": chosen.layer,
-                     "scores": layer_scores(features, y, probes.split, data.task, seed)})  # fmt: skip
+                     "scores": scores})  # fmt: skip
     return rows

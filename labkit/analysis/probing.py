@@ -524,4 +524,6 @@ def layer_scores(
 ) -> dict[int, float]:
     """Test score of every layer, each with its strength chosen on validation: a descriptive
     layer profile for the layer x milestone figure (the reported number is `fit_and_test`'s)."""
-    return {layer: fit_and_test({layer: X}, y, split, task, seed)[2] for layer, X in features.items()}
+    return {
+        layer: fit_and_test({layer: X}, y, split, task, seed)[2] for layer, X in features.items()
+    }
