@@ -502,6 +502,10 @@ def probe_over_milestones(
 
 
 # -------------------------------------------------------------------- probes against baselines
+INIT_MISSING = ("the run has no step-0 milestone (train with `--set checkpoint.save_init=true`): "
+                "no init baseline")  # fmt: skip
+
+
 def init_milestone(milestones: Sequence[Path]) -> Path | None:
     """The step-0 milestone (meta "init": true, written with `checkpoint.save_init = true`), or
     None when the run has none."""
@@ -572,7 +576,7 @@ def probe_set(
     spec: dict[str, Any],
     data_dir: Path,
     max_len: int,
-    positions_per_document: int = 8,
+    positions_per_document: int = 4,
     seed: int = 0,
 ) -> ProbeSet:
     """Build a target's probe data, split and baseline features from a data set."""
@@ -601,72 +605,86 @@ def probe_set(
     )
 
 
-def _features(path: Path, probes: ProbeSet, site: str):
-    from labkit.analysis.probing import probe_features
+def _features(path: Path, probe_sets: dict[str, ProbeSet], site: str, autocast=torch.bfloat16):
+    """Each target's probe features at one milestone, with one forward pass per distinct set of
+    documents (targets of one `stream` share it). bf16 autocast, as the models were trained."""
+    from labkit.analysis.probing import all_token_activations, probe_features
 
     model, meta = load(path)
     layers = list(range(model.cfg.n_layers))
-    features, keep = probe_features(model, probes.data, site, layers)
-    return features, keep, meta
+    out, cache = {}, {}
+    for name, probes in probe_sets.items():
+        key = hash(tuple(map(tuple, probes.data.sequences)))
+        if key not in cache:
+            cache.clear()  # one stream's activations in memory at a time
+            cache[key] = all_token_activations(
+                model, probes.data.sequences, site, layers, autocast=autocast
+            )
+        out[name] = probe_features(model, probes.data, site, layers, acts=cache[key])
+    return out, meta
 
 
 def probe_against_baselines(
     final: Path,
     init: Path | None,
-    spec: dict[str, Any],
+    probe_sets: dict[str, ProbeSet],
     site: str = "resid_post",
-    probes: ProbeSet | None = None,
     n_null: int = 5,
     seed: int = 0,
-) -> dict[str, Any]:
-    """A target probed at milestone `final` against its baselines (see
-    `labkit.analysis.probing.probe_with_baselines`); `init` is the run's step-0 milestone: its
-    probe is the init baseline, None when the run has no step-0 milestone (then
-    `init_baseline` is None and `init_missing` says why). Pass `probes` to share the data between
-    runs trained on the same data set."""
+) -> dict[str, dict[str, Any]]:
+    """Every target of `probe_sets` (from `probe_set`, shared between runs trained on the same
+    data set) probed at milestone `final` against its baselines (see
+    `labkit.analysis.probing.probe_with_baselines`). `init` is the run's step-0 milestone: its
+    probe is the init baseline; None when the run has none (then `init_baseline` is None and
+    `init_missing` says why -- never invented)."""
     from labkit.analysis.probing import probe_with_baselines
 
-    if probes is None:
-        probes = probe_set(spec, run_data_dir(final), load(final)[0].cfg.max_seq_len, seed=seed)
-    features, keep, meta = _features(final, probes, site)
-    init_features = _features(init, probes, site)[0] if init is not None else None
-    data = probes.data
-    out = probe_with_baselines(
-        features,
-        data.labels[keep],
-        data.groups[keep],
-        data.task,
-        probes.level,
-        types=data.types[keep],
-        init_features=init_features,
-        bow=probes.bow,
-        digit_counts=probes.digit_counts,
-        split=probes.split,
-        n_null=n_null,
-        seed=seed,
-    )
-    out.update(target=spec.get("name"), milestone=final.name, tokens=meta["tokens"], site=site,
-               init_milestone=init.name if init is not None else None)  # fmt: skip
-    if init is None:
-        out["init_missing"] = ("the run has no step-0 milestone (train with "
-                               "`--set checkpoint.save_init=true`): no init baseline")  # fmt: skip
-    return out
+    features, meta = _features(final, probe_sets, site)
+    init_features = _features(init, probe_sets, site)[0] if init is not None else {}
+    results = {}
+    for name, probes in probe_sets.items():
+        (X, keep), data = features[name], probes.data
+        out = probe_with_baselines(
+            X,
+            data.labels[keep],
+            data.groups[keep],
+            data.task,
+            probes.level,
+            types=data.types[keep],
+            init_features=init_features[name][0] if init is not None else None,
+            bow=probes.bow,
+            digit_counts=probes.digit_counts,
+            split=probes.split,
+            n_null=n_null,
+            seed=seed,
+        )
+        out.update(target=name, milestone=final.name, tokens=meta["tokens"], site=site,
+                   init_milestone=init.name if init is not None else None)  # fmt: skip
+        if init is None:
+            out["init_missing"] = INIT_MISSING
+        results[name] = out
+    return results
 
 
 def probe_layers_over_milestones(
-    milestones: Sequence[Path], probes: ProbeSet, site: str = "resid_post", seed: int = 0
-) -> list[dict[str, Any]]:
-    """Test score of every layer at every milestone (strength chosen on validation per layer) on
-    one probe set: the descriptive layer x milestone profile, plus the layer validation picks."""
+    milestones: Sequence[Path],
+    probe_sets: dict[str, ProbeSet],
+    site: str = "resid_post",
+    seed: int = 0,
+) -> dict[str, list[dict[str, Any]]]:
+    """Per target, the test score of every layer at every milestone (strength chosen on
+    validation per layer): the descriptive layer x milestone profile, plus the layer that
+    validation picks (the one a reported number would use)."""
     from labkit.analysis.probing import fit_and_test, layer_scores
 
-    rows = []
-    data = probes.data
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in probe_sets}
     for path in milestones:
-        features, keep, meta = _features(path, probes, site)
-        y = data.labels[keep]
-        chosen = fit_and_test(features, y, probes.split, data.task, seed)[0]
-        scores = layer_scores(features, y, probes.split, data.task, seed)
-        rows.append({"milestone": path.name, "tokens": meta["tokens"], "chosen_layer": chosen.layer,
-                     "scores": scores})  # fmt: skip
+        features, meta = _features(path, probe_sets, site)
+        for name, probes in probe_sets.items():
+            (X, keep), data = features[name], probes.data
+            y = data.labels[keep]
+            chosen = fit_and_test(X, y, probes.split, data.task, seed)[0]
+            scores = layer_scores(X, y, probes.split, data.task, seed)
+            rows[name].append({"milestone": path.name, "tokens": meta["tokens"],
+                               "chosen_layer": chosen.layer, "scores": scores})  # fmt: skip
     return rows

@@ -2,7 +2,8 @@
 which token positions, which label.
 
     name: person_occupation
-    source: {kind: world, documents: 400}     # world | retrieval | data (a split of the data set)
+    source: {kind: world, documents: 400}     # world | retrieval | data (a split of the data set);
+                                              # `stream: NAME` shares documents between specs
     positions: {kind: span, type: person}     # all_tokens | span | last_token | document_mean |
                                               # question_end
     label: {kind: entity_attr, entity: people, attr: occupation}
@@ -87,10 +88,12 @@ def _documents(spec: dict, manifest: dict, data_dir: Path | None, world) -> list
         docs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return docs[: source.get("documents", len(docs))]
     n, seed = source.get("documents", 300), source.get("seed", manifest["config"]["seed"])
+    # specs naming the same `stream` read the same documents (one forward pass serves them all)
+    split = f"probe-{source.get('stream', spec['name'])}"
     if kind == "world":
-        return generate_documents(world, n, seed, split=f"probe-{spec['name']}")
+        return generate_documents(world, n, seed, split=split)
     if kind == "retrieval":
-        return generate_retrieval(world, n, seed, split=f"probe-{spec['name']}")
+        return generate_retrieval(world, n, seed, split=split)
     raise ValueError(f"probe {spec['name']}: source.kind must be world, retrieval or data")
 
 

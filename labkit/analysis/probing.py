@@ -155,26 +155,42 @@ def train_probe(
 
 
 def probe_features(
-    model, data, site: str, layers: list[int], progress: bool = False
+    model,
+    data,
+    site: str,
+    layers: list[int],
+    progress: bool = False,
+    acts: dict[int, np.ndarray] | None = None,
 ) -> tuple[dict[int, np.ndarray], np.ndarray]:
     """Activations at the probed positions of a ProbeData, per layer, and `keep`: the example
     each row stands for (`data.labels[keep]`, `data.groups[keep]`, ...). When the data average a
-    document, a row is the document's mean and `keep` its first example."""
-    from labkit.analysis.activations import collect
-
-    acts = collect(model, data.sequences, [site], layers, select=None, progress=progress)
+    document, a row is the document's mean and `keep` its first example. `acts` (layer -> every
+    token's activation, sequences concatenated) skips the forward pass."""
+    if acts is None:
+        acts = all_token_activations(model, data.sequences, site, layers, progress)
     # rows of `acts` cover every token; pick (or average) the probed positions per sequence
     starts = np.concatenate([[0], np.cumsum([len(s) for s in data.sequences])])
     index = np.concatenate([starts[i] + np.asarray(p) for i, p in enumerate(data.positions)])
     keep = np.arange(len(data.labels))
     features = {}
     for layer in layers:
-        X = np.asarray(acts[site, layer])[index]
+        X = np.asarray(acts[layer])[index]
         if data.document_mean:
             docs, keep = np.unique(data.groups, return_index=True)
             X = np.stack([X[data.groups == g].mean(0) for g in docs])
         features[layer] = X
     return features, keep
+
+
+def all_token_activations(
+    model, sequences, site: str, layers: list[int], progress: bool = False, autocast=None
+) -> dict[int, np.ndarray]:
+    """Every token's activation at `site`, per layer (sequences concatenated)."""
+    from labkit.analysis.activations import collect
+
+    acts = collect(model, sequences, [site], layers, select=None, progress=progress,
+                   autocast=autocast)  # fmt: skip
+    return {layer: np.asarray(acts[site, layer]) for layer in layers}
 
 
 def probe_model(
@@ -200,7 +216,10 @@ def probe_model(
 # The study's probe protocol (issue 13): split by document into train / validation / test; choose
 # the layer (and the regularisation strength) on validation only; report on test with a bootstrap
 # CI over test documents; and compare with baselines that each rule out one cheap explanation.
-STRENGTHS = {"classification": (0.01, 0.1, 1.0), "regression": (1.0, 10.0, 100.0)}  # C / alpha
+# C (logistic) / alpha (ridge) tried on validation. Standardised activations need one C (fits
+# dominate the cost: layers x repeats x baselines); sparse token counts need a range.
+STRENGTHS = {"classification": (0.1,), "regression": (1.0, 10.0, 100.0)}
+SPARSE_STRENGTHS = {"classification": (0.01, 0.1, 1.0), "regression": (10.0, 100.0, 1e3, 1e4)}
 
 
 @dataclass
@@ -237,7 +256,7 @@ def _estimator(task: Task, strength: float, seed: int, sparse: bool = False):
     from sklearn.preprocessing import StandardScaler
 
     head = (
-        LogisticRegression(C=strength, max_iter=300, random_state=seed)
+        LogisticRegression(C=strength, max_iter=200, random_state=seed)
         if task == "classification"
         else Ridge(alpha=strength)
     )
@@ -279,7 +298,8 @@ def select_on_validation(
     best: Selection | None = None
     for layer, X in train.items():
         sparse = hasattr(X, "tocsr")
-        strengths = STRENGTHS[task] if task == "classification" else STRENGTHS[task][::-1]
+        grid = (SPARSE_STRENGTHS if sparse else STRENGTHS)[task]
+        strengths = grid if task == "classification" else grid[::-1]
         for strength in strengths:
             model = _fit(_estimator(task, strength, seed, sparse), X, y_train)
             score = _score(task, np.asarray(y_val), model.predict(val[layer]))
