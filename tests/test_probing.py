@@ -312,3 +312,45 @@ def test_induction_cka_and_latent_commands_on_the_ci_run(reference, tmp_path, ca
     assert [r["layer"] for r in rows] == [0, 1]
     assert rows[0]["kv_variance_explained"]["k"][-1] == pytest.approx(1.0, abs=1e-9)
     assert 1 <= rows[0]["participation_ratio"] <= 32
+
+
+def test_probes_against_baselines_on_the_ci_run(reference):
+    """The study layer on a real run: every baseline filled in, the init baseline reported
+    missing (never invented) without a step-0 milestone, the digit-count baseline for
+    number_value, and the same numbers twice."""
+    from labkit.study import (
+        init_milestone,
+        load_probe_spec,
+        open_run,
+        probe_against_baselines,
+        probe_set,
+        run_data_dir,
+        trained_milestones,
+    )
+
+    run = open_run(reference)
+    final = trained_milestones(run.milestones)[-1]
+    assert init_milestone(run.milestones) is None  # the CI run has no step-0 milestone
+    sets = {
+        t: probe_set(
+            load_probe_spec(t, max_documents=40), run_data_dir(final), run.model.max_seq_len
+        )  # fmt: skip
+        for t in ("domain", "number_value")
+    }
+    res = probe_against_baselines(final, None, sets, n_null=2)
+    for r in res.values():
+        assert r["init_baseline"] is None and "save_init" in r["init_missing"]
+        assert not r["beats_all_baselines"] and r["n_test_documents"] == 12
+        assert r["bow_baseline"] is not None and r["layer"] in range(run.model.n_layers)
+    assert (
+        res["domain"]["null_kind"] == "permutation" and "digit_count_baseline" not in res["domain"]
+    )
+    assert res["number_value"]["null_kind"] == "control_task"
+    assert res["number_value"]["digit_count_baseline"] is not None
+    # an earlier milestone standing in for step 0 exercises the init path
+    again = probe_against_baselines(final, run.milestones[0], {"domain": sets["domain"]}, n_null=2)
+    assert again["domain"]["init_milestone"] == run.milestones[0].name
+    assert again["domain"]["init_baseline"] is not None
+    assert {k: v for k, v in again["domain"].items() if "init" not in k and k != "beats"} == {
+        k: v for k, v in res["domain"].items() if "init" not in k and k != "beats"
+    }

@@ -90,10 +90,14 @@ def _documents(spec: dict, manifest: dict, data_dir: Path | None, world) -> list
     n, seed = source.get("documents", 300), source.get("seed", manifest["config"]["seed"])
     # specs naming the same `stream` read the same documents (one forward pass serves them all)
     split = f"probe-{source.get('stream', spec['name'])}"
-    if kind == "world":
-        return generate_documents(world, n, seed, split=split)
-    if kind == "retrieval":
-        return generate_retrieval(world, n, seed, split=split)
+    key = (json.dumps(manifest, sort_keys=True, default=str), kind, n, seed, split)
+    if kind in ("world", "retrieval") and key not in _GENERATED:
+        make = generate_documents if kind == "world" else generate_retrieval
+        if len(_GENERATED) >= 4:  # generation is deterministic: keep a few streams only
+            _GENERATED.clear()
+        _GENERATED[key] = make(world, n, seed, split=split)
+    if key in _GENERATED:
+        return _GENERATED[key]
     raise ValueError(f"probe {spec['name']}: source.kind must be world, retrieval or data")
 
 
@@ -112,10 +116,18 @@ def unseen_text_warning(spec: dict[str, Any], manifest: dict) -> str | None:
     )
 
 
+_GENERATED: dict[tuple, list[dict]] = {}
+_WORLDS: dict[str, Any] = {}
+
+
 def _world(manifest: dict):
     from labkit.data.world import world_from_manifest
 
-    return world_from_manifest(manifest)
+    key = json.dumps(manifest, sort_keys=True, default=str)
+    if key not in _WORLDS:  # the world is a pure function of the manifest: build it once
+        _WORLDS.clear()
+        _WORLDS[key] = world_from_manifest(manifest)
+    return _WORLDS[key]
 
 
 def build_probe_data(
