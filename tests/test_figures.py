@@ -202,8 +202,15 @@ def test_smoke_build_writes_every_declared_figure_deterministically(study_runs, 
     assert manifest["figures"]["02_top_heads"]["checkpoints"]
     assert "04_cka_mla_vs_gqa" in manifest["figures"]
     written = sorted(p.name for p in out.iterdir())
-    assert written == sorted(["MANIFEST.json", *(f for fig in manifest["figures"].values()
-                                                  for f in fig["files"])])  # fmt: skip
+    assert written == sorted(["MANIFEST.json", "results.json", *(
+        f for fig in manifest["figures"].values() for f in fig["files"])])  # fmt: skip
+    probes = json.loads((out / "results.json").read_text())["probes"]
+    assert len(probes) == 2
+    for run in probes.values():
+        for result in run.values():
+            assert {"accuracy", "ci", "null", "init_baseline", "bow_baseline", "layer",
+                    "n_test_documents", "beats_all_baselines", "majority_baseline"} <= set(result)  # fmt: skip
+        assert "digit_count_baseline" in run["number_value"]
 
     again = tmp_path / "again"
     build([study_runs], again, smoke=True, names=["01", "04"], log=lambda *_: None)
