@@ -168,8 +168,11 @@ for ax, t in zip(axes.flat, targets, strict=False):
     ax.tick_params(axis="y", labelsize=6)
 for ax in list(axes.flat)[len(targets) :]:
     ax.axis("off")
-handles, labels = axes.flat[0].get_legend_handles_labels()
-fig.legend(handles, labels, loc="lower right", fontsize=7, ncol=3)
+legend = {}  # every marker once (digit count appears on number_value's panel only)
+for ax in axes.flat:
+    for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+        legend.setdefault(label, handle)
+fig.legend(legend.values(), legend.keys(), loc="lower right", fontsize=7, ncol=3)
 fig.suptitle("Probes at the final milestone on test documents (95 % CI); ★ = CI low above every "
              "baseline's upper bar (filled: dense corpus, open: control)", fontsize=8)  # fmt: skip
 fig.tight_layout()
