@@ -589,3 +589,192 @@ def probe_over_milestones(
                          "milestone": path.name, "tokens": meta["tokens"], "task": data.task,
                          "examples": data.n_examples, **r.to_dict()})  # fmt: skip
     return rows
+
+
+# -------------------------------------------------------------------- probes against baselines
+INIT_MISSING = ("the run has no step-0 milestone (train with `--set checkpoint.save_init=true`): "
+                "no init baseline")  # fmt: skip
+
+
+def init_milestone(milestones: Sequence[Path]) -> Path | None:
+    """The step-0 milestone (meta "init": true, written with `checkpoint.save_init = true`), or
+    None when the run has none."""
+    for path in milestones:
+        meta = path / "meta.json"
+        if meta.exists() and json.loads(meta.read_text()).get("init"):
+            return path
+    return None
+
+
+def trained_milestones(milestones: Sequence[Path]) -> list[Path]:
+    """The milestones after step 0 (the init milestone is a baseline, not a point of training)."""
+    init = init_milestone(milestones)
+    return [m for m in milestones if m != init]
+
+
+@dataclass
+class ProbeSet:
+    """A probe target's data, built once per data set: the ProbeData, its split by document, its
+    bag-of-tokens features and (number_value) the digit count of each number."""
+
+    data: Any
+    level: str  # "document" (permutation null) or "token" (Hewitt-Liang control)
+    split: Any
+    bow: Any
+    digit_counts: np.ndarray | None
+    vocab_size: int
+
+
+def _cap_positions(data, per_document: int, seed: int):
+    """At most `per_document` probed positions per sequence (a deterministic sample): token-level
+    targets read every token, and a few per document carry the signal at a fraction of the cost."""
+    if data.document_mean or all(len(p) <= per_document for p in data.positions):
+        return data
+    from labkit.analysis.probe_tasks import ProbeData
+
+    rng = np.random.default_rng(seed)
+    positions, keep, start = [], [], 0
+    for pos in data.positions:
+        picked = np.sort(rng.choice(len(pos), min(per_document, len(pos)), replace=False))
+        positions.append([pos[i] for i in picked])
+        keep += (start + picked).tolist()
+        start += len(pos)
+    keep = np.asarray(keep)
+    return ProbeData(data.sequences, positions, data.labels[keep], data.types[keep],
+                     data.groups[keep], data.task, data.document_mean)  # fmt: skip
+
+
+def _digit_counts(data, tokenizer) -> np.ndarray:
+    """Digits of the number each example reads (its last token): digits are single tokens, so
+    count the digit tokens that end at the position, through '.' and ',' inside the number."""
+    counts = []
+    for seq, pos in zip(data.sequences, data.positions, strict=True):
+        for p in pos:
+            n, i = 0, p
+            while i >= 0:
+                piece = tokenizer.id_to_token(seq[i]).lstrip("Ġ")
+                if piece.isdigit():
+                    n += len(piece)
+                elif piece not in (".", ",") or n == 0:
+                    break
+                i -= 1
+            counts.append(n)
+    return np.asarray(counts)
+
+
+def probe_set(
+    spec: dict[str, Any],
+    data_dir: Path,
+    max_len: int,
+    positions_per_document: int = 4,
+    seed: int = 0,
+) -> ProbeSet:
+    """Build a target's probe data, split and baseline features from a data set."""
+    from labkit.analysis.probe_tasks import build_probe_data, unseen_text_warning
+    from labkit.analysis.probing import bag_of_tokens, split_by_document
+    from labkit.data.build import load_manifest
+    from labkit.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(data_dir / "tokenizer.json")
+    manifest = load_manifest(data_dir)
+    warning = unseen_text_warning(spec, manifest)
+    if warning:
+        print(warning, file=sys.stderr)
+    data = build_probe_data(spec, tok, manifest, data_dir, max_len)
+    data = _cap_positions(data, positions_per_document, seed)
+    token_level = spec["positions"]["kind"] == "span" or spec["label"]["kind"] == "token_is_digit"
+    groups = np.unique(data.groups) if data.document_mean else data.groups
+    vocab = tok.get_vocab_size()
+    return ProbeSet(
+        data=data,
+        level="token" if token_level else "document",
+        split=split_by_document(groups, seed=seed),
+        bow=bag_of_tokens(data.sequences, data.positions, vocab, data.document_mean),
+        digit_counts=_digit_counts(data, tok) if spec["label"]["kind"] == "number_value" else None,
+        vocab_size=vocab,
+    )
+
+
+def _features(path: Path, probe_sets: dict[str, ProbeSet], site: str, autocast=torch.bfloat16):
+    """Each target's probe features at one milestone, with one forward pass per distinct set of
+    documents (targets of one `stream` share it). bf16 autocast, as the models were trained."""
+    from labkit.analysis.probing import all_token_activations, probe_features
+
+    model, meta = load(path)
+    layers = list(range(model.cfg.n_layers))
+    out, cache = {}, {}
+    for name, probes in probe_sets.items():
+        key = hash(tuple(map(tuple, probes.data.sequences)))
+        if key not in cache:
+            cache.clear()  # one stream's activations in memory at a time
+            cache[key] = all_token_activations(
+                model, probes.data.sequences, site, layers, autocast=autocast
+            )
+        out[name] = probe_features(model, probes.data, site, layers, acts=cache[key])
+    return out, meta
+
+
+def probe_against_baselines(
+    final: Path,
+    init: Path | None,
+    probe_sets: dict[str, ProbeSet],
+    site: str = "resid_post",
+    n_null: int = 5,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Every target of `probe_sets` (from `probe_set`, shared between runs trained on the same
+    data set) probed at milestone `final` against its baselines (see
+    `labkit.analysis.probing.probe_with_baselines`). `init` is the run's step-0 milestone: its
+    probe is the init baseline; None when the run has none (then `init_baseline` is None and
+    `init_missing` says why -- never invented)."""
+    from labkit.analysis.probing import probe_with_baselines
+
+    features, meta = _features(final, probe_sets, site)
+    init_features = _features(init, probe_sets, site)[0] if init is not None else {}
+    results = {}
+    for name, probes in probe_sets.items():
+        (X, keep), data = features[name], probes.data
+        out = probe_with_baselines(
+            X,
+            data.labels[keep],
+            data.groups[keep],
+            data.task,
+            probes.level,
+            types=data.types[keep],
+            init_features=init_features[name][0] if init is not None else None,
+            bow=probes.bow,
+            digit_counts=probes.digit_counts,
+            split=probes.split,
+            n_null=n_null,
+            seed=seed,
+        )
+        out.update(target=name, milestone=final.name, tokens=meta["tokens"], site=site,
+                   init_milestone=init.name if init is not None else None)  # fmt: skip
+        if init is None:
+            out["init_missing"] = INIT_MISSING
+        results[name] = out
+    return results
+
+
+def probe_layers_over_milestones(
+    milestones: Sequence[Path],
+    probe_sets: dict[str, ProbeSet],
+    site: str = "resid_post",
+    seed: int = 0,
+) -> dict[str, list[dict[str, Any]]]:
+    """Per target, the test score of every layer at every milestone (strength chosen on
+    validation per layer): the descriptive layer x milestone profile, plus the layer that
+    validation picks (the one a reported number would use)."""
+    from labkit.analysis.probing import fit_and_test, layer_scores
+
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in probe_sets}
+    for path in milestones:
+        features, meta = _features(path, probe_sets, site)
+        for name, probes in probe_sets.items():
+            (X, keep), data = features[name], probes.data
+            y = data.labels[keep]
+            chosen = fit_and_test(X, y, probes.split, data.task, seed)[0]
+            scores = layer_scores(X, y, probes.split, data.task, seed)
+            rows[name].append({"milestone": path.name, "tokens": meta["tokens"],
+                               "chosen_layer": chosen.layer, "scores": scores})  # fmt: skip
+    return rows

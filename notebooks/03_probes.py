@@ -14,164 +14,229 @@
 # ---
 
 # %% [markdown]
-# # 03 — Probes
+# # 03 — Probes against baselines
 #
-# Linear probes on the residual stream (`resid_post`) for the shipped probe targets (`probes/`):
-# accuracy (R² for regression targets) on held-out documents, the accuracy of the same probe on the
-# Hewitt & Liang control task, and selectivity = accuracy − control accuracy. A probe that is
-# accurate but not selective reads something the control can also fit (token identity, document
-# identity), not the property. Layer × milestone for a few targets, then every target at the final
-# milestone: dense against control corpus, MLA against GQA.
+# Linear probes on the residual stream (`resid_post`) for the shipped probe targets (`probes/`).
+# Every number is on **held-out test documents**: the documents of a target are split 50/20/30
+# into train / validation / test *by document* (no document contributes to two splits); the layer
+# and the regularisation strength are chosen on the validation documents only, and that one probe
+# is scored once on test (accuracy, or R² for regression targets) with a 95 % bootstrap interval
+# over test documents (error bars). A probe's score means little alone, so each target is set
+# against baselines, all on the same documents and the same splits:
+#
+# - **null** — what the same procedure reaches when the label carries no information about the
+#   representation. Document-level labels (`document_mean`, `question_end`, … positions): the
+#   labels are *permuted across the train and validation documents*, the probe refit (layer chosen
+#   again on validation) and scored against the true test labels; mean over a few permutations,
+#   bar = their spread. Token / entity / span labels: the Hewitt & Liang (2019) control task (one
+#   random label per token type or entity), scored against the control labels. (A per-document
+#   random label cannot transfer to unseen documents, so it is no null for document labels.)
+# - **init** — the same architecture at step 0 (the run's `tokens_000000000000` milestone,
+#   written with `checkpoint.save_init = true`), same data, splits and layer selection: what
+#   random features of the input already give away. Missing (and never invented) when the run
+#   has no step-0 milestone.
+# - **bag-of-tokens** — logistic (ridge) regression on the token counts of what the probe reads:
+#   the whole document for document-mean probes; for position probes, the causal context up to
+#   the position plus the identity of the token read. What lexical statistics alone give away.
+# - **majority** — the training majority class (R² of the training mean for regression).
+# - **digit count** (`number_value` only) — ridge on the number of digits of the stated number:
+#   log10(value) is mostly its digit count, a surface feature a model can copy from the text.
+#
+# **Rule for "beats every baseline"** (★ in the final figure): the probe's 95 % CI *low* lies above
+# every baseline's *upper bar* — the CI high of the init, bag-of-tokens and digit-count baselines,
+# the largest permutation (or control) repeat of the null, and the majority's point value. A
+# missing baseline (no step-0 milestone) counts as not beaten.
+#
+# What the figures can show: whether linear information about a label is present in a layer of
+# the trained model beyond what the input's tokens, random features and chance explain. What they
+# cannot show: that the model *uses* that information (probing is correlational; causal claims
+# need interventions), anything about a target whose test set is small (n is reported), or
+# differences between runs smaller than the intervals (the CIs are per run, not paired).
 
 # %% tags=["parameters"]
 runs = ["../runs/paper-mini"]  # run directories, or directories of runs
-smoke = False  # few milestones and documents (CI)
+smoke = False  # few documents, targets and milestones (CI)
 figures_dir = "../figures"
 
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
 
-from labkit.figures import save_figure, use_style
+from labkit.figures import run_style, save_figure, save_results, use_style
 from labkit.study import (
     find_runs,
+    init_milestone,
     load_probe_spec,
+    main_runs,
     pick_milestones,
-    probe_over_milestones,
+    probe_against_baselines,
+    probe_layers_over_milestones,
+    probe_set,
     probe_targets,
+    run_data_dir,
+    trained_milestones,
 )
 
 use_style()
-study = find_runs(runs)
-documents = 24 if smoke else 150  # per probe target
+# The main run of each attention kind on the dense corpus (the other runs: same analysis, more
+# minutes -- `labkit figures --notebooks 03` with `probe_mixes` widened): each run costs about
+# 2.5 CPU-minutes for every target and its baselines.
+probe_mixes = ["dense"]
+study = [r for r in main_runs(find_runs(runs)) if r.mix in probe_mixes] or find_runs(runs)[:1]
+documents = 60 if smoke else None  # None: the spec's count (1,100 -> >= 300 test documents)
+n_null = 2 if smoke else 3  # permutations (or control-task repeats) of the null
+targets = ["domain", "digit", "number_value"] if smoke else probe_targets()
 over_training = (
-    ["domain", "digit"]
-    if smoke
-    else ["domain", "factual_density", "person_occupation", "number_value"]
+    ["domain"] if smoke else ["domain", "factual_density", "person_occupation", "number_value"]
 )
-targets = ["domain", "digit", "answerable"] if smoke else probe_targets()
-chosen = {r.name: pick_milestones(r.milestones, 2 if smoke else 5) for r in study}
+specs = {t: load_probe_spec(t, max_documents=documents) for t in targets}
+
+# A target's documents, splits and baseline features depend on the data set (and context length)
+# only: build them once and share them between the runs trained on the same data.
+_sets: dict = {}
 
 
-def score(value):
-    return np.nan if value is None else value
+def sets_for(run, names):
+    key = (str(run_data_dir(run.milestones[-1])), run.model.max_seq_len)
+    if key not in _sets:
+        _sets[key] = {
+            t: probe_set(specs[t], run_data_dir(run.milestones[-1]), run.model.max_seq_len)
+            for t in targets
+        }
+    return {t: _sets[key][t] for t in names}
 
-
-# %% [markdown]
-# ## Layer × milestone
-
-# %%
-for target in over_training:
-    spec = load_probe_spec(target, max_documents=documents)
-    rows = {r.name: probe_over_milestones(chosen[r.name], spec, progress=True) for r in study}
-    metric = "R²" if rows[study[0].name][0]["task"] == "regression" else "accuracy"
-    fig, axes = plt.subplots(2, len(study), figsize=(2.9 * len(study), 5.2), squeeze=False)
-    for j, r in enumerate(study):
-        names = [m.name for m in chosen[r.name]]
-        layers = sorted({x["layer"] for x in rows[r.name]})
-        for i, (key, label) in enumerate([("accuracy", metric), ("selectivity", "selectivity")]):
-            grid = np.array(
-                [
-                    [
-                        score(
-                            next(
-                                x[key]
-                                for x in rows[r.name]
-                                if x["layer"] == layer and x["milestone"] == name
-                            )
-                        )
-                        for name in names
-                    ]
-                    for layer in layers
-                ]
-            )
-            ax = axes[i, j]
-            img = ax.imshow(
-                grid,
-                vmin=-0.2 if key == "selectivity" else 0,
-                vmax=1,
-                aspect="auto",
-                origin="lower",
-                cmap="magma",
-            )
-            for (y, x), v in np.ndenumerate(grid):
-                ax.text(
-                    x,
-                    y,
-                    f"{v:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=6,
-                    color="white" if v < 0.5 else "black",
-                )
-            tokens = [f"{x['tokens'] / 1e6:.2g}M" for x in rows[r.name] if x["layer"] == layers[0]]
-            ax.set_xticks(range(len(names)), tokens, fontsize=6)
-            ax.set_yticks(range(len(layers)))
-            ax.grid(False)
-            ax.set_title(f"{r.label}: {label}", fontsize=8)
-            if j == 0:
-                ax.set_ylabel("layer")
-        axes[1, j].set_xlabel("tokens")
-    fig.suptitle(f"Probe '{target}' ({spec['description']})", fontsize=8)
-    fig.tight_layout()
-    save_figure(
-        fig, f"03_probe_{target}", figures_dir, sources=[m for ms in chosen.values() for m in ms]
-    )
 
 # %% [markdown]
 # ## Every target at the final milestone
-#
-# For each target and run, the best layer's score and that layer's control score and selectivity;
-# the grey tick is the majority-class (or mean-predictor) baseline.
 
 # %%
 final = {}
-for target in targets:
-    spec = load_probe_spec(target, max_documents=documents)
-    for r in study:
-        rows = probe_over_milestones(r.milestones[-1:], spec)
-        final[target, r.name] = max(rows, key=lambda x: x["accuracy"])
+for r in study:
+    init = init_milestone(r.milestones)
+    if init is None:
+        print(f"{r.name}: no step-0 milestone -- init baseline missing (None)")
+    final[r.name] = probe_against_baselines(
+        trained_milestones(r.milestones)[-1], init, sets_for(r, targets), n_null=n_null
+    )
 
-fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.9 * len(targets) + 2), 6), sharex=True)
-width = 0.8 / len(study)
-x = np.arange(len(targets))
-for k, r in enumerate(study):
-    color = {"mla": "#1f77b4", "gqa": "#d62728"}[r.attention]
-    hatch = None if r.mix == "dense" else "//"
-    acc = [final[t, r.name]["accuracy"] for t in targets]
-    ctl = [score(final[t, r.name]["control_accuracy"]) for t in targets]
-    sel = [score(final[t, r.name]["selectivity"]) for t in targets]
-    pos = x - 0.4 + width * (k + 0.5)
-    axes[0].bar(
-        pos, acc, width, color=color, hatch=hatch, alpha=0.85, label=r.label, edgecolor="white"
-    )
-    axes[0].scatter(
-        pos, ctl, marker="_", color="black", s=60, zorder=3, label="control" if k == 0 else None
-    )
-    axes[0].scatter(
-        pos,
-        [final[t, r.name]["baseline"] for t in targets],
-        marker="_",
-        color="#999999",
-        s=60,
-        zorder=3,
-        label="baseline" if k == 0 else None,
-    )
-    axes[1].bar(pos, sel, width, color=color, hatch=hatch, alpha=0.85, edgecolor="white")
-axes[0].set_ylabel("best layer: accuracy / R²")
-axes[1].set_ylabel("selectivity")
-axes[1].axhline(0, color="black", lw=0.8)
-axes[1].set_xticks(x, targets, rotation=30, ha="right")
-axes[0].legend(ncol=3, fontsize=7)
-fig.suptitle("Probes at the final milestone (solid: dense corpus, hatched: control corpus)")
-fig.tight_layout()
-save_figure(fig, "03_probe_targets", figures_dir, sources=[r.milestones[-1] for r in study])
+KEYS = ["accuracy", "ci", "null", "null_sd", "null_max", "null_kind", "init_baseline", "init_ci",
+        "bow_baseline", "bow_ci", "majority_baseline", "layer", "val_accuracy", "n_test_documents",
+        "n_val_documents", "n_train_documents", "n_test_examples", "beats_all_baselines", "beats",
+        "task", "milestone", "tokens", "init_milestone"]  # fmt: skip
+results = {
+    r.name: {
+        t: {k: v for k, v in res.items() if k in KEYS or k.startswith("digit_count")}
+        | ({"init_missing": res["init_missing"]} if "init_missing" in res else {})
+        for t, res in final[r.name].items()
+    }
+    for r in study
+}
+save_results(figures_dir, "probes", results)
 
 # %%
-print(f"{'target':<24}" + "".join(f"{r.name:>16}" for r in study) + "   (accuracy / selectivity)")
+MARKS = [  # baseline, colour, marker
+    ("null", "#7f7f7f", "x"),
+    ("init", "#2ca02c", "s"),
+    ("bow", "#ff7f0e", "D"),
+    ("digit_count", "#9467bd", "^"),
+]
+cols = 4
+rows_n = int(np.ceil(len(targets) / cols))
+fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 2.6 * rows_n), squeeze=False)
+for ax, t in zip(axes.flat, targets, strict=False):
+    for k, r in enumerate(study):
+        res = final[r.name][t]
+        style = run_style(r.attention, r.mix)
+        ax.errorbar(k - 0.24, res["accuracy"], yerr=[[res["accuracy"] - res["ci"][0]],
+                    [res["ci"][1] - res["accuracy"]]], fmt="o", color=style["color"],
+                    mfc=style["color"] if r.mix == "dense" else "white", ms=5, capsize=2,
+                    label="probe" if k == 0 else None)  # fmt: skip
+        for j, (name, color, marker) in enumerate(MARKS):
+            value = res.get(f"{name}_baseline", res.get(name)) if name != "null" else res["null"]
+            if value is None:
+                continue
+            if name == "null":
+                err = [[res["null_sd"]], [res["null_sd"]]]
+            else:
+                lo, hi = res[f"{name}_ci"]
+                err = [[value - lo], [hi - value]]
+            ax.errorbar(k - 0.08 + 0.1 * j, value, yerr=err, fmt=marker, color=color, ms=3,
+                        capsize=1.5, lw=0.8, label=name if k == 0 else None)  # fmt: skip
+        ax.hlines(res["majority_baseline"], k - 0.35, k + 0.35, color="black", lw=0.8,
+                  linestyles=":", label="majority" if k == 0 else None)  # fmt: skip
+        if res["beats_all_baselines"]:
+            ax.annotate("★", (k - 0.24, res["ci"][1]), ha="center", va="bottom", fontsize=10)
+    metric = "R²" if final[study[0].name][t]["task"] == "regression" else "accuracy"
+    n = min(final[r.name][t]["n_test_documents"] for r in study)
+    ax.set_title(f"{t} ({metric}, n_test={n})", fontsize=8)
+    ax.set_xticks(range(len(study)), [r.name for r in study], rotation=40, ha="right", fontsize=6)
+    ax.tick_params(axis="y", labelsize=6)
+for ax in list(axes.flat)[len(targets) :]:
+    ax.axis("off")
+legend = {}  # every marker once (digit count appears on number_value's panel only)
+for ax in axes.flat:
+    for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+        legend.setdefault(label, handle)
+fig.legend(legend.values(), legend.keys(), loc="lower right", fontsize=7, ncol=3)
+fig.suptitle("Probes at the final milestone on test documents (95 % CI); ★ = CI low above every "
+             "baseline's upper bar (filled: dense corpus, open: control)", fontsize=8)  # fmt: skip
+fig.tight_layout()
+save_figure(
+    fig,
+    "03_probe_targets",
+    figures_dir,
+    sources=[m for r in study for m in (r.milestones[-1], init_milestone(r.milestones)) if m],
+)
+
+# %%
+print(f"{'target':<24}" + "".join(f"{r.name[-22:]:>24}" for r in study))
+print(" " * 24 + "   (test score [CI] / null / init / bow; * = beats every baseline)")
 for t in targets:
-    cells = [
-        f"{final[t, r.name]['accuracy']:.2f} / {score(final[t, r.name]['selectivity']):+.2f}"
-        for r in study
-    ]
-    print(f"{t:<24}" + "".join(f"{c:>16}" for c in cells))
+    cells = []
+    for r in study:
+        x = final[r.name][t]
+        init = "—" if x["init_baseline"] is None else f"{x['init_baseline']:.2f}"
+        star = "*" if x["beats_all_baselines"] else " "
+        cells.append(f"{x['accuracy']:.2f}{star} {x['null']:.2f} {init} {x['bow_baseline']:.2f}")
+    print(f"{t:<24}" + "".join(f"{c:>24}" for c in cells))
+
+# %% [markdown]
+# ## Layer × milestone (dense runs)
+#
+# Test score of every layer at a few milestones (the first column is step 0 when the run has it),
+# each layer with its regularisation chosen on validation; the box marks the layer validation
+# picks. Descriptive: reading the best cell of this grid off the test scores would be choosing
+# on test, which is why the reported numbers above come from the validation-chosen layer.
+
+# %%
+dense = [r for r in study if r.mix == "dense"] or study[:1]
+for r in dense:
+    init = init_milestone(r.milestones)
+    chosen = pick_milestones(trained_milestones(r.milestones), 2 if smoke else 4)
+    chosen = ([init] if init is not None else []) + chosen
+    rows = probe_layers_over_milestones(chosen, sets_for(r, over_training))
+    fig, axes = plt.subplots(1, len(over_training), figsize=(3.2 * len(over_training), 2.8),
+                             squeeze=False)  # fmt: skip
+    for ax, t in zip(axes[0], over_training, strict=True):
+        layers = sorted(rows[t][0]["scores"])
+        grid = np.array([[row["scores"][layer] for row in rows[t]] for layer in layers])
+        img = ax.imshow(grid, vmin=min(0, grid.min()), vmax=1, aspect="auto", origin="lower",
+                        cmap="magma")  # fmt: skip
+        for (y, x), v in np.ndenumerate(grid):
+            ax.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if v < 0.5 else "black")  # fmt: skip
+        for x, row in enumerate(rows[t]):
+            ax.add_patch(plt.Rectangle((x - 0.5, layers.index(row["chosen_layer"]) - 0.5), 1, 1,
+                                       fill=False, ec="#00bfff", lw=1.5))  # fmt: skip
+        ax.set_xticks(range(len(rows[t])), [f"{row['tokens'] / 1e6:.2g}M" for row in rows[t]],
+                      fontsize=6)  # fmt: skip
+        ax.set_yticks(range(len(layers)), layers)
+        ax.grid(False)
+        metric = "R²" if specs[t].get("task") == "regression" else "accuracy"
+        ax.set_title(f"{t} ({metric})", fontsize=8)
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("layer")
+    fig.colorbar(img, ax=axes[0].tolist(), shrink=0.8)
+    fig.suptitle(f"{r.label} ({r.name}): test score per layer x milestone; box = chosen on "
+                 "validation", fontsize=8)  # fmt: skip
+    save_figure(fig, f"03_probe_layers_{r.name}", figures_dir, sources=chosen)

@@ -220,6 +220,13 @@ def test_smoke_build_writes_every_declared_figure_deterministically(study_runs, 
         assert row["milestone_tokens"] == sorted(row["milestone_tokens"]), name
     # the dense runs are scored on the splits they trained on, never on the control corpus
     assert all("control" not in r["final_val"] for r in results["training"].values())
+    probes = results["probes"]
+    assert len(probes) == 2
+    for run in probes.values():
+        for result in run.values():
+            assert {"accuracy", "ci", "null", "init_baseline", "bow_baseline", "layer",
+                    "n_test_documents", "beats_all_baselines", "majority_baseline"} <= set(result)  # fmt: skip
+        assert "digit_count_baseline" in run["number_value"]
 
     again = tmp_path / "again"
     build([study_runs], again, smoke=True, names=["01", "04"], log=lambda *_: None)

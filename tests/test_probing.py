@@ -6,7 +6,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labkit.analysis.probing import control_labels, train_probe
+from labkit.analysis.probing import (
+    bag_of_tokens,
+    beats_all,
+    control_labels,
+    fit_and_test,
+    permutation_null,
+    probe_with_baselines,
+    split_by_document,
+    train_probe,
+)
 from labkit.cli import main
 
 PROBES = Path(__file__).resolve().parents[1] / "probes"
@@ -54,6 +63,103 @@ def test_control_labels_are_constant_per_type():
     c = control_labels(types, labels, seed=4)
     assert c[0] == c[2] == c[5] and c[1] == c[4]
     assert set(c) <= set(labels)
+
+
+def _documents_with_a_planted_label(seed: int, n_docs: int = 150, dim: int = 16):
+    """One example per document; the label is written weakly into dimension 0."""
+    g = np.random.default_rng(seed)
+    y = g.integers(0, 2, size=n_docs)
+    X = g.normal(size=(n_docs, dim)).astype(np.float32)
+    X[:, 0] += 3.0 * (y - 0.5)
+    return X, y, np.arange(n_docs)
+
+
+def test_split_is_by_document_and_deterministic():
+    groups = np.repeat(np.arange(40), 3)
+    a, b = split_by_document(groups, seed=3), split_by_document(groups, seed=3)
+    sets = [set(groups[ix]) for ix in (a.train, a.val, a.test)]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    assert sum(map(len, sets)) == 40 and len(sets[2]) == 12 and len(sets[1]) == 8
+    assert all(np.array_equal(x, z) for x, z in [(a.train, b.train), (a.test, b.test)])
+
+
+def test_permutation_null_sits_at_chance_where_the_probe_succeeds():
+    X, y, groups = _documents_with_a_planted_label(0, n_docs=200)
+    split = split_by_document(groups, seed=0)
+    features = {0: X, 1: X[:, ::-1].copy()}
+    accuracy = fit_and_test(features, y, split, "classification")[2]
+    null = permutation_null(features, y, groups, split, "classification", n_permutations=8)
+    assert accuracy > 0.85
+    assert abs(np.mean(null) - 0.5) < 0.1 and max(null) < 0.7, null
+    with pytest.raises(ValueError, match="one label per document"):
+        permutation_null(features, (np.arange(200) % 2), np.arange(200) // 2, split_by_document(
+            np.arange(200) // 2), "classification")  # fmt: skip
+
+
+def test_the_layer_is_chosen_on_validation_never_on_test():
+    """Layer 0 carries the label in the train and validation documents only; layer 1 carries it
+    everywhere. Test accuracy is best at layer 1 yet validation picks layer 0 when layer 0 is
+    better there -- and the selection function is never handed test rows."""
+    g = np.random.default_rng(5)
+    n = 300
+    y = g.integers(0, 2, size=n)
+    groups = np.arange(n)
+    split = split_by_document(groups, seed=0)
+    layer0 = g.normal(size=(n, 8))
+    layer0[:, 0] += 6.0 * (y - 0.5)  # clean on train / validation ...
+    layer0[split.test, 0] = g.normal(size=len(split.test))  # ... pure noise on test
+    layer1 = g.normal(size=(n, 8))
+    layer1[:, 0] += 2.0 * (y - 0.5)  # weaker, but everywhere
+    features = {0: layer0, 1: layer1}
+    test_best = max(features, key=lambda k: fit_and_test({k: features[k]}, y, split,
+                                                          "classification")[2])  # fmt: skip
+    chosen, _, score = fit_and_test(features, y, split, "classification")
+    assert test_best == 1 and chosen.layer == 0 and score < 0.65
+
+    # the choice does not move whatever the test rows hold: make layer 1 perfect on test only
+    leaked = {k: v.copy() for k, v in features.items()}
+    leaked[1][split.test, 0] = 100.0 * (y[split.test] - 0.5)
+    again = fit_and_test(leaked, y, split, "classification")[0]
+    assert (again.layer, again.strength, again.val_score) == (0, chosen.strength, chosen.val_score)
+
+
+def test_bag_of_tokens_recovers_a_label_of_token_identity():
+    """A label that is a function of which tokens the document holds is the lexical baseline's
+    to find: bag-of-tokens gets it, so a probe must beat it to claim more than token identity."""
+    g = np.random.default_rng(7)
+    vocab, n_docs = 50, 240
+    sequences = [g.integers(0, vocab, size=30).tolist() for _ in range(n_docs)]
+    y = np.array([int(7 in s) for s in sequences])  # does the document contain token 7?
+    bow = bag_of_tokens(sequences, [[0]] * n_docs, vocab, document_mean=True)
+    assert bow.shape == (n_docs, vocab) and bow.sum() == 30 * n_docs
+    split = split_by_document(np.arange(n_docs), seed=1)
+    _, _, score = fit_and_test({"bow": bow}, y, split, "classification")
+    assert score > 0.9 and max(np.mean(y), 1 - np.mean(y)) < 0.8
+    # position probes see their causal context and the token they read
+    row = bag_of_tokens([[3, 4, 3, 9]], [[2]], vocab, document_mean=False).toarray()[0]
+    assert row[3] == 2 and row[4] == 1 and row[9] == 0 and row[vocab + 3] == 1
+
+
+def test_beats_all_needs_the_ci_above_every_bar():
+    assert beats_all(0.8, {"null": 0.5, "init": 0.7, "bow": 0.79, "majority": 0.6})
+    assert not beats_all(0.8, {"null": 0.5, "init": 0.7, "bow": 0.8})  # not beyond
+    assert not beats_all(0.8, {"null": 0.5, "init": None})  # a missing baseline is not beaten
+
+
+def test_probe_with_baselines_reports_every_baseline():
+    X, y, groups = _documents_with_a_planted_label(2, n_docs=200)
+    g = np.random.default_rng(3)
+    sequences = [g.integers(0, 20, size=10).tolist() for _ in groups]
+    bow = bag_of_tokens(sequences, [[0]] * len(groups), 20, document_mean=True)
+    init = {0: g.normal(size=X.shape), 1: g.normal(size=X.shape)}
+    r = probe_with_baselines({0: X, 1: X[:, ::-1].copy()}, y, groups, "classification",
+                             "document", init_features=init, bow=bow, n_null=3)  # fmt: skip
+    assert r["accuracy"] > 0.85 and r["n_test_documents"] == 60
+    assert r["null"] < 0.7 and r["init_baseline"] < 0.7 and r["bow_baseline"] < 0.7
+    assert r["ci"][0] <= r["accuracy"] <= r["ci"][1] and r["beats_all_baselines"]
+    no_init = probe_with_baselines({0: X}, y, groups, "classification", "document", bow=bow,
+                                   n_null=2)  # fmt: skip
+    assert no_init["init_baseline"] is None and not no_init["beats_all_baselines"]
 
 
 def test_probe_digit_on_the_ci_run(reference, tmp_path, capsys):
@@ -206,3 +312,45 @@ def test_induction_cka_and_latent_commands_on_the_ci_run(reference, tmp_path, ca
     assert [r["layer"] for r in rows] == [0, 1]
     assert rows[0]["kv_variance_explained"]["k"][-1] == pytest.approx(1.0, abs=1e-9)
     assert 1 <= rows[0]["participation_ratio"] <= 32
+
+
+def test_probes_against_baselines_on_the_ci_run(reference):
+    """The study layer on a real run: every baseline filled in, the init baseline reported
+    missing (never invented) without a step-0 milestone, the digit-count baseline for
+    number_value, and the same numbers twice."""
+    from labkit.study import (
+        init_milestone,
+        load_probe_spec,
+        open_run,
+        probe_against_baselines,
+        probe_set,
+        run_data_dir,
+        trained_milestones,
+    )
+
+    run = open_run(reference)
+    final = trained_milestones(run.milestones)[-1]
+    assert init_milestone(run.milestones) is None  # the CI run has no step-0 milestone
+    sets = {
+        t: probe_set(
+            load_probe_spec(t, max_documents=40), run_data_dir(final), run.model.max_seq_len
+        )  # fmt: skip
+        for t in ("domain", "number_value")
+    }
+    res = probe_against_baselines(final, None, sets, n_null=2)
+    for r in res.values():
+        assert r["init_baseline"] is None and "save_init" in r["init_missing"]
+        assert not r["beats_all_baselines"] and r["n_test_documents"] == 12
+        assert r["bow_baseline"] is not None and r["layer"] in range(run.model.n_layers)
+    assert (
+        res["domain"]["null_kind"] == "permutation" and "digit_count_baseline" not in res["domain"]
+    )
+    assert res["number_value"]["null_kind"] == "control_task"
+    assert res["number_value"]["digit_count_baseline"] is not None
+    # an earlier milestone standing in for step 0 exercises the init path
+    again = probe_against_baselines(final, run.milestones[0], {"domain": sets["domain"]}, n_null=2)
+    assert again["domain"]["init_milestone"] == run.milestones[0].name
+    assert again["domain"]["init_baseline"] is not None
+    assert {k: v for k, v in again["domain"].items() if "init" not in k and k != "beats"} == {
+        k: v for k, v in res["domain"].items() if "init" not in k and k != "beats"
+    }

@@ -2,7 +2,8 @@
 which token positions, which label.
 
     name: person_occupation
-    source: {kind: world, documents: 400}     # world | retrieval | data (a split of the data set)
+    source: {kind: world, documents: 400}     # world | retrieval | data (a split of the data set);
+                                              # `stream: NAME` shares documents between specs
     positions: {kind: span, type: person}     # all_tokens | span | last_token | document_mean |
                                               # question_end
     label: {kind: entity_attr, entity: people, attr: occupation}
@@ -87,10 +88,16 @@ def _documents(spec: dict, manifest: dict, data_dir: Path | None, world) -> list
         docs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return docs[: source.get("documents", len(docs))]
     n, seed = source.get("documents", 300), source.get("seed", manifest["config"]["seed"])
-    if kind == "world":
-        return generate_documents(world, n, seed, split=f"probe-{spec['name']}")
-    if kind == "retrieval":
-        return generate_retrieval(world, n, seed, split=f"probe-{spec['name']}")
+    # specs naming the same `stream` read the same documents (one forward pass serves them all)
+    split = f"probe-{source.get('stream', spec['name'])}"
+    key = (json.dumps(manifest, sort_keys=True, default=str), kind, n, seed, split)
+    if kind in ("world", "retrieval") and key not in _GENERATED:
+        make = generate_documents if kind == "world" else generate_retrieval
+        if len(_GENERATED) >= 4:  # generation is deterministic: keep a few streams only
+            _GENERATED.clear()
+        _GENERATED[key] = make(world, n, seed, split=split)
+    if key in _GENERATED:
+        return _GENERATED[key]
     raise ValueError(f"probe {spec['name']}: source.kind must be world, retrieval or data")
 
 
@@ -109,10 +116,18 @@ def unseen_text_warning(spec: dict[str, Any], manifest: dict) -> str | None:
     )
 
 
+_GENERATED: dict[tuple, list[dict]] = {}
+_WORLDS: dict[str, Any] = {}
+
+
 def _world(manifest: dict):
     from labkit.data.world import world_from_manifest
 
-    return world_from_manifest(manifest)
+    key = json.dumps(manifest, sort_keys=True, default=str)
+    if key not in _WORLDS:  # the world is a pure function of the manifest: build it once
+        _WORLDS.clear()
+        _WORLDS[key] = world_from_manifest(manifest)
+    return _WORLDS[key]
 
 
 def build_probe_data(

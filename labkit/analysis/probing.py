@@ -154,6 +154,45 @@ def train_probe(
     )
 
 
+def probe_features(
+    model,
+    data,
+    site: str,
+    layers: list[int],
+    progress: bool = False,
+    acts: dict[int, np.ndarray] | None = None,
+) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """Activations at the probed positions of a ProbeData, per layer, and `keep`: the example
+    each row stands for (`data.labels[keep]`, `data.groups[keep]`, ...). When the data average a
+    document, a row is the document's mean and `keep` its first example. `acts` (layer -> every
+    token's activation, sequences concatenated) skips the forward pass."""
+    if acts is None:
+        acts = all_token_activations(model, data.sequences, site, layers, progress)
+    # rows of `acts` cover every token; pick (or average) the probed positions per sequence
+    starts = np.concatenate([[0], np.cumsum([len(s) for s in data.sequences])])
+    index = np.concatenate([starts[i] + np.asarray(p) for i, p in enumerate(data.positions)])
+    keep = np.arange(len(data.labels))
+    features = {}
+    for layer in layers:
+        X = np.asarray(acts[layer])[index]
+        if data.document_mean:
+            docs, keep = np.unique(data.groups, return_index=True)
+            X = np.stack([X[data.groups == g].mean(0) for g in docs])
+        features[layer] = X
+    return features, keep
+
+
+def all_token_activations(
+    model, sequences, site: str, layers: list[int], progress: bool = False, autocast=None
+) -> dict[int, np.ndarray]:
+    """Every token's activation at `site`, per layer (sequences concatenated)."""
+    from labkit.analysis.activations import collect
+
+    acts = collect(model, sequences, [site], layers, select=None, progress=progress,
+                   autocast=autocast)  # fmt: skip
+    return {layer: np.asarray(acts[site, layer]) for layer in layers}
+
+
 def probe_model(
     model,
     data,
@@ -164,21 +203,347 @@ def probe_model(
     progress: bool = False,
 ) -> dict[int, ProbeResult]:
     """Probe `site` at each layer of `model` on a ProbeData (labkit.analysis.probe_tasks)."""
-    from labkit.analysis.activations import collect
+    features, keep = probe_features(model, data, site, layers, progress)
+    control = control_labels(data.types, data.labels, seed)[keep]
+    y, groups = data.labels[keep], data.groups[keep]
+    return {
+        layer: train_probe(X, y, groups, data.task, control, kind, seed=seed)
+        for layer, X in features.items()
+    }
 
-    acts = collect(model, data.sequences, [site], layers, select=None, progress=progress)
-    # rows of `acts` cover every token; pick (or average) the probed positions per sequence
-    starts = np.concatenate([[0], np.cumsum([len(s) for s in data.sequences])])
-    index = np.concatenate([starts[i] + np.asarray(p) for i, p in enumerate(data.positions)])
-    control = control_labels(data.types, data.labels, seed)
-    out = {}
-    for layer in layers:
-        X = np.asarray(acts[site, layer])[index]
-        y, groups, ctl = data.labels, data.groups, control
-        if data.document_mean:
-            docs = np.unique(groups)
-            X = np.stack([X[groups == g].mean(0) for g in docs])
-            first = [np.nonzero(groups == g)[0][0] for g in docs]
-            y, ctl, groups = y[first], ctl[first], docs
-        out[layer] = train_probe(X, y, groups, data.task, ctl, kind, seed=seed)
+
+# ------------------------------------------------------------------------- probes with baselines
+# The study's probe protocol (issue 13): split by document into train / validation / test; choose
+# the layer (and the regularisation strength) on validation only; report on test with a bootstrap
+# CI over test documents; and compare with baselines that each rule out one cheap explanation.
+# C (logistic) / alpha (ridge) tried on validation. Standardised activations need one C (fits
+# dominate the cost: layers x repeats x baselines); sparse token counts need a range.
+STRENGTHS = {"classification": (0.1,), "regression": (1.0, 10.0, 100.0)}
+SPARSE_STRENGTHS = {"classification": (0.01, 0.1, 1.0), "regression": (10.0, 100.0, 1e3, 1e4)}
+
+
+@dataclass
+class DocumentSplit:
+    """Example indices of the train, validation and test documents (disjoint by document)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def split_by_document(
+    groups: np.ndarray, fractions: tuple[float, float, float] = (0.5, 0.2, 0.3), seed: int = 0
+) -> DocumentSplit:
+    """Shuffle the documents (deterministically) and cut them into train / validation / test."""
+    groups = np.asarray(groups)
+    docs = np.unique(groups)
+    if len(docs) < 6:
+        raise ValueError(f"need examples from at least 6 documents to split by document, got "
+                         f"{len(docs)}")  # fmt: skip
+    order = np.random.default_rng(seed).permutation(docs)
+    n_test = max(1, round(fractions[2] * len(docs)))
+    n_val = max(1, round(fractions[1] * len(docs)))
+    test_docs, val_docs = order[:n_test], order[n_test : n_test + n_val]
+    in_test, in_val = np.isin(groups, test_docs), np.isin(groups, val_docs)
+    return DocumentSplit(
+        np.nonzero(~in_test & ~in_val)[0], np.nonzero(in_val)[0], np.nonzero(in_test)[0]
+    )
+
+
+def _estimator(task: Task, strength: float, seed: int, sparse: bool = False):
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    head = (
+        LogisticRegression(C=strength, max_iter=200, random_state=seed)
+        if task == "classification"
+        else Ridge(alpha=strength)
+    )
+    return make_pipeline(StandardScaler(with_mean=not sparse), head)
+
+
+def _fit(model, X, y):
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS thread: small matrices, and spinning OpenBLAS threads cost 40x on 2 cores.
+    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
+        warnings.simplefilter("ignore")  # convergence and deprecation notices
+        return model.fit(X, y)
+
+
+@dataclass
+class Selection:
+    """The probe chosen on validation: which feature set (layer), which strength, its model."""
+
+    layer: Any
+    strength: float
+    val_score: float
+    model: Any
+
+
+def select_on_validation(
+    train: dict[Any, Any],
+    val: dict[Any, Any],
+    y_train: np.ndarray,
+    y_val: np.ndarray,
+    task: Task,
+    seed: int = 0,
+) -> Selection:
+    """Fit every (layer, strength) on the training rows and keep the best on the validation rows.
+    Only train and validation arrays come in: the test split cannot influence the choice. Ties go
+    to the earlier layer and the stronger regularisation."""
+    if task == "classification" and len(np.unique(y_train)) < 2:
+        raise ValueError("the training documents hold a single class; use more documents")
+    best: Selection | None = None
+    for layer, X in train.items():
+        sparse = hasattr(X, "tocsr")
+        grid = (SPARSE_STRENGTHS if sparse else STRENGTHS)[task]
+        strengths = grid if task == "classification" else grid[::-1]
+        for strength in strengths:
+            model = _fit(_estimator(task, strength, seed, sparse), X, y_train)
+            score = _score(task, np.asarray(y_val), model.predict(val[layer]))
+            if best is None or score > best.val_score + 1e-12:
+                best = Selection(layer, strength, score, model)
+    assert best is not None
+    return best
+
+
+def _rows(X, index: np.ndarray):
+    return X[index]
+
+
+def fit_and_test(
+    features: dict[Any, Any], y: np.ndarray, split: DocumentSplit, task: Task, seed: int = 0
+) -> tuple[Selection, np.ndarray, float]:
+    """Select on validation, then predict the test rows once: (selection, test predictions,
+    test score)."""
+    chosen = select_on_validation(
+        {k: _rows(X, split.train) for k, X in features.items()},
+        {k: _rows(X, split.val) for k, X in features.items()},
+        y[split.train],
+        y[split.val],
+        task,
+        seed,
+    )
+    pred = chosen.model.predict(_rows(features[chosen.layer], split.test))
+    return chosen, pred, _score(task, y[split.test], pred)
+
+
+def bootstrap_ci(
+    task: Task,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    groups: np.ndarray,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """95 % percentile interval of the score over resampled test documents (not tokens: tokens
+    of one document are not independent). The same seed gives every baseline the same resamples."""
+    rng = np.random.default_rng(seed)
+    uniq = np.unique(groups)
+    by_group = [np.nonzero(groups == g)[0] for g in uniq]
+    stats = []
+    for _ in range(n_bootstrap):
+        pick = np.concatenate([by_group[i] for i in rng.integers(0, len(uniq), len(uniq))])
+        stats.append(_score(task, y_true[pick], y_pred[pick]))
+    low, high = np.percentile(stats, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def permutation_null(
+    features: dict[Any, Any],
+    y: np.ndarray,
+    groups: np.ndarray,
+    split: DocumentSplit,
+    task: Task,
+    n_permutations: int = 5,
+    seed: int = 0,
+) -> list[float]:
+    """The null for document-level labels: shuffle the labels across the train and validation
+    documents (one label per document), rerun the whole procedure (fit, choose layer on
+    validation) and score against the true test labels. What a probe reaches when the label is
+    unrelated to the representation, with the same class balance, layers and selection."""
+    y, groups = np.asarray(y), np.asarray(groups)
+    fit_rows = np.concatenate([split.train, split.val])
+    docs, first = np.unique(groups[fit_rows], return_index=True)
+    doc_label = y[fit_rows][first]
+    if not np.array_equal(doc_label[np.searchsorted(docs, groups[fit_rows])], y[fit_rows]):
+        raise ValueError("permutation_null needs one label per document (a document-level label)")
+    rng = np.random.default_rng(seed)
+    scores = []
+    for _ in range(n_permutations):
+        shuffled = y.copy()
+        shuffled[fit_rows] = rng.permutation(doc_label)[np.searchsorted(docs, groups[fit_rows])]
+        chosen = select_on_validation(
+            {k: _rows(X, split.train) for k, X in features.items()},
+            {k: _rows(X, split.val) for k, X in features.items()},
+            shuffled[split.train],
+            shuffled[split.val],
+            task,
+            seed,
+        )
+        pred = chosen.model.predict(_rows(features[chosen.layer], split.test))
+        scores.append(_score(task, y[split.test], pred))
+    return scores
+
+
+def control_null(
+    features: dict[Any, Any],
+    y: np.ndarray,
+    types: np.ndarray,
+    split: DocumentSplit,
+    task: Task,
+    n_repeats: int = 5,
+    seed: int = 0,
+) -> list[float]:
+    """The null for token / entity / span labels (Hewitt & Liang 2019): control labels (one random
+    label per type) through the same procedure, scored against the control labels on test."""
+    scores = []
+    for r in range(n_repeats):
+        control = control_labels(types, np.asarray(y), seed + r)
+        if task == "classification" and len(np.unique(control[split.train])) < 2:
+            continue
+        scores.append(fit_and_test(features, control, split, task, seed)[2])
+    return scores
+
+
+def bag_of_tokens(
+    sequences: list[list[int]],
+    positions: list[list[int]],
+    vocab_size: int,
+    document_mean: bool,
+):
+    """Token counts of what the probe reads, as a scipy CSR matrix (one row per example, in the
+    probe's order). A document-mean probe reads every token of the document: its row counts them.
+    A position probe reads the causal context up to its position: its row counts the context's
+    tokens (first `vocab_size` columns) and marks the token at the position (next columns)."""
+    from scipy import sparse
+
+    rows, cols, vals, r = [], [], [], 0
+    for seq, pos in zip(sequences, positions, strict=True):
+        seq = np.asarray(seq)
+        if document_mean:
+            ids, counts = np.unique(seq, return_counts=True)
+            rows += [r] * len(ids)
+            cols += ids.tolist()
+            vals += counts.tolist()
+            r += 1
+            continue
+        for p in pos:
+            ids, counts = np.unique(seq[: p + 1], return_counts=True)
+            rows += [r] * (len(ids) + 1)
+            cols += ids.tolist() + [vocab_size + int(seq[p])]
+            vals += counts.tolist() + [1]
+            r += 1
+    width = vocab_size if document_mean else 2 * vocab_size
+    return sparse.csr_matrix(
+        (np.asarray(vals, np.float32), (rows, cols)), shape=(r, width), dtype=np.float32
+    )
+
+
+def digit_count_features(counts: np.ndarray, max_digits: int = 12) -> np.ndarray:
+    """A number's digit count as regression features: the count and a one-hot of it."""
+    counts = np.asarray(counts, dtype=np.int64)
+    onehot = np.eye(max_digits + 1, dtype=np.float32)[np.clip(counts, 0, max_digits)]
+    return np.concatenate([counts[:, None].astype(np.float32), onehot], axis=1)
+
+
+def beats_all(ci_low: float, bars: dict[str, float | None]) -> bool:
+    """The probe beats every baseline beyond its CI when its CI's lower end lies above every
+    baseline's bar (its CI high, or its point value when it has no CI). A missing baseline
+    (None: e.g. no step-0 milestone) cannot be ruled out, so the claim fails."""
+    return all(bar is not None and ci_low > bar for bar in bars.values())
+
+
+def _majority(task: Task, y_train: np.ndarray, y_test: np.ndarray) -> float:
+    if task == "classification":
+        values, counts = np.unique(y_train, return_counts=True)
+        return float(np.mean(y_test == values[np.argmax(counts)]))
+    return _score(task, y_test, np.full(len(y_test), y_train.mean()))
+
+
+def probe_with_baselines(
+    features: dict[int, np.ndarray],
+    y: np.ndarray,
+    groups: np.ndarray,
+    task: Task,
+    level: Literal["document", "token"],
+    *,
+    types: np.ndarray | None = None,
+    init_features: dict[int, np.ndarray] | None = None,
+    bow: Any = None,
+    digit_counts: np.ndarray | None = None,
+    split: DocumentSplit | None = None,
+    n_null: int = 5,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The probe (layer chosen on validation, scored on test) against its baselines, all on the
+    same documents and splits:
+
+    - null: `level="document"`: labels permuted across documents (`permutation_null`);
+      `"token"`: the Hewitt-Liang control task on `types` (`control_null`); mean and spread;
+    - init_baseline: the same procedure on the step-0 model's `init_features` (None if absent);
+    - bow_baseline: logistic (ridge) regression on `bow`, the token counts the probe sees;
+    - majority_baseline: the training majority class (R^2 of the training mean);
+    - digit_count_baseline (when `digit_counts`): ridge on the number's digit count.
+
+    `beats_all_baselines` applies `beats_all` with bars: the null's largest repeat, the CI high of
+    the init, bag-of-tokens and digit-count baselines, and the majority's point value."""
+    y, groups = np.asarray(y), np.asarray(groups)
+    split = split or split_by_document(groups, seed=seed)
+    test_groups = groups[split.test]
+
+    def ci(pred: np.ndarray) -> list[float]:
+        return list(bootstrap_ci(task, y[split.test], pred, test_groups, n_bootstrap, seed))
+
+    chosen, pred, accuracy = fit_and_test(features, y, split, task, seed)
+    if level == "document":
+        null = permutation_null(features, y, groups, split, task, n_null, seed)
+    else:
+        if types is None:
+            raise ValueError("a token-level null needs the control types")
+        null = control_null(features, y, types, split, task, n_null, seed)
+    out: dict[str, Any] = {
+        "accuracy": accuracy,
+        "ci": ci(pred),
+        "layer": chosen.layer,
+        "val_accuracy": chosen.val_score,
+        "null": float(np.mean(null)) if null else None,
+        "null_sd": float(np.std(null)) if null else None,
+        "null_max": float(np.max(null)) if null else None,
+        "null_kind": "permutation" if level == "document" else "control_task",
+        "majority_baseline": _majority(task, y[split.train], y[split.test]),
+        "n_train_documents": len(np.unique(groups[split.train])),
+        "n_val_documents": len(np.unique(groups[split.val])),
+        "n_test_documents": len(np.unique(test_groups)),
+        "n_test_examples": len(split.test),
+        "task": task,
+    }
+    bars = {"null": out["null_max"], "majority": out["majority_baseline"]}
+    baselines = {"init": init_features, "bow": {"bow": bow} if bow is not None else None}
+    if digit_counts is not None:
+        baselines["digit_count"] = {"digits": digit_count_features(digit_counts)}
+    for name, feats in baselines.items():
+        if feats is None:
+            out[f"{name}_baseline"], out[f"{name}_ci"] = None, None
+        else:
+            sel, base_pred, score = fit_and_test(feats, y, split, task, seed)
+            out[f"{name}_baseline"], out[f"{name}_ci"] = score, ci(base_pred)
+            if name == "init":
+                out["init_layer"] = sel.layer
+        bars[name] = out[f"{name}_ci"][1] if out[f"{name}_ci"] else None
+    out["beats"] = {k: bool(v is not None and out["ci"][0] > v) for k, v in bars.items()}
+    out["beats_all_baselines"] = beats_all(out["ci"][0], bars)
     return out
+
+
+def layer_scores(
+    features: dict[int, np.ndarray], y: np.ndarray, split: DocumentSplit, task: Task, seed: int = 0
+) -> dict[int, float]:
+    """Test score of every layer, each with its strength chosen on validation: a descriptive
+    layer profile for the layer x milestone figure (the reported number is `fit_and_test`'s)."""
+    return {
+        layer: fit_and_test({layer: X}, y, split, task, seed)[2] for layer, X in features.items()
+    }
