@@ -57,8 +57,10 @@ class Run:
 
     @property
     def variant(self) -> dict[str, Any]:
-        """Model fields set on top of the preset (e.g. {"kv_lora_rank": 8}): {} for the preset."""
-        return {k: v for k, v in sorted(self.train.get("model", {}).items()) if k != "preset"}
+        """Architecture fields set on top of the preset (e.g. {"kv_lora_rank": 8}): {} for the
+        preset itself. Settings that do not change the architecture (init_std) are not one."""
+        return {k: v for k, v in sorted(self.train.get("model", {}).items())
+                if k not in ("preset", "init_std", "attn_impl", "name")}  # fmt: skip
 
     @property
     def cell(self) -> tuple:
