@@ -495,6 +495,20 @@ def check_fields(obj: Any, section: str = "", rule_section: str | None = None) -
             check_value(key, value, FIELD_RULES.get(rule_key, {"min": 0}))
 
 
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """A config file as a dict: `path`, or the shipped copy of a path written as in a checkout
+    (pretrain/configs/...); a missing file or bad TOML is one line naming the file."""
+    from labkit.resources import find
+
+    path = find(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} not found")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: invalid TOML: {err}") from err
+
+
 # ====================================================================== data configuration
 def _check_keys(section: str, data: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(data) - allowed)
@@ -707,14 +721,7 @@ class DataConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> DataConfig:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"data config {path} not found")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"{path}: invalid TOML: {err}") from err
-        return cls.from_dict(data)
+        return cls.from_dict(read_toml(path, "data config"))
 
     def validate(self) -> None:
         check_fields(self)  # sources and mixes are dicts: checked one by one below
@@ -889,13 +896,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] = ()) -> TrainConfig:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"training config {path} not found")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"{path}: invalid TOML: {err}") from err
+        data = read_toml(path, "training config")
         for item in overrides:
             apply_override(data, item)
         return cls.from_dict(data)

@@ -101,33 +101,43 @@ class Milestone:
             raise RunDirError(f"{path / META} is not a checkpoint meta ({err})") from None
 
     @property
+    def model_sha256(self) -> str | None:
+        """The SHA-256 of the weights, as recorded (and verified on load) in meta.json."""
+        return (self.meta.get("checksums") or {}).get("model.safetensors")
+
+    @property
+    def data_path(self) -> Path | None:
+        """The data set the checkpoint was trained on (the trainer records it absolute)."""
+        return Path(self.data_dir) if self.data_dir else None
+
+    @property
     def val_mean(self) -> float:
         """Mean validation loss over the eval splits; inf when it was not evaluated."""
         return sum(self.val.values()) / len(self.val) if self.val else math.inf
 
 
 def trainer_command(
-    trainer: str | Path,
     config: str | Path,
     run_dir: str | Path,
     sets: Sequence[str] = (),
     *,
     resume: bool = True,
     nproc: int = 1,
-    torchrun: str | None = None,
+    launcher: Sequence[str] = ("torchrun",),
+    trainer: str | Path | None = None,
 ) -> list[str]:
     """The command line that trains (or, with `resume`, continues) `run_dir` under `config` with
-    `--set` overrides: `python TRAINER ...`, or `torchrun --nproc_per_node=N TRAINER ...`. The
-    one place a trainer command is spelled (sweeps, baselines, benchmarks, `make paper`)."""
-    args = [str(trainer), "--config", str(config), "--run-dir", str(run_dir)]
+    `--set` overrides: `python pretrain/run.py ...`, or `LAUNCHER --nproc_per_node=N
+    pretrain/run.py ...` for several processes. The one place a trainer command is spelled
+    (sweeps, baselines, benchmarks, `make paper`); the trainer is the shipped one by default."""
+    from labkit.resources import trainer_script
+
+    args = [str(trainer or trainer_script()), "--config", str(config), "--run-dir", str(run_dir)]
     args += ["--resume"] if resume else []
     for s in sets:
         args += ["--set", s]
     if nproc > 1:
-        return [
-            torchrun or shutil.which("torchrun") or "torchrun",
-            f"--nproc_per_node={nproc}",
-        ] + args
+        return [*launcher, f"--nproc_per_node={nproc}", *args]
     return [sys.executable, *args]
 
 
@@ -356,6 +366,9 @@ def resolve_config(
     A new run (no `run_path/config.json`): `config_path` (or the default) with `overrides`. A run
     with a pinned config: the pinned config, or `config_path` if given, with `overrides`; a change
     to any key not in `SAFE_TO_CHANGE` is a `RunDirError` that names the keys."""
+    from labkit.resources import find
+
+    config_path = find(config_path) if config_path else None
     pinned_path = run_path / CONFIG if run_path is not None else None
     if pinned_path is None or not pinned_path.exists():
         return TrainConfig.load(config_path or default_config, overrides), {}

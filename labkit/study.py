@@ -18,11 +18,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from labkit.analysis.probe_tasks import ProbeSpec
 from labkit.checkpoint import list_milestones, load
 from labkit.config import ModelConfig
+from labkit.resources import probes_dir
+from labkit.runs import Milestone
 
-REPO = Path(__file__).resolve().parents[1]
-PROBES_DIR = REPO / "probes"
+PROBES_DIR = probes_dir()
 
 
 # ----------------------------------------------------------------------------------------- runs
@@ -146,9 +148,9 @@ def best_milestone(milestones: Sequence[Path]) -> Path:
     """The milestone with the lowest mean validation loss over its eval splits (meta.json)."""
     scored = []
     for path in milestones:
-        val = json.loads((path / "meta.json").read_text()).get("val") or {}
-        if val:
-            scored.append((sum(val.values()) / len(val), path))
+        m = Milestone.read(path)
+        if m.val:
+            scored.append((m.val_mean, path))
     if not scored:
         raise ValueError("no milestone records validation losses: 'best' needs eval splits")
     return min(scored, key=lambda x: x[0])[1]
@@ -174,9 +176,8 @@ def eval_sequences(data_dir: str | Path, split: str, n_docs: int, max_len: int) 
 
 
 def run_data_dir(milestone: Path) -> Path:
-    """The data set a milestone was trained on (relative paths resolve from the repository)."""
-    data_dir = Path(json.loads((milestone / "meta.json").read_text())["data_dir"])
-    return data_dir if data_dir.is_absolute() else REPO / data_dir
+    """The data set a milestone was trained on (the trainer records it as an absolute path)."""
+    return Milestone.read(milestone).data_path
 
 
 def _progress(items: Sequence, desc: str, progress: bool) -> Iterable:
@@ -325,7 +326,7 @@ def compare_runs(
 
 
 def _tokens(milestone: Path) -> int:
-    return json.loads((milestone / "meta.json").read_text())["tokens"]
+    return Milestone.read(milestone).tokens
 
 
 # ---------------------------------------------------------------------------------------- latent
@@ -448,22 +449,20 @@ def probe_targets(probes_dir: str | Path = PROBES_DIR) -> list[str]:
 
 def load_probe_spec(
     target: str, probes_dir: str | Path = PROBES_DIR, max_documents: int | None = None
-) -> dict[str, Any]:
+) -> ProbeSpec:
+    """The probe spec `target` of `probes_dir` (default: the shipped probes/), parsed once."""
     import yaml
 
     path = Path(probes_dir) / f"{target}.yaml"
     if not path.exists():
         raise ValueError(f"unknown target {target!r}; targets in {probes_dir}: "
                          f"{probe_targets(probes_dir)}")  # fmt: skip
-    spec = yaml.safe_load(path.read_text())
-    if max_documents:
-        spec["source"]["documents"] = min(spec["source"].get("documents", 300), max_documents)
-    return spec
+    return ProbeSpec.parse(yaml.safe_load(path.read_text()), max_documents)
 
 
 def probe_over_milestones(
     milestones: Sequence[Path],
-    spec: dict[str, Any],
+    spec: ProbeSpec | dict[str, Any],
     site: str = "resid_post",
     layers: Sequence[int] | None = None,
     kind: str = "linear",
@@ -472,6 +471,7 @@ def probe_over_milestones(
 ) -> list[dict[str, Any]]:
     """Probe rows (accuracy or R^2, control accuracy, selectivity) for every layer x milestone.
     The probe data are built once, from the data set of the first milestone unless given."""
+    from labkit.analysis.activations import check_site_layers
     from labkit.analysis.probe_tasks import build_probe_data, unseen_text_warning
     from labkit.analysis.probing import probe_model
     from labkit.data.build import load_manifest
@@ -488,12 +488,7 @@ def probe_over_milestones(
             if warning:
                 print(warning, file=sys.stderr)
             data = build_probe_data(spec, tok, manifest, root, model.cfg.max_seq_len)
-        chosen = list(range(model.cfg.n_layers)) if layers is None else list(layers)
-        bad = [x for x in chosen if not 0 <= x < model.cfg.n_layers]
-        if bad:
-            raise ValueError(f"layers {bad}: the model has layers 0..{model.cfg.n_layers - 1}")
-        if site in ("kv_latent", "q_latent") and model.cfg.attention != "mla":
-            raise ValueError(f"site {site!r} exists only in MLA models")
+        chosen = check_site_layers(model.cfg, site, layers)
         for layer, r in probe_model(model, data, site, chosen, kind).items():
             rows.append({"target": spec.get("name"), "site": site, "probe": kind, "layer": layer,
                          "milestone": path.name, "tokens": meta["tokens"], "task": data.task,

@@ -34,6 +34,7 @@ from labkit.config import TrainConfig
 from labkit.errors import EXIT_SIGINT, EXIT_SIGTERM, LabkitError, RunDirError
 from labkit.fileio import atomic_write_bytes
 from labkit.parallel import Dist
+from labkit.resources import find
 
 # Dense bf16 peak FLOP/s per device, for MFU; matched against torch.cuda.get_device_name().
 PEAK_FLOPS = {
@@ -264,7 +265,11 @@ class TrainingRun:
         return data_dir
 
     def _path(self, p: str) -> Path:
-        return Path(p) if Path(p).is_absolute() else self.root / p
+        """A config's relative path: under the root; a shipped config when only that exists."""
+        if Path(p).is_absolute():
+            return Path(p)
+        here = self.root / p
+        return here if here.exists() or not find(p).exists() else find(p).resolve()
 
     # ------------------------------------------------------------------ start / resume
     def start(self, par, optimizers: list, loader, total_steps: int) -> TrainState:

@@ -23,6 +23,10 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+from labkit.runs import trainer_command  # noqa: E402
+
 STUDY = REPO / "pretrain" / "configs" / "paper-mini" / "study.toml"
 
 
@@ -36,26 +40,15 @@ def load_study(path: Path, scale: str) -> tuple[dict, dict[str, dict]]:
 
 def train_command(scale: dict, name: str, run: dict, run_dir: Path) -> list[str]:
     preset = scale["preset"].format(attention=run["attention"])
-    args = [
-        str(REPO / "pretrain" / "run.py"),
-        "--config",
-        str(REPO / scale["config"]),
-        "--run-dir",
-        str(run_dir),
-        "--resume",
-        "--set",
+    sets = [
         f"model.preset={preset}",
-        "--set",
         f"data.mix={run['mix']}",
-        "--set",
         f"name={run_dir.parent.name}-{name}",
     ]
-    for extra in scale.get("set", []):  # a scale's own overrides, e.g. "data.dir=/scratch/demo"
-        args += ["--set", extra]
+    sets += scale.get("set", [])  # a scale's own overrides, e.g. "data.dir=/scratch/demo"
     nproc = int(scale.get("nproc", 1))
-    if nproc > 1:
-        return [shutil.which("torchrun") or "torchrun", f"--nproc_per_node={nproc}", *args]
-    return [sys.executable, *args]
+    launcher = (shutil.which("torchrun") or "torchrun",)
+    return trainer_command(REPO / scale["config"], run_dir, sets, nproc=nproc, launcher=launcher)
 
 
 def main(argv: list[str] | None = None) -> int:

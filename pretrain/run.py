@@ -37,18 +37,24 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
+HERE = Path(__file__).resolve().parent
+# In a checkout, relative paths (runs/, data.dir) are the checkout's and labkit imports from it
+# without installing; the copy an installed wheel carries (labkit/shipped/run.py) uses the cwd.
+IN_CHECKOUT = HERE.name == "pretrain" and (HERE.parent / "labkit" / "__init__.py").exists()
+REPO = HERE.parent if IN_CHECKOUT else Path.cwd()
+if IN_CHECKOUT:
+    sys.path.insert(0, str(REPO))
 
 from labkit.config import TrainConfig  # noqa: E402
 from labkit.data.loader import Loader, MixedData, eval_windows  # noqa: E402
 from labkit.errors import one_line_errors  # noqa: E402
 from labkit.model import LabModel  # noqa: E402
 from labkit.parallel import Dist, Parallel, choose_strategy  # noqa: E402
+from labkit.resources import configs_dir  # noqa: E402
 from labkit.runs import StopSignals, resolve_config  # noqa: E402
 from labkit.training import TrainingRun  # noqa: E402
 
-DEFAULT_CONFIG = REPO / "pretrain" / "configs" / "demo.toml"
+DEFAULT_CONFIG = configs_dir() / "demo.toml"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

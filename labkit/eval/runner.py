@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from labkit.errors import DataError
 from labkit.eval.metrics import register_lm_eval_metrics
 from labkit.eval.tasks import SUITE, TASKS, build_tasks, check_tasks_are_data
+from labkit.runs import Milestone
 from labkit.study import select_milestones
 
 # The number each task is ranked by (lm-eval reports several).
@@ -166,17 +167,17 @@ def evaluate_run(
     (run_dir / "evals").mkdir(exist_ok=True)
     records = []
     for path in tqdm(chosen, desc=f"eval {run_dir.name}", disable=not progress):
-        meta = json.loads((path / "meta.json").read_text())
+        m = Milestone.read(path)
         scores = evaluate_checkpoint(path, tasks, None, limit, batch_size, device, loaded=loaded)
         record = {
             "kind": "eval",
             "experiment_id": run_dir.name,
             "run_dir": str(run_dir.resolve()),
             "milestone": path.name,
-            "step": meta["step"],
-            "tokens": meta["tokens"],
-            "model_sha256": meta["checksums"]["model.safetensors"],
-            "val_loss": sum(meta["val"].values()) / len(meta["val"]) if meta.get("val") else None,
+            "step": m.step,
+            "tokens": m.tokens,
+            "model_sha256": m.model_sha256,
+            "val_loss": m.val_mean if m.val else None,
             "tasks": list(tasks),
             "limit": limit,
             "timestamp": dt.datetime.now().isoformat(timespec="seconds"),
