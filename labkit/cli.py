@@ -481,7 +481,9 @@ def _eval_perplexity(args: argparse.Namespace) -> int:
     print(f"{'milestone':<22}{'loss':>10}{'perplexity':>12}")
     for r in rows:
         print(f"{r['milestone']:<22}{r['loss']:>10.4f}{r['perplexity']:>12.2f}")
-    out = Path(args.run) / "evals" / f"perplexity_{args.split}.json"
+    from labkit.runs import EVALS
+
+    out = Path(args.run) / EVALS / f"perplexity_{args.split}.json"
     write_rows(out, rows)
     print(f"wrote {out}")
     return 0

@@ -50,7 +50,8 @@ TENSORBOARD = "tensorboard"
 CHECKPOINTS = "checkpoints"
 RESUME = "resume"
 FINAL = "final.json"
-INDEX = "index.jsonl"  # in the runs root: one record per finished run
+INDEX = "index.jsonl"  # in the runs root: one record per finished run (and evaluation)
+EVALS = "evals"  # evals/<milestone>.json: `labkit eval` results
 META = "meta.json"  # in a checkpoint directory
 BEST = "best"  # the checkpoint kept by the GOLD guards
 
@@ -408,6 +409,7 @@ __all__ = [
     "BEST",
     "CHECKPOINTS",
     "CONFIG",
+    "EVALS",
     "FINAL",
     "HISTORY",
     "INDEX",

@@ -22,7 +22,7 @@ from labkit.analysis.probe_tasks import ProbeSpec
 from labkit.checkpoint import list_milestones, load
 from labkit.config import ModelConfig
 from labkit.resources import probes_dir
-from labkit.runs import Milestone
+from labkit.runs import CHECKPOINTS, CONFIG, FINAL, METRICS, Milestone
 
 PROBES_DIR = probes_dir()
 
@@ -55,11 +55,11 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return (self.path / "final.json").exists()
+        return (self.path / FINAL).exists()
 
     def metrics(self) -> tuple[list[dict], list[dict]]:
         """(training rows, evaluation rows) of metrics.jsonl; eval rows carry `val/<split>`."""
-        rows = [json.loads(line) for line in (self.path / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (self.path / METRICS).read_text().splitlines()]
         evals = [r for r in rows if any(k.startswith("val/") for k in r)]
         return [r for r in rows if "loss" in r], evals
 
@@ -67,19 +67,19 @@ class Run:
 def open_run(path: str | Path) -> Run:
     """A run directory written by pretrain/run.py (config.json and checkpoints/)."""
     path = Path(path)
-    config = path / "config.json"
+    config = path / CONFIG
     if not config.exists():
         raise FileNotFoundError(f"{path} is not a labkit run (no config.json); train one with "
                                 "`python pretrain/run.py` or `make paper`")  # fmt: skip
     saved = json.loads(config.read_text())
     milestones = list_milestones(path)
     if not milestones:
-        raise FileNotFoundError(f"{path} has no milestones in {path / 'checkpoints'}")
+        raise FileNotFoundError(f"{path} has no milestones in {path / CHECKPOINTS}")
     return Run(path, ModelConfig.from_dict(saved["model"]), saved["train"], milestones)
 
 
 def is_run(path: Path) -> bool:
-    return (path / "config.json").exists() and (path / "checkpoints").is_dir()
+    return (path / CONFIG).exists() and (path / CHECKPOINTS).is_dir()
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Run]:

@@ -25,7 +25,7 @@ except ModuleNotFoundError:  # Python 3.10
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from labkit.runs import trainer_command  # noqa: E402
+from labkit.runs import FINAL, RESUME, trainer_command  # noqa: E402
 
 STUDY = REPO / "pretrain" / "configs" / "paper-mini" / "study.toml"
 
@@ -70,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     timings = {}
     for name in chosen:
         run_dir = runs_dir / name
-        if (run_dir / "final.json").exists():
+        if (run_dir / FINAL).exists():
             print(f"[paper] {name}: finished ({run_dir})")
             continue
-        state = "resuming" if (run_dir / "resume").exists() else "training"
+        state = "resuming" if (run_dir / RESUME).exists() else "training"
         print(f"[paper] {name}: {state} in {run_dir}", flush=True)
         start = time.perf_counter()
         rc = subprocess.call(train_command(scale, name, runs[name], run_dir), cwd=REPO)

@@ -17,7 +17,7 @@ from labkit.eval.runner import evaluate_checkpoint, load_tasks, main_metric, tas
 from labkit.eval.stats import baseline_checks
 from labkit.eval.tasks import SUITE, random_baselines
 from labkit.resources import configs_dir
-from labkit.runs import FINAL, trainer_command
+from labkit.runs import FINAL, INDEX, trainer_command
 
 DEMO_CONFIG = configs_dir() / "demo.toml"
 
@@ -81,7 +81,7 @@ def establish_baselines(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{preset}.json").write_text(json.dumps(record, indent=2) + "\n")
-    registry = Path(registry) if registry else out_dir.parent / "index.jsonl"
+    registry = Path(registry) if registry else out_dir.parent / INDEX
     with registry.open("a") as f:
         f.write(json.dumps(record) + "\n")
     return record
