@@ -69,8 +69,8 @@ class Milestone:
     """A checkpoint's meta.json, parsed once: what every reader of milestones needs."""
 
     path: Path
-    step: int
     tokens: int
+    step: int | None = None
     kind: str = "milestone"
     train_loss: float | None = None
     val: dict[str, float] = field(default_factory=dict)
@@ -87,8 +87,8 @@ class Milestone:
             meta = json.loads((path / META).read_text())
             return cls(
                 path=path,
-                step=int(meta["step"]),
-                tokens=int(meta["tokens"]),
+                tokens=int(meta["tokens"]),  # orders a run's milestones
+                step=int(meta["step"]) if meta.get("step") is not None else None,
                 kind=meta.get("kind", "milestone"),
                 train_loss=meta.get("train_loss"),
                 val=dict(meta.get("val") or {}),
