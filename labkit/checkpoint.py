@@ -29,6 +29,7 @@ from labkit.config import ModelConfig
 from labkit.errors import LabkitError
 from labkit.fileio import fsync_dir, fsync_write, sha256_file
 from labkit.model import LabModel
+from labkit.runs import BEST, CHECKPOINTS, META, RESUME, Milestone
 
 
 class CheckpointError(LabkitError, RuntimeError):
@@ -67,7 +68,7 @@ def save_checkpoint(
             fsync_write(tmp / name, data)
         checksums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         meta = dict(meta, checksums=checksums)
-        fsync_write(tmp / "meta.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+        fsync_write(tmp / META, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
         write_sums(tmp)
         if path.exists():  # re-saving (e.g. "best"): swap, then drop the old one
             old = path.parent / f".{path.name}.old-{os.getpid()}"
@@ -104,7 +105,7 @@ def verify(path: str | Path, trust_unverified: bool | None = None) -> dict[str, 
     missing, changed or not listed is a `CheckpointError`, and so is a missing SHA256SUMS unless
     `trust_unverified`. Returns the meta."""
     path = Path(path)
-    meta_path = path / "meta.json"
+    meta_path = path / META
     if not meta_path.exists():
         raise CheckpointError(f"{path} is not a checkpoint (no meta.json)")
     sums_path = path / SUMS
@@ -150,11 +151,9 @@ def tokenizer_path(path: str | Path) -> Path | None:
     path = Path(path)
     if (path / TOKENIZER_FILE).exists():
         return path / TOKENIZER_FILE
-    data_dir = json.loads((path / "meta.json").read_text()).get("data_dir")
+    data_dir = Milestone.read(path).data_path
     if data_dir:
-        from labkit.study import run_data_dir
-
-        candidate = run_data_dir(path) / TOKENIZER_FILE
+        candidate = data_dir / TOKENIZER_FILE
         if candidate.exists():
             return candidate
     return None
@@ -219,25 +218,20 @@ def load_resume_state(
 
 def list_milestones(run_dir: str | Path) -> list[Path]:
     """Milestone directories of a run, in order of tokens seen (`best` excluded)."""
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / CHECKPOINTS
     if not root.exists():
         return []
     out = []
     for p in root.iterdir():
-        if (
-            p.is_dir()
-            and not p.name.startswith(".")
-            and p.name != "best"
-            and (p / "meta.json").exists()
-        ):
-            out.append(p)
-    return sorted(out, key=lambda p: json.loads((p / "meta.json").read_text())["tokens"])
+        if p.is_dir() and not p.name.startswith(".") and p.name != BEST and (p / META).exists():
+            out.append(Milestone.read(p))
+    return [m.path for m in sorted(out, key=lambda m: m.tokens)]
 
 
 def latest_resume_state(run_dir: str | Path) -> Path | None:
     """The newest complete resume state that passes its checksums; a corrupted newest one falls
     back to the one before (and says so)."""
-    root = Path(run_dir) / "resume"
+    root = Path(run_dir) / RESUME
     if not root.exists():
         return None
     states = sorted(

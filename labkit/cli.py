@@ -40,12 +40,48 @@ def _twin_name(name: str) -> str | None:
     return swapped if swapped in PRESETS and swapped != name else None
 
 
+def add_models(sub) -> None:
+    """`labkit models`."""
+    models = sub.add_parser("models", help="table of model presets (parameters, KV-cache bytes)")
+    models.add_argument("--json", action="store_true", help="print every preset's full config")
+    models.set_defaults(func=cmd_models)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({n: ModelConfig.preset(n).to_dict() for n in PRESETS}, indent=2))
     else:
         print(models_table())
     return 0
+
+
+def add_data(sub) -> None:
+    """`labkit data build|card`."""
+    data = sub.add_parser("data", help="build and describe data sets")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    data_sub.required = True
+    b = data_sub.add_parser(
+        "build", help="generate, curate, tokenize, shard and mix", formatter_class=DefaultsHelp
+    )
+    b.add_argument(
+        "--config", required=True, help="a TOML file, e.g. pretrain/configs/data/ci.toml"
+    )
+    b.add_argument("--out", required=True, help="output directory")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out even if it is not a labkit data set (default: refuse)",
+    )
+    b.set_defaults(func=cmd_data_build)
+    c = data_sub.add_parser(
+        "card", help="print the dataset card of a built data set", formatter_class=DefaultsHelp
+    )
+    c.add_argument("dir")
+    c.add_argument(
+        "--samples", action="store_true", help="also print one train document per text source"
+    )
+    c.set_defaults(func=cmd_data_card)
 
 
 def cmd_data_build(args: argparse.Namespace) -> int:
@@ -71,17 +107,6 @@ def cmd_data_card(args: argparse.Namespace) -> int:
     return 0
 
 
-PROBE_SITES = (
-    "resid_pre",
-    "resid_mid",
-    "resid_post",
-    "attn_out",
-    "mlp_out",
-    "kv_latent",
-    "q_latent",
-)
-
-
 def _milestones(args: argparse.Namespace) -> list:
     """The milestone directories named by --checkpoint, or by --run and --milestones."""
     from pathlib import Path
@@ -93,14 +118,48 @@ def _milestones(args: argparse.Namespace) -> list:
     return select_milestones(args.run, args.milestones)
 
 
+def add_probe(sub) -> None:
+    """`labkit probe`."""
+    probe = sub.add_parser("probe", help="train probes at layers x milestones of a run")
+    probe.add_argument("--layer", required=True, help="a layer, a comma list, or 'all'")
+    from labkit.analysis.activations import SITES
+    from labkit.resources import probes_dir
+    from labkit.study import probe_targets
+
+    shipped = probe_targets(probes_dir())
+    probe.add_argument(
+        "--target",
+        required=True,
+        help=f"a probe spec name in --probes-dir; shipped: {', '.join(shipped) or 'none'}",
+    )
+    where = probe.add_mutually_exclusive_group(required=True)
+    where.add_argument("--run", help="a run directory (runs/<id>)")
+    where.add_argument("--checkpoint", help="one milestone directory")
+    probe.add_argument("--site", default="resid_post", help=f"one of {', '.join(SITES)}")
+    probe.add_argument("--probe", default="linear", choices=["linear", "mlp"])
+    probe.add_argument(
+        "--milestones",
+        default="all",
+        help="'all', or a comma list of first, last, best, names or token counts",
+    )
+    probe.add_argument("--json", help="write the result rows here")
+    probe.add_argument("--data", help="the data set (default: the one the run trained on)")
+    probe.add_argument("--max-documents", type=int, help="cap the spec's number of documents")
+    probe.add_argument(
+        "--probes-dir",
+        default=str(probes_dir()),
+        help="folder of probe specs (YAML)",
+    )
+    probe.set_defaults(func=cmd_probe)
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from labkit.analysis.probing import pivot
     from labkit.study import load_probe_spec, probe_over_milestones
 
-    if args.site not in PROBE_SITES:
-        raise ValueError(f"unknown site {args.site!r}; sites: {list(PROBE_SITES)}")
     spec = load_probe_spec(args.target, args.probes_dir, args.max_documents)
     milestones = _milestones(args)
     layers = None if args.layer == "all" else [int(x) for x in args.layer.split(",")]
@@ -113,20 +172,20 @@ def cmd_probe(args: argparse.Namespace) -> int:
         f"{args.target} ({first['task']}, {first['examples']} examples) at {args.site}: "
         f"{metric} / control / selectivity"
     )
-    names = [p.name for p in milestones]
+    layers, names, cells = pivot(rows, _probe_cell)
     print(f"{'layer':<7}" + "".join(f"{milestone_label(n):>26}" for n in names))
-    for layer in sorted({r["layer"] for r in rows}):
-        cells = []
-        for name in names:
-            r = next(x for x in rows if x["layer"] == layer and x["milestone"] == name)
-            ctl = "-" if r["control_accuracy"] is None else f"{r['control_accuracy']:.2f}"
-            sel = "-" if r["selectivity"] is None else f"{r['selectivity']:+.2f}"
-            cells.append(f"{r['accuracy']:.3f} / {ctl} / {sel}")
-        print(f"{layer:<7}" + "".join(f"{c:>26}" for c in cells))
+    for layer, row in zip(layers, cells, strict=True):
+        print(f"{layer:<7}" + "".join(f"{c:>26}" for c in row))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
         print(f"wrote {len(rows)} rows to {args.json}")
     return 0
+
+
+def _probe_cell(r: dict) -> str:
+    ctl = "-" if r["control_accuracy"] is None else f"{r['control_accuracy']:.2f}"
+    sel = "-" if r["selectivity"] is None else f"{r['selectivity']:+.2f}"
+    return f"{r['accuracy']:.3f} / {ctl} / {sel}"
 
 
 def milestone_label(name: str) -> str:
@@ -146,6 +205,36 @@ def _write_json(path: str | None, payload) -> None:
         print(f"wrote {path}")
 
 
+def _run_args(p: argparse.ArgumentParser, multi: bool = False) -> None:
+    """--run/--checkpoint, --milestones and --json, shared by the analysis commands."""
+    if not multi:
+        where = p.add_mutually_exclusive_group(required=True)
+        where.add_argument("--run", help="a run directory")
+        where.add_argument("--checkpoint", help="one milestone directory")
+        p.add_argument(
+            "--milestones",
+            default="all",
+            help="'all', or a comma list of first, last, best, names",
+        )
+    p.add_argument("--json", help="write the results here")
+
+
+def add_induction(sub) -> None:
+    """`labkit induction`."""
+    ind = sub.add_parser(
+        "induction", help="induction, previous/duplicate-token and copying scores over milestones"
+    )
+    _run_args(ind)
+    ind.add_argument(
+        "--seq-len", type=int, default=32, help="length of the repeated random sequence"
+    )
+    ind.add_argument("--batch", type=int, default=8)
+    ind.add_argument(
+        "--threshold", type=float, default=0.3, help="induction score that counts as formed"
+    )
+    ind.set_defaults(func=cmd_induction)
+
+
 def cmd_induction(args: argparse.Namespace) -> int:
     from labkit.study import induction_over_milestones
 
@@ -159,6 +248,22 @@ def cmd_induction(args: argparse.Namespace) -> int:
         print(f"phase change: {result['phase_change']}")
     _write_json(args.json, result)
     return 0
+
+
+def add_cka(sub) -> None:
+    """`labkit cka`."""
+    from labkit.analysis.activations import SITES
+
+    ck = sub.add_parser(
+        "cka", help="CKA layer x layer within a run, to the final state, and between two runs"
+    )
+    ck.add_argument("--runs", nargs="+", required=True, help="one run, or two (e.g. MLA and GQA)")
+    ck.add_argument("--site", default="resid_post", choices=list(SITES))
+    ck.add_argument("--split", default="general", help="held-out split whose text is used")
+    ck.add_argument("--documents", type=int, default=64)
+    ck.add_argument("--max-len", type=int, default=128)
+    _run_args(ck, multi=True)
+    ck.set_defaults(func=cmd_cka)
 
 
 def cmd_cka(args: argparse.Namespace) -> int:
@@ -197,6 +302,18 @@ def cmd_cka(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_latent(sub) -> None:
+    """`labkit latent`."""
+    la = sub.add_parser(
+        "latent", help="the MLA latent c_kv over milestones: spectrum, k/v variance, truncation"
+    )
+    _run_args(la)
+    la.add_argument("--split", default="general")
+    la.add_argument("--documents", type=int, default=32)
+    la.add_argument("--max-len", type=int, default=64)
+    la.set_defaults(func=cmd_latent)
+
+
 def cmd_latent(args: argparse.Namespace) -> int:
     from labkit.study import latent_over_milestones
 
@@ -226,6 +343,34 @@ def figures_out(runs: list[str], out: str | None) -> str:
     return str(Path(runs[0]) / "figures")
 
 
+def add_figures(sub) -> None:
+    """`labkit figures`."""
+    fig = sub.add_parser(
+        "figures", help="execute the notebooks headless and regenerate figures/ and its manifest"
+    )
+    fig.add_argument(
+        "--runs",
+        nargs="+",
+        default=["runs/paper-mini"],
+        help="run directories, or a directory of runs (default: runs/paper-mini from make paper)",
+    )
+    fig.add_argument(
+        "--out",
+        help="output directory (default: figures/ for the committed study runs/paper-mini, "
+        "else RUN/figures of the first --runs)",
+    )
+    fig.add_argument("--smoke", action="store_true", help="few milestones and documents: fast")
+    fig.add_argument("--notebooks", nargs="*", help="only these (e.g. 02 03_probes)")
+    fig.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
+    fig.add_argument("--executed", help="also save the executed notebooks (.ipynb) here")
+    fig.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into --out even if it holds files labkit figures did not make",
+    )
+    fig.set_defaults(func=cmd_figures)
+
+
 def cmd_figures(args: argparse.Namespace) -> int:
     from labkit.figures import NotebookFailed, build
 
@@ -246,6 +391,39 @@ def cmd_figures(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {len(manifest['figures'])} figures and MANIFEST.json to {args.out}")
     return 0
+
+
+def add_eval(sub) -> None:
+    """`labkit eval`."""
+    ev = sub.add_parser(
+        "eval", help="evaluate milestones with lm-eval (offline labkit_suite), or build the suite"
+    )
+    ev.add_argument(
+        "action",
+        nargs="?",
+        default="run",
+        choices=["run", "build-tasks", "perplexity"],
+        help="run the task suite (default), build its tasks, or perplexity on one eval split",
+    )
+    ev.add_argument("--split", help="perplexity: the eval split (e.g. prose, or a source name)")
+    ev.add_argument("--run", help="a run directory")
+    ev.add_argument("--tasks", default="labkit_suite", help="comma list (default labkit_suite)")
+    ev.add_argument(
+        "--milestones", default="all", help="'all', or a comma list of first, last, best, names"
+    )
+    ev.add_argument(
+        "--limit", type=int, help="examples per task (perplexity: documents) for quick looks"
+    )
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--registry", help="registry file (default: index.jsonl beside the run)")
+    ev.add_argument("--data", help="build-tasks: the data set (e.g. data/demo)")
+    ev.add_argument("--out", help="build-tasks: output directory (default DATA/tasks)")
+    ev.add_argument("--examples", type=int, default=200, help="build-tasks: examples per task")
+    ev.add_argument(
+        "--overwrite", action="store_true", help="build-tasks: write into a non-suite --out"
+    )
+    ev.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -303,10 +481,23 @@ def _eval_perplexity(args: argparse.Namespace) -> int:
     print(f"{'milestone':<22}{'loss':>10}{'perplexity':>12}")
     for r in rows:
         print(f"{r['milestone']:<22}{r['loss']:>10.4f}{r['perplexity']:>12.2f}")
-    out = Path(args.run) / "evals" / f"perplexity_{args.split}.json"
+    from labkit.runs import EVALS
+
+    out = Path(args.run) / EVALS / f"perplexity_{args.split}.json"
     write_rows(out, rows)
     print(f"wrote {out}")
     return 0
+
+
+def add_export(sub) -> None:
+    """`labkit export`."""
+    ex = sub.add_parser(
+        "export", help="a milestone as a Hugging Face folder (weights, config, tokenizer, eos)"
+    )
+    ex.add_argument("--checkpoint", required=True, help="a milestone directory")
+    ex.add_argument("--out", required=True, help="output directory")
+    ex.add_argument("--overwrite", action="store_true", help="replace a non-export --out")
+    ex.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -326,6 +517,29 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"print(pipeline('text-generation', '{out}')('The', max_new_tokens=20))\""
     )
     return 0
+
+
+def add_lm_eval(sub) -> None:
+    """`labkit lm-eval`: parsed by lm-eval itself (main() hands the arguments over first)."""
+    sub.add_parser(
+        "lm-eval",
+        add_help=False,
+        help="lm-eval's own command line with --model labkit registered (all lm_eval arguments)",
+    )
+
+
+def add_baselines(sub) -> None:
+    """`labkit baselines`."""
+    bl = sub.add_parser("baselines", help="random / untrained / small-trained baselines, 3 seeds")
+    bl.add_argument("--preset", default="tiny-mla")
+    bl.add_argument("--config", default="pretrain/configs/demo.toml", help="base trainer config")
+    bl.add_argument("--seeds", default="0,1,2")
+    bl.add_argument("--untrained-steps", type=int, default=100)
+    bl.add_argument("--trained-steps", type=int, default=1000)
+    bl.add_argument("--out", default="runs/baselines")
+    bl.add_argument("--limit", type=int, help="examples per task")
+    bl.add_argument("--set", action="append", help="extra trainer override (section.key=value)")
+    bl.set_defaults(func=cmd_baselines)
 
 
 def cmd_baselines(args: argparse.Namespace) -> int:
@@ -356,12 +570,29 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_report(sub) -> None:
+    """`labkit report`."""
+    rp = sub.add_parser("report", help="research_report.md from the experiment registry")
+    rp.add_argument("--registry", nargs="+", default=["runs/index.jsonl"])
+    rp.add_argument("--out", default="research_report.md")
+    rp.set_defaults(func=cmd_report)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from labkit.eval.report import read_registry, write_report
 
     out = write_report(read_registry(*args.registry), args.out)
     print(f"wrote {out}")
     return 0
+
+
+def add_sweep(sub) -> None:
+    """`labkit sweep`."""
+    sw = sub.add_parser("sweep", help="train a grid of runs (or print torchrun commands)")
+    sw.add_argument("file", help="e.g. pretrain/configs/sweeps/learning-rate.toml")
+    sw.add_argument("--print", action="store_true", help="print one torchrun command per run")
+    sw.add_argument("--nproc", type=int, default=1)
+    sw.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -371,6 +602,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not args.print:
         print(f"{len(entries)} runs done; `labkit report` summarises them")
     return 0
+
+
+def add_kernels(sub) -> None:
+    """`labkit kernels report`."""
+    from labkit.kernels.report import add_arguments as kernels_report_arguments
+
+    kn = sub.add_parser("kernels", help="Triton kernels: compile-time resource checks (no GPU)")
+    kn_sub = kn.add_subparsers(dest="kernels_command", metavar="KERNELS_COMMAND")
+    kn_sub.required = True
+    kr = kn_sub.add_parser(
+        "report",
+        help="compile every kernel x launch config for sm_80/86/89/90: shared memory, registers, "
+        "spills against each architecture's limits",
+    )
+    kernels_report_arguments(kr)
+    kr.set_defaults(func=cmd_kernels_report)
 
 
 def cmd_kernels_report(args: argparse.Namespace) -> int:
@@ -390,223 +637,21 @@ class DefaultsHelp(argparse.HelpFormatter):
         return text
 
 
+# One `add_<command>(sub)` beside each command; this is the order of `labkit --help`.
+COMMANDS = (add_models, add_data, add_probe, add_induction, add_cka, add_latent, add_figures,
+            add_eval, add_export, add_lm_eval, add_baselines, add_report, add_sweep,
+            add_kernels)  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labkit", description="Pre-train small MLA/GQA models and look inside them."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    models = sub.add_parser("models", help="table of model presets (parameters, KV-cache bytes)")
-    models.add_argument("--json", action="store_true", help="print every preset's full config")
-    models.set_defaults(func=cmd_models)
-
-    data = sub.add_parser("data", help="build and describe data sets")
-    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
-    data_sub.required = True
-    b = data_sub.add_parser("build", help="generate, curate, tokenize, shard and mix")
-    b.add_argument(
-        "--config", required=True, help="a TOML file, e.g. pretrain/configs/data/ci.toml"
-    )
-    b.add_argument("--out", required=True, help="output directory")
-    b.add_argument("--quiet", action="store_true", help="no progress bars")
-    b.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace --out even if it is not a labkit data set (default: refuse)",
-    )
-    b.set_defaults(func=cmd_data_build)
-    c = data_sub.add_parser("card", help="print the dataset card of a built data set")
-    c.add_argument("dir")
-    c.add_argument(
-        "--samples", action="store_true", help="also print one train document per text source"
-    )
-    c.set_defaults(func=cmd_data_card)
-
-    from pathlib import Path
-
-    probe = sub.add_parser("probe", help="train probes at layers x milestones of a run")
-    probe.add_argument("--layer", required=True, help="a layer, a comma list, or 'all'")
-    shipped = sorted(
-        p.stem for p in (Path(__file__).resolve().parents[1] / "probes").glob("*.yaml")
-    )
-    probe.add_argument(
-        "--target",
-        required=True,
-        help=f"a probe spec name in --probes-dir; shipped: {', '.join(shipped) or 'none'}",
-    )
-    where = probe.add_mutually_exclusive_group(required=True)
-    where.add_argument("--run", help="a run directory (runs/<id>)")
-    where.add_argument("--checkpoint", help="one milestone directory")
-    probe.add_argument("--site", default="resid_post", help=f"one of {', '.join(PROBE_SITES)}")
-    probe.add_argument("--probe", default="linear", choices=["linear", "mlp"])
-    probe.add_argument(
-        "--milestones",
-        default="all",
-        help="'all', or a comma list of first, last, best, names or token counts",
-    )
-    probe.add_argument("--json", help="write the result rows here")
-    probe.add_argument("--data", help="the data set (default: the one the run trained on)")
-    probe.add_argument("--max-documents", type=int, help="cap the spec's number of documents")
-    probe.add_argument(
-        "--probes-dir",
-        default=str(Path(__file__).resolve().parents[1] / "probes"),
-        help="folder of probe specs (YAML)",
-    )
-    probe.set_defaults(func=cmd_probe)
-
-    def run_args(p, multi: bool = False) -> None:
-        if not multi:
-            where = p.add_mutually_exclusive_group(required=True)
-            where.add_argument("--run", help="a run directory")
-            where.add_argument("--checkpoint", help="one milestone directory")
-            p.add_argument(
-                "--milestones",
-                default="all",
-                help="'all', or a comma list of first, last, best, names",
-            )
-        p.add_argument("--json", help="write the results here")
-
-    ind = sub.add_parser(
-        "induction", help="induction, previous/duplicate-token and copying scores over milestones"
-    )
-    run_args(ind)
-    ind.add_argument(
-        "--seq-len", type=int, default=32, help="length of the repeated random sequence"
-    )
-    ind.add_argument("--batch", type=int, default=8)
-    ind.add_argument(
-        "--threshold", type=float, default=0.3, help="induction score that counts as formed"
-    )
-    ind.set_defaults(func=cmd_induction)
-
-    ck = sub.add_parser(
-        "cka", help="CKA layer x layer within a run, to the final state, and between two runs"
-    )
-    ck.add_argument("--runs", nargs="+", required=True, help="one run, or two (e.g. MLA and GQA)")
-    ck.add_argument("--site", default="resid_post", choices=list(PROBE_SITES))
-    ck.add_argument("--split", default="general", help="held-out split whose text is used")
-    ck.add_argument("--documents", type=int, default=64)
-    ck.add_argument("--max-len", type=int, default=128)
-    run_args(ck, multi=True)
-    ck.set_defaults(func=cmd_cka)
-
-    la = sub.add_parser(
-        "latent", help="the MLA latent c_kv over milestones: spectrum, k/v variance, truncation"
-    )
-    run_args(la)
-    la.add_argument("--split", default="general")
-    la.add_argument("--documents", type=int, default=32)
-    la.add_argument("--max-len", type=int, default=64)
-    la.set_defaults(func=cmd_latent)
-
-    fig = sub.add_parser(
-        "figures", help="execute the notebooks headless and regenerate figures/ and its manifest"
-    )
-    fig.add_argument(
-        "--runs",
-        nargs="+",
-        default=["runs/paper-mini"],
-        help="run directories, or a directory of runs (default: runs/paper-mini from make paper)",
-    )
-    fig.add_argument(
-        "--out",
-        help="output directory (default: figures/ for the committed study runs/paper-mini, "
-        "else RUN/figures of the first --runs)",
-    )
-    fig.add_argument("--smoke", action="store_true", help="few milestones and documents: fast")
-    fig.add_argument("--notebooks", nargs="*", help="only these (e.g. 02 03_probes)")
-    fig.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
-    fig.add_argument("--executed", help="also save the executed notebooks (.ipynb) here")
-    fig.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="write into --out even if it holds files labkit figures did not make",
-    )
-    fig.set_defaults(func=cmd_figures)
-
-    ev = sub.add_parser(
-        "eval", help="evaluate milestones with lm-eval (offline labkit_suite), or build the suite"
-    )
-    ev.add_argument(
-        "action",
-        nargs="?",
-        default="run",
-        choices=["run", "build-tasks", "perplexity"],
-        help="run the task suite (default), build its tasks, or perplexity on one eval split",
-    )
-    ev.add_argument("--split", help="perplexity: the eval split (e.g. prose, or a source name)")
-    ev.add_argument("--run", help="a run directory")
-    ev.add_argument("--tasks", default="labkit_suite", help="comma list (default labkit_suite)")
-    ev.add_argument(
-        "--milestones", default="all", help="'all', or a comma list of first, last, best, names"
-    )
-    ev.add_argument(
-        "--limit", type=int, help="examples per task (perplexity: documents) for quick looks"
-    )
-    ev.add_argument("--batch-size", type=int, default=32)
-    ev.add_argument("--device", default="cpu")
-    ev.add_argument("--registry", help="registry file (default: index.jsonl beside the run)")
-    ev.add_argument("--data", help="build-tasks: the data set (e.g. data/demo)")
-    ev.add_argument("--out", help="build-tasks: output directory (default DATA/tasks)")
-    ev.add_argument("--examples", type=int, default=200, help="build-tasks: examples per task")
-    ev.add_argument(
-        "--overwrite", action="store_true", help="build-tasks: write into a non-suite --out"
-    )
-    ev.set_defaults(func=cmd_eval)
-
-    ex = sub.add_parser(
-        "export", help="a milestone as a Hugging Face folder (weights, config, tokenizer, eos)"
-    )
-    ex.add_argument("--checkpoint", required=True, help="a milestone directory")
-    ex.add_argument("--out", required=True, help="output directory")
-    ex.add_argument("--overwrite", action="store_true", help="replace a non-export --out")
-    ex.set_defaults(func=cmd_export)
-
-    # Parsed by lm-eval itself (main() hands the arguments over before argparse sees them).
-    sub.add_parser(
-        "lm-eval",
-        add_help=False,
-        help="lm-eval's own command line with --model labkit registered (all lm_eval arguments)",
-    )
-
-    bl = sub.add_parser("baselines", help="random / untrained / small-trained baselines, 3 seeds")
-    bl.add_argument("--preset", default="tiny-mla")
-    bl.add_argument("--config", default="pretrain/configs/demo.toml", help="base trainer config")
-    bl.add_argument("--seeds", default="0,1,2")
-    bl.add_argument("--untrained-steps", type=int, default=100)
-    bl.add_argument("--trained-steps", type=int, default=1000)
-    bl.add_argument("--out", default="runs/baselines")
-    bl.add_argument("--limit", type=int, help="examples per task")
-    bl.add_argument("--set", action="append", help="extra trainer override (section.key=value)")
-    bl.set_defaults(func=cmd_baselines)
-
-    rp = sub.add_parser("report", help="research_report.md from the experiment registry")
-    rp.add_argument("--registry", nargs="+", default=["runs/index.jsonl"])
-    rp.add_argument("--out", default="research_report.md")
-    rp.set_defaults(func=cmd_report)
-
-    sw = sub.add_parser("sweep", help="train a grid of runs (or print torchrun commands)")
-    sw.add_argument("file", help="e.g. pretrain/configs/sweeps/learning-rate.toml")
-    sw.add_argument("--print", action="store_true", help="print one torchrun command per run")
-    sw.add_argument("--nproc", type=int, default=1)
-    sw.set_defaults(func=cmd_sweep)
-
-    from labkit.kernels.report import add_arguments as kernels_report_arguments
-
-    kn = sub.add_parser("kernels", help="Triton kernels: compile-time resource checks (no GPU)")
-    kn_sub = kn.add_subparsers(dest="kernels_command", metavar="KERNELS_COMMAND")
-    kn_sub.required = True
-    kr = kn_sub.add_parser(
-        "report",
-        help="compile every kernel x launch config for sm_80/86/89/90: shared memory, registers, "
-        "spills against each architecture's limits",
-    )
-    kernels_report_arguments(kr)
-    kr.set_defaults(func=cmd_kernels_report)
-    # `--help` of every command shows each option's default
-    for choice in sub.choices.values():
-        choice.formatter_class = DefaultsHelp
-    for choice in data_sub.choices.values():
+    for add in COMMANDS:
+        add(sub)
+    for choice in sub.choices.values():  # `--help` of every command shows each option's default
         choice.formatter_class = DefaultsHelp
     return parser
 

@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from labkit.fileio import atomic_write_bytes, check_output_dir, sha256_file
+from labkit.resources import checkout
+from labkit.runs import META, Milestone
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = checkout() or Path.cwd()  # notebooks/ and figures/ live in a source checkout
 NOTEBOOKS = REPO / "notebooks"
 RECORDS = ".records"  # per-figure records inside the output directory, gathered by `build`
 
@@ -257,9 +259,8 @@ def describe_sources(sources: Iterable[str]) -> dict[str, Any]:
     weights (from its meta.json, verified when written); other files by their own SHA-256."""
     runs, checkpoints, files = set(), {}, {}
     for s in map(Path, sources):
-        if (s / "meta.json").exists():  # a milestone directory
-            meta = json.loads((s / "meta.json").read_text())
-            checkpoints[_display(s)] = meta["checksums"]["model.safetensors"]
+        if (s / META).exists():  # a milestone directory
+            checkpoints[_display(s)] = Milestone.read(s).model_sha256
             runs.add(_display(s.parent.parent))
         elif (s / "config.json").exists():  # a run directory (its logged metrics)
             runs.add(_display(s))

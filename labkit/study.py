@@ -18,11 +18,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from labkit.analysis.probe_tasks import ProbeSpec
 from labkit.checkpoint import list_milestones, load
 from labkit.config import ModelConfig
+from labkit.resources import probes_dir
+from labkit.runs import CHECKPOINTS, CONFIG, FINAL, METRICS, Milestone
 
-REPO = Path(__file__).resolve().parents[1]
-PROBES_DIR = REPO / "probes"
+PROBES_DIR = probes_dir()
 
 
 # ----------------------------------------------------------------------------------------- runs
@@ -88,11 +90,11 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return (self.path / "final.json").exists()
+        return (self.path / FINAL).exists()
 
     def metrics(self) -> tuple[list[dict], list[dict]]:
         """(training rows, evaluation rows) of metrics.jsonl; eval rows carry `val/<split>`."""
-        rows = [json.loads(line) for line in (self.path / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (self.path / METRICS).read_text().splitlines()]
         evals = [r for r in rows if any(k.startswith("val/") for k in r)]
         return [r for r in rows if "loss" in r], evals
 
@@ -100,19 +102,19 @@ class Run:
 def open_run(path: str | Path) -> Run:
     """A run directory written by pretrain/run.py (config.json and checkpoints/)."""
     path = Path(path)
-    config = path / "config.json"
+    config = path / CONFIG
     if not config.exists():
         raise FileNotFoundError(f"{path} is not a labkit run (no config.json); train one with "
                                 "`python pretrain/run.py` or `make paper`")  # fmt: skip
     saved = json.loads(config.read_text())
     milestones = list_milestones(path)
     if not milestones:
-        raise FileNotFoundError(f"{path} has no milestones in {path / 'checkpoints'}")
+        raise FileNotFoundError(f"{path} has no milestones in {path / CHECKPOINTS}")
     return Run(path, ModelConfig.from_dict(saved["model"]), saved["train"], milestones)
 
 
 def is_run(path: Path) -> bool:
-    return (path / "config.json").exists() and (path / "checkpoints").is_dir()
+    return (path / CONFIG).exists() and (path / CHECKPOINTS).is_dir()
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Run]:
@@ -196,9 +198,9 @@ def best_milestone(milestones: Sequence[Path]) -> Path:
     """The milestone with the lowest mean validation loss over its eval splits (meta.json)."""
     scored = []
     for path in milestones:
-        val = json.loads((path / "meta.json").read_text()).get("val") or {}
-        if val:
-            scored.append((sum(val.values()) / len(val), path))
+        m = Milestone.read(path)
+        if m.val:
+            scored.append((m.val_mean, path))
     if not scored:
         raise ValueError("no milestone records validation losses: 'best' needs eval splits")
     return min(scored, key=lambda x: x[0])[1]
@@ -224,9 +226,8 @@ def eval_sequences(data_dir: str | Path, split: str, n_docs: int, max_len: int) 
 
 
 def run_data_dir(milestone: Path) -> Path:
-    """The data set a milestone was trained on (relative paths resolve from the repository)."""
-    data_dir = Path(json.loads((milestone / "meta.json").read_text())["data_dir"])
-    return data_dir if data_dir.is_absolute() else REPO / data_dir
+    """The data set a milestone was trained on (the trainer records it as an absolute path)."""
+    return Milestone.read(milestone).data_path
 
 
 def _progress(items: Sequence, desc: str, progress: bool) -> Iterable:
@@ -413,7 +414,7 @@ def compare_runs(
 
 
 def _tokens(milestone: Path) -> int:
-    return json.loads((milestone / "meta.json").read_text())["tokens"]
+    return Milestone.read(milestone).tokens
 
 
 # ---------------------------------------------------------------------------------------- latent
@@ -540,22 +541,20 @@ def probe_targets(probes_dir: str | Path = PROBES_DIR) -> list[str]:
 
 def load_probe_spec(
     target: str, probes_dir: str | Path = PROBES_DIR, max_documents: int | None = None
-) -> dict[str, Any]:
+) -> ProbeSpec:
+    """The probe spec `target` of `probes_dir` (default: the shipped probes/), parsed once."""
     import yaml
 
     path = Path(probes_dir) / f"{target}.yaml"
     if not path.exists():
         raise ValueError(f"unknown target {target!r}; targets in {probes_dir}: "
                          f"{probe_targets(probes_dir)}")  # fmt: skip
-    spec = yaml.safe_load(path.read_text())
-    if max_documents:
-        spec["source"]["documents"] = min(spec["source"].get("documents", 300), max_documents)
-    return spec
+    return ProbeSpec.parse(yaml.safe_load(path.read_text()), max_documents)
 
 
 def probe_over_milestones(
     milestones: Sequence[Path],
-    spec: dict[str, Any],
+    spec: ProbeSpec | dict[str, Any],
     site: str = "resid_post",
     layers: Sequence[int] | None = None,
     kind: str = "linear",
@@ -564,6 +563,7 @@ def probe_over_milestones(
 ) -> list[dict[str, Any]]:
     """Probe rows (accuracy or R^2, control accuracy, selectivity) for every layer x milestone.
     The probe data are built once, from the data set of the first milestone unless given."""
+    from labkit.analysis.activations import check_site_layers
     from labkit.analysis.probe_tasks import build_probe_data, unseen_text_warning
     from labkit.analysis.probing import probe_model
     from labkit.data.build import load_manifest
@@ -580,12 +580,7 @@ def probe_over_milestones(
             if warning:
                 print(warning, file=sys.stderr)
             data = build_probe_data(spec, tok, manifest, root, model.cfg.max_seq_len)
-        chosen = list(range(model.cfg.n_layers)) if layers is None else list(layers)
-        bad = [x for x in chosen if not 0 <= x < model.cfg.n_layers]
-        if bad:
-            raise ValueError(f"layers {bad}: the model has layers 0..{model.cfg.n_layers - 1}")
-        if site in ("kv_latent", "q_latent") and model.cfg.attention != "mla":
-            raise ValueError(f"site {site!r} exists only in MLA models")
+        chosen = check_site_layers(model.cfg, site, layers)
         for layer, r in probe_model(model, data, site, chosen, kind).items():
             rows.append({"target": spec.get("name"), "site": site, "probe": kind, "layer": layer,
                          "milestone": path.name, "tokens": meta["tokens"], "task": data.task,

@@ -23,13 +23,17 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-REPO = Path(__file__).resolve().parents[1]
+from labkit.resources import configs_dir, find
+from labkit.runs import FINAL, trainer_command
+
+# The interpreter's own torchrun, so a sweep runs without activating the environment.
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone")
 
 
 def load_sweep(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    path = find(path)
     if not path.exists():
-        shipped = sorted(p.name for p in (REPO / "pretrain/configs/sweeps").glob("*.toml"))
+        shipped = sorted(p.name for p in (configs_dir() / "sweeps").glob("*.toml"))
         raise FileNotFoundError(f"{path} not found; shipped sweeps: {shipped}")
     sweep = tomllib.loads(path.read_text())
     for key in ("name", "config", "grid"):
@@ -55,8 +59,8 @@ def _toml_value(v: Any) -> str:
     return f'"{v}"' if isinstance(v, str) else repr(v)
 
 
-def plan(sweep: dict[str, Any], runs_root: Path = REPO / "runs") -> list[dict[str, Any]]:
-    """One entry per grid point: its run directory and trainer arguments."""
+def plan(sweep: dict[str, Any], runs_root: Path = Path("runs")) -> list[dict[str, Any]]:
+    """One entry per grid point: its run directory, config and `--set` overrides."""
     keys = list(sweep["grid"])
     out = []
     for values in itertools.product(*(sweep["grid"][k] for k in keys)):
@@ -64,38 +68,33 @@ def plan(sweep: dict[str, Any], runs_root: Path = REPO / "runs") -> list[dict[st
         run_dir = runs_root / f"{sweep['name']}-{_slug(assignment)}"
         sets = [*sweep.get("set", []), *(f"{k}={_toml_value(v)}" for k, v in assignment.items())]
         sets.append(f"name={run_dir.name}")
-        args = ["--config", str(REPO / sweep["config"]), "--run-dir", str(run_dir), "--resume"]
-        for s in sets:
-            args += ["--set", s]
-        out.append({"run_dir": run_dir, "assignment": assignment, "args": args})
+        config = find(sweep["config"])
+        out.append({"run_dir": run_dir, "assignment": assignment, "config": config, "sets": sets})
     return out
 
 
 def run_sweep(
-    path: str | Path, print_only: bool = False, nproc: int = 1, runs_root: Path = REPO / "runs"
+    path: str | Path, print_only: bool = False, nproc: int = 1, runs_root: Path = Path("runs")
 ) -> list[dict[str, Any]]:
     """Train every run of the sweep in turn, or print one torchrun command per run."""
     from labkit.config import TrainConfig
 
     entries = plan(load_sweep(path), runs_root)
     for e in entries:  # every combination must be a valid config before anything trains
-        sets = [e["args"][i + 1] for i, a in enumerate(e["args"]) if a == "--set"]
-        TrainConfig.load(e["args"][1], sets)
-    trainer = str(REPO / "pretrain" / "run.py")
+        TrainConfig.load(e["config"], e["sets"])
     for e in entries:
         if print_only:
-            print(shlex.join(["torchrun", f"--nproc_per_node={nproc}", trainer, *e["args"]]))
+            cmd = trainer_command(e["config"], e["run_dir"], e["sets"], nproc=nproc)
+            if nproc == 1:  # a scheduler's line: torchrun even for one process
+                cmd = ["torchrun", "--nproc_per_node=1", *cmd[1:]]
+            print(shlex.join(cmd))
             continue
-        if (e["run_dir"] / "final.json").exists():
+        if (e["run_dir"] / FINAL).exists():
             print(f"[sweep] {e['run_dir'].name}: finished")
             continue
         print(f"[sweep] {e['run_dir'].name}: training", flush=True)
-        if nproc > 1:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={nproc}", trainer, *e["args"]]  # fmt: skip
-        else:
-            cmd = [sys.executable, trainer, *e["args"]]
-        rc = subprocess.call(cmd, cwd=REPO)
+        cmd = trainer_command(e["config"], e["run_dir"], e["sets"], nproc=nproc, launcher=TORCHRUN)
+        rc = subprocess.call(cmd)
         if rc != 0:
             raise RuntimeError(f"{e['run_dir'].name} failed (exit {rc}); rerun the sweep to resume")
     return entries

@@ -24,6 +24,10 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+from labkit.runs import FINAL, RESUME, trainer_command  # noqa: E402
+
 STUDY = REPO / "pretrain" / "configs" / "paper-mini" / "study.toml"
 
 
@@ -51,29 +55,18 @@ def check_runs(runs: dict[str, dict]) -> None:
 
 def train_command(scale: dict, name: str, run: dict, run_dir: Path) -> list[str]:
     preset = scale["preset"].format(attention=run["attention"])
-    args = [
-        str(REPO / "pretrain" / "run.py"),
-        "--config",
-        str(REPO / scale["config"]),
-        "--run-dir",
-        str(run_dir),
-        "--resume",
-        "--set",
+    sets = [
         f"model.preset={preset}",
-        "--set",
         f"data.mix={run['mix']}",
-        "--set",
         f"name={run_dir.parent.name}-{name}",
     ]
     if "seed" in run:
-        args += ["--set", f"seed={int(run['seed'])}"]
+        sets.append(f"seed={int(run['seed'])}")
     # the run's own overrides (a model variant), then the scale's (e.g. "data.dir=/scratch/demo")
-    for extra in [*run.get("set", []), *scale.get("set", [])]:
-        args += ["--set", extra]
+    sets += [*run.get("set", []), *scale.get("set", [])]
     nproc = int(scale.get("nproc", 1))
-    if nproc > 1:
-        return [shutil.which("torchrun") or "torchrun", f"--nproc_per_node={nproc}", *args]
-    return [sys.executable, *args]
+    launcher = (shutil.which("torchrun") or "torchrun",)
+    return trainer_command(REPO / scale["config"], run_dir, sets, nproc=nproc, launcher=launcher)
 
 
 def ensure_data(scale: dict) -> None:
@@ -151,10 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     jobs = []
     for name in chosen:
         run_dir = runs_dir / name
-        if (run_dir / "final.json").exists():
+        if (run_dir / FINAL).exists():
             print(f"[paper] {name}: finished ({run_dir})")
             continue
-        state = "resuming" if (run_dir / "resume").exists() else "training"
+        state = "resuming" if (run_dir / RESUME).exists() else "training"
         print(f"[paper] {name}: {state} in {run_dir}", flush=True)
         jobs.append((name, train_command(scale, name, runs[name], run_dir), run_dir))
     if jobs:

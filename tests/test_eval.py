@@ -426,7 +426,8 @@ def test_eval_builds_only_the_requested_suite_tasks(ci_data, tmp_path):
     shutil.copytree(ci_data, data, ignore=shutil.ignore_patterns("tasks"))
     milestone = tmp_path / "milestone"
     milestone.mkdir()
-    (milestone / "meta.json").write_text(json.dumps({"data_dir": str(data)}))
+    meta = {"step": 1, "tokens": 1024, "data_dir": str(data)}  # what the reader needs
+    (milestone / "meta.json").write_text(json.dumps(meta))
 
     def built(out):
         group = yaml.safe_load((out / "labkit_suite.yaml").read_text())

@@ -215,23 +215,19 @@ def test_make_lab_passes_lab_args():
 
 
 def test_printed_next_commands_run_without_activating_the_venv():
-    import importlib.util
     import sys
 
-    from conftest import RUN
+    from labkit.training import next_commands
 
-    spec = importlib.util.spec_from_file_location("labkit_trainer", RUN)
-    trainer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(trainer)
     last = Path("runs/x/checkpoints/tokens_000000024576")
-    lines = trainer.next_commands(Path("runs/x"), last, ["code", "general"])
+    lines = next_commands(Path("runs/x"), last, ["code", "general"])
     bin_dir = Path(sys.executable).parent
     if bin_dir.is_relative_to(Path.cwd()):
         bin_dir = bin_dir.relative_to(Path.cwd())
     assert all(line.startswith(f"  {bin_dir}/") for line in lines[1:])  # .venv/bin/..., not bare
     assert any(f"export --checkpoint {last}" in line for line in lines)
     assert any("--target digit" in line for line in lines)
-    own = trainer.next_commands(Path("runs/x"), last, ["mine"])
+    own = next_commands(Path("runs/x"), last, ["mine"])
     assert any("--split mine" in line for line in own)
     assert not any("--target digit" in line for line in own)  # world probes: not for own text
 

@@ -38,6 +38,23 @@ SITES = {
 }
 
 
+MLA_ONLY_SITES = ("kv_latent", "q_latent", "k_rope")
+
+
+def check_site_layers(cfg, site: str, layers: Sequence[int] | None = None) -> list[int]:
+    """The one check of a site and layers against a model config (`labkit.config.ModelConfig`);
+    returns the layers (all of them for None). Errors name the site or the valid layers."""
+    if site not in SITES:
+        raise ValueError(f"unknown site {site!r}; sites: {sorted(SITES)}")
+    if site in MLA_ONLY_SITES and cfg.attention != "mla":
+        raise ValueError(f"site {site!r} exists only in MLA models")
+    chosen = list(range(cfg.n_layers)) if layers is None else list(layers)
+    bad = [x for x in chosen if not 0 <= x < cfg.n_layers]
+    if bad:
+        raise ValueError(f"layers {bad}: the model has layers 0..{cfg.n_layers - 1}")
+    return chosen
+
+
 def hook_name(site: str, layer: int) -> str:
     if site not in SITES:
         raise ValueError(f"unknown site {site!r}; sites: {sorted(SITES)}")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,48 @@ def validate_spec(spec: dict[str, Any]) -> None:
         raise ValueError(f"probe {spec['name']}: control 'entity' needs span positions")
     if spec.get("task", "classification") not in ("classification", "regression"):
         raise ValueError(f"probe {spec['name']}: task must be classification or regression")
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """A probe spec (probes/*.yaml), validated once when parsed. Reads like the YAML mapping
+    too (`spec["label"]["kind"]`, `spec.get("control")`), so code written for dicts keeps
+    working."""
+
+    name: str
+    source: dict[str, Any]
+    positions: dict[str, Any]
+    label: dict[str, Any]
+    task: str = "classification"
+    control: str = "token_type"
+    description: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, spec: dict[str, Any] | ProbeSpec, max_documents: int | None = None) -> ProbeSpec:
+        """A spec from its YAML mapping; a wrong key or value is a `ValueError` naming it."""
+        if isinstance(spec, ProbeSpec):
+            spec = spec.raw
+        validate_spec(spec)
+        raw = json.loads(json.dumps(spec))  # a private copy
+        if max_documents:
+            raw["source"]["documents"] = min(raw["source"].get("documents", 300), max_documents)
+        return cls(
+            name=raw["name"],
+            source=raw["source"],
+            positions=raw["positions"],
+            label=raw["label"],
+            task=raw.get("task", "classification"),
+            control=raw.get("control", "token_type"),
+            description=raw.get("description", ""),
+            raw=raw,
+        )
+
+    def __getitem__(self, key: str) -> Any:
+        return self.raw[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.raw.get(key, default)
 
 
 def _documents(spec: dict, manifest: dict, data_dir: Path | None, world) -> list[dict]:
@@ -139,7 +181,7 @@ def build_probe_data(
 ) -> ProbeData:
     """Tokenize the spec's documents and pick its positions and labels. `tokenizer` is a
     `tokenizers.Tokenizer` (the run's tokenizer.json)."""
-    validate_spec(spec)
+    spec = ProbeSpec.parse(spec)
     world_needed = (
         spec["source"].get("kind", "world") != "data" or spec["label"]["kind"] == "entity_attr"
     )

@@ -14,6 +14,7 @@ honest statistics.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -547,3 +548,26 @@ def layer_scores(
     return {
         layer: fit_and_test({layer: X}, y, split, task, seed)[2] for layer, X in features.items()
     }
+
+
+def pivot(
+    rows: Sequence[dict[str, Any]],
+    value: str | Callable[[dict[str, Any]], Any],
+    index: str = "layer",
+    columns: str = "milestone",
+) -> tuple[list, list, np.ndarray]:
+    """Rows of `probe_over_milestones` (or any list of dicts) as a grid: (sorted `index` values,
+    `columns` values in first-seen order, grid[i, j]). `value` is a key (numbers: a float grid,
+    NaN where a row has None or is missing) or a function of a row (an object grid). The CLI's
+    probe table and notebook 03's heatmaps read the same grid."""
+    ix = sorted({r[index] for r in rows})
+    cols = list(dict.fromkeys(r[columns] for r in rows))
+    pick = value if callable(value) else (lambda r: r[value])
+    cells = {(r[index], r[columns]): pick(r) for r in rows}
+    grid = np.empty((len(ix), len(cols)), dtype=object)
+    for i, a in enumerate(ix):
+        for j, b in enumerate(cols):
+            grid[i, j] = cells.get((a, b))
+    if not callable(value):
+        grid = np.array([[np.nan if v is None else v for v in row] for row in grid], dtype=float)
+    return ix, cols, grid

@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from labkit.bench.common import ROOT, machine, record, run_trainer
+from labkit.bench.common import machine, record, run_trainer
+from labkit.resources import configs_dir
 
 CUDA = torch.cuda.is_available()
 # name: (heads, kv_heads, d_qk, d_v)
@@ -187,7 +188,7 @@ def bench_training_mfu(presets: list[str], steps: int) -> list[str]:
         from labkit.config import DataConfig
         from labkit.data.build import build
 
-        build(DataConfig.load(ROOT / "pretrain/configs/data/ci.toml"), data, quiet=True)
+        build(DataConfig.load(configs_dir() / "data" / "ci.toml"), data, quiet=True)
         for preset in presets:
             for impl in ("triton", "sdpa"):
                 run_dir = Path(tmp) / f"{preset}-{impl}"

@@ -8,27 +8,24 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from labkit.resources import checkout, configs_dir
+from labkit.runs import METRICS, trainer_command
+
+# Benchmarks record into a checkout's benchmarks/RESULTS.md (from a wheel: under the cwd).
+ROOT = checkout() or Path.cwd()
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 
 
 def run_trainer(run_dir: Path, sets: list[str], env: dict[str, str] | None = None) -> list[dict]:
     """Run pretrain/run.py (demo.toml + `--set` overrides) as a subprocess — library code never
     imports pretrain/ — and return its metrics.jsonl records."""
-    cmd = [
-        sys.executable,
-        str(ROOT / "pretrain" / "run.py"),
-        "--config",
-        str(ROOT / "pretrain/configs/demo.toml"),
-    ]
-    cmd += ["--run-dir", str(run_dir)] + [a for s in sets for a in ("--set", s)]
+    cmd = trainer_command(configs_dir() / "demo.toml", run_dir, sets, resume=False)
     subprocess.run(
         cmd,
         check=True,
@@ -37,7 +34,7 @@ def run_trainer(run_dir: Path, sets: list[str], env: dict[str, str] | None = Non
         cwd=ROOT,
         env=dict(os.environ, **(env or {})),
     )
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(x) for x in (run_dir / METRICS).read_text().splitlines()]
 
 
 def machine() -> str:

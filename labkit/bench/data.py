@@ -16,13 +16,12 @@ from labkit.bench.common import machine, record
 from labkit.config import DataConfig
 from labkit.data.build import build
 from labkit.data.tokenizer import load_tokenizer
-
-ROOT = Path(__file__).resolve().parents[2]
+from labkit.resources import configs_dir
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "pretrain/configs/data/demo.toml"))
+    parser.add_argument("--config", default=str(configs_dir() / "data" / "demo.toml"))
     parser.add_argument("--record", action="store_true", help="append to benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     cfg = DataConfig.load(args.config)

@@ -37,7 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from labkit.resources import checkout, configs_dir
+
+ROOT = checkout() or Path.cwd()  # `make gpu-check` runs in a checkout
 VENV = ROOT / ".venv-gpu"
 NEVER_INSTALL = re.compile(r"^(torch|triton|nvidia-.*|pytorch-triton.*)$")
 
@@ -111,7 +113,6 @@ def steps(py: str = sys.executable) -> list[tuple[str, list[str], float, bool]]:
 
 def layer_slice(steps_per_run: int = 10) -> list[str]:
     """tokens/s and MFU of pretrain/run.py on two layers of each 1.3B preset, kernel vs SDPA."""
-    from labkit.bench.common import ROOT as REPO
     from labkit.bench.common import run_trainer
     from labkit.config import DataConfig
     from labkit.data.build import build
@@ -123,7 +124,7 @@ def layer_slice(steps_per_run: int = 10) -> list[str]:
     micro, seq = 4, 2048
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        build(DataConfig.load(REPO / "pretrain/configs/data/ci.toml"), data, quiet=True)
+        build(DataConfig.load(configs_dir() / "data" / "ci.toml"), data, quiet=True)
         for preset in ("mla-1.3b", "gqa-1.3b"):
             for impl in ("triton", "sdpa"):
                 sets = [

@@ -22,13 +22,15 @@ from pathlib import Path
 
 import torch
 
-from labkit.bench.common import ROOT, machine, record, run_trainer
+from labkit.bench.common import machine, record, run_trainer
 from labkit.checkpoint import list_milestones
 from labkit.config import DataConfig, ModelConfig
 from labkit.data.build import build
-from labkit.data.loader import MixedData, Position
+from labkit.data.loader import Loader, MixedData
 from labkit.export import to_hf
 from labkit.model import LabModel
+from labkit.resources import configs_dir
+from labkit.runs import Milestone
 
 
 def trainer_run(
@@ -54,8 +56,8 @@ def trainer_run(
     elif mode == "eval":
         sets += ["eval.every_steps=10", "eval.tokens_per_split=16384"]
     run_trainer(run_dir, sets)
-    meta = json.loads((list_milestones(run_dir)[-1] / "meta.json").read_text())
-    return meta["tokens"] / meta["wall_time_s"]
+    last = Milestone.read(list_milestones(run_dir)[-1])
+    return last.tokens / last.meta["wall_time_s"]
 
 
 def hf_tokens_per_s(
@@ -79,13 +81,11 @@ def hf_tokens_per_s(
         lr=3e-3,
         betas=(0.9, 0.95),
     )
-    stream = MixedData(data, "dense", steps * micro * seq * accum, 0)
-    pos = Position()
+    loader = Loader(MixedData(data, "dense", steps * micro * seq * accum, 0), 0, 1, micro)
     t0 = time.perf_counter()
-    for _ in range(steps):
+    for step in range(steps):
         for _ in range(accum):
-            batch = torch.from_numpy(stream.windows(pos, 0, micro, seq))
-            pos.offset += micro * seq
+            batch = torch.from_numpy(loader.next_batch(seq, step * micro * seq * accum))
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 loss = model(input_ids=batch[:, :-1], labels=batch[:, 1:].clone()).loss
             (loss / accum).backward()
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        build(DataConfig.load(ROOT / "pretrain/configs/data/ci.toml"), data, quiet=True)
+        build(DataConfig.load(configs_dir() / "data" / "ci.toml"), data, quiet=True)
         vocab = json.loads((data / "manifest.json").read_text())["tokenizer"]["vocab_size"]
         shape = (args.steps, args.micro_batch, args.seq, args.accum)
         results: dict[str, float] = {}

@@ -139,6 +139,37 @@ class MixedData:
         return flat[idx]
 
 
+class Loader:
+    """This rank's training batches, in order; it owns the data position (stage, offset), which
+    is the same on every rank and is all a resume state needs."""
+
+    def __init__(self, data: MixedData, rank: int, world: int, micro_batch: int):
+        self.data, self.rank, self.world, self.micro_batch = data, rank, world, micro_batch
+        self.position = Position()
+
+    def next_batch(self, seq_len: int, tokens_seen: int) -> np.ndarray:
+        """This rank's next micro-batch [micro_batch, seq_len + 1]; a curriculum stage that
+        starts at `tokens_seen` starts reading at its beginning."""
+        stage = self.data.stage_at(tokens_seen)
+        if stage != self.position.stage:
+            self.position = Position(stage, 0)
+        windows = self.data.windows(
+            self.position, self.rank * self.micro_batch, self.micro_batch, seq_len
+        )
+        self.position.offset += self.micro_batch * seq_len * self.world
+        return windows
+
+    @property
+    def stage_name(self) -> str:
+        return self.data.stages[self.position.stage]["name"]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"stage": self.position.stage, "offset": self.position.offset}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position = Position(**state)
+
+
 def eval_windows(data_dir: str | Path, split: str, tokens: int, seq_len: int) -> np.ndarray:
     """The first `tokens` tokens of an eval split as non-overlapping windows [n, seq_len + 1]."""
     data_dir = Path(data_dir)

@@ -31,6 +31,7 @@ from labkit.checkpoint import load, tokenizer_path
 from labkit.data.tokenizer import EOT, load_tokenizer
 from labkit.eval.metrics import register_lm_eval_metrics
 from labkit.model import KVCache
+from labkit.runs import META
 
 register_lm_eval_metrics()  # task YAMLs name labkit's metrics; they never carry code
 
@@ -65,7 +66,7 @@ class LabkitLM(TemplateLM):
     ) -> None:
         super().__init__()
         path = Path(checkpoint)
-        if not (path / "meta.json").exists():
+        if not (path / META).exists():
             raise FileNotFoundError(
                 f"checkpoint={checkpoint} is not a labkit checkpoint directory (no meta.json); "
                 "pass a milestone such as runs/<id>/checkpoints/tokens_000000016384"

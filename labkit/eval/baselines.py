@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,26 +16,24 @@ from labkit.checkpoint import list_milestones
 from labkit.eval.runner import evaluate_checkpoint, load_tasks, main_metric, tasks_dir_for
 from labkit.eval.stats import baseline_checks
 from labkit.eval.tasks import SUITE, random_baselines
+from labkit.resources import configs_dir
+from labkit.runs import FINAL, INDEX, trainer_command
 
-REPO = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = configs_dir() / "demo.toml"
 
 
 def train_short_run(
     run_dir: Path, config: Path, preset: str, seed: int, steps: int, overrides: Sequence[str] = ()
 ) -> Path:
     """Train (or resume, or reuse when finished) `steps` optimizer steps; the last milestone."""
-    if not (run_dir / "final.json").exists():
+    if not (run_dir / FINAL).exists():
         from labkit.config import TrainConfig
 
         batch = TrainConfig.load(config, list(overrides)).train.batch_tokens
         sets = [f"model.preset={preset}", f"seed={seed}", f"train.tokens={steps * batch}",
                 f"name={run_dir.name}", "checkpoint.log_spaced_until_step=0",
                 f"eval.every_steps={steps}", *overrides]  # fmt: skip
-        cmd = [sys.executable, str(REPO / "pretrain" / "run.py"), "--config", str(config),
-               "--run-dir", str(run_dir), "--resume"]  # fmt: skip
-        for s in sets:
-            cmd += ["--set", s]
-        rc = subprocess.call(cmd, cwd=REPO)
+        rc = subprocess.call(trainer_command(config, run_dir, sets))
         if rc != 0:
             raise RuntimeError(f"training {run_dir} failed (exit {rc}); rerun to resume")
     return list_milestones(run_dir)[-1]
@@ -44,11 +41,11 @@ def train_short_run(
 
 def establish_baselines(
     preset: str,
-    config: str | Path = REPO / "pretrain" / "configs" / "demo.toml",
+    config: str | Path = DEMO_CONFIG,
     seeds: Sequence[int] = (0, 1, 2),
     untrained_steps: int = 100,
     trained_steps: int = 1000,
-    out_dir: str | Path = REPO / "runs" / "baselines",
+    out_dir: str | Path = Path("runs") / "baselines",
     limit: int | None = None,
     overrides: Sequence[str] = (),
     registry: str | Path | None = None,
@@ -84,12 +81,12 @@ def establish_baselines(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{preset}.json").write_text(json.dumps(record, indent=2) + "\n")
-    registry = Path(registry) if registry else out_dir.parent / "index.jsonl"
+    registry = Path(registry) if registry else out_dir.parent / INDEX
     with registry.open("a") as f:
         f.write(json.dumps(record) + "\n")
     return record
 
 
-def load_baselines(directory: str | Path = REPO / "runs" / "baselines") -> dict[str, dict]:
+def load_baselines(directory: str | Path = Path("runs") / "baselines") -> dict[str, dict]:
     """Stored baseline sets by preset ({} when none were established)."""
     return {p.stem: json.loads(p.read_text()) for p in sorted(Path(directory).glob("*.json"))}

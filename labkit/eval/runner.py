@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from labkit.errors import DataError
 from labkit.eval.metrics import register_lm_eval_metrics
 from labkit.eval.tasks import SUITE, TASKS, build_tasks, check_tasks_are_data
+from labkit.runs import EVALS, INDEX, Milestone
 from labkit.study import select_milestones
 
 # The number each task is ranked by (lm-eval reports several).
@@ -162,27 +163,27 @@ def evaluate_run(
     run_dir = Path(run_dir)
     chosen = select_milestones(run_dir, milestones)
     loaded = load_tasks(tasks, tasks_dir_for(chosen[0], tasks=tasks))
-    registry = Path(registry) if registry else run_dir.parent / "index.jsonl"
-    (run_dir / "evals").mkdir(exist_ok=True)
+    registry = Path(registry) if registry else run_dir.parent / INDEX
+    (run_dir / EVALS).mkdir(exist_ok=True)
     records = []
     for path in tqdm(chosen, desc=f"eval {run_dir.name}", disable=not progress):
-        meta = json.loads((path / "meta.json").read_text())
+        m = Milestone.read(path)
         scores = evaluate_checkpoint(path, tasks, None, limit, batch_size, device, loaded=loaded)
         record = {
             "kind": "eval",
             "experiment_id": run_dir.name,
             "run_dir": str(run_dir.resolve()),
             "milestone": path.name,
-            "step": meta["step"],
-            "tokens": meta["tokens"],
-            "model_sha256": meta["checksums"]["model.safetensors"],
-            "val_loss": sum(meta["val"].values()) / len(meta["val"]) if meta.get("val") else None,
+            "step": m.step,
+            "tokens": m.tokens,
+            "model_sha256": m.model_sha256,
+            "val_loss": m.val_mean if m.val else None,
             "tasks": list(tasks),
             "limit": limit,
             "timestamp": dt.datetime.now().isoformat(timespec="seconds"),
             "scores": scores,
         }
-        (run_dir / "evals" / f"{path.name}.json").write_text(json.dumps(record, indent=2) + "\n")
+        (run_dir / EVALS / f"{path.name}.json").write_text(json.dumps(record, indent=2) + "\n")
         with registry.open("a") as f:
             f.write(json.dumps(record) + "\n")
         records.append(record)
@@ -200,7 +201,7 @@ def milestone_scores(
     run_dir = Path(run_dir)
     out, missing = [], []
     for path in milestones:
-        saved = run_dir / "evals" / f"{path.name}.json"
+        saved = run_dir / EVALS / f"{path.name}.json"
         record = json.loads(saved.read_text()) if saved.exists() else None
         if record is None or record.get("limit") != limit or SUITE not in record["tasks"]:
             missing.append(path.name)

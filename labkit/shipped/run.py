@@ -1,0 +1,1 @@
+../../pretrain/run.py
