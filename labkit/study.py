@@ -699,16 +699,18 @@ def _features(path: Path, probe_sets: dict[str, ProbeSet], site: str, autocast=t
 
     model, meta = load(path)
     layers = list(range(model.cfg.n_layers))
+    keys = {name: hash(tuple(map(tuple, p.data.sequences))) for name, p in probe_sets.items()}
     out, cache = {}, {}
-    for name, probes in probe_sets.items():
-        key = hash(tuple(map(tuple, probes.data.sequences)))
-        if key not in cache:
-            cache.clear()  # one stream's activations in memory at a time
-            cache[key] = all_token_activations(
+    # targets grouped by their documents: each stream's forward pass once, one in memory at a time
+    for name in sorted(probe_sets, key=lambda n: (keys[n], n)):
+        probes = probe_sets[name]
+        if keys[name] not in cache:
+            cache.clear()
+            cache[keys[name]] = all_token_activations(
                 model, probes.data.sequences, site, layers, autocast=autocast
             )
-        out[name] = probe_features(model, probes.data, site, layers, acts=cache[key])
-    return out, meta
+        out[name] = probe_features(model, probes.data, site, layers, acts=cache[keys[name]])
+    return {name: out[name] for name in probe_sets}, meta
 
 
 def probe_against_baselines(

@@ -260,6 +260,9 @@ class TrainingRun:
                 build(DataConfig.load(data_cfg), data_dir)
             d.barrier()
         self.data_path = data_dir
+        from labkit.data.build import load_manifest
+
+        load_manifest(data_dir)  # an incomplete data set: one line naming the file and the fix
         self.manifest_sha = hashlib.sha256((data_dir / "manifest.json").read_bytes()).hexdigest()
         self.tokenizer_json = (data_dir / ckpt.TOKENIZER_FILE).read_bytes()
         return data_dir
