@@ -318,10 +318,15 @@ def _rows(X, index: np.ndarray):
 
 
 def fit_and_test(
-    features: dict[Any, Any], y: np.ndarray, split: DocumentSplit, task: Task, seed: int = 0
+    features: dict[Any, Any],
+    y: np.ndarray,
+    split: DocumentSplit,
+    task: Task,
+    seed: int = 0,
+    y_test: np.ndarray | None = None,
 ) -> tuple[Selection, np.ndarray, float]:
     """Select on validation, then predict the test rows once: (selection, test predictions,
-    test score)."""
+    test score). `y_test` (default `y`): the labels the test rows are scored against."""
     chosen = select_on_validation(
         {k: _rows(X, split.train) for k, X in features.items()},
         {k: _rows(X, split.val) for k, X in features.items()},
@@ -331,7 +336,8 @@ def fit_and_test(
         seed,
     )
     pred = chosen.model.predict(_rows(features[chosen.layer], split.test))
-    return chosen, pred, _score(task, y[split.test], pred)
+    truth = y if y_test is None else y_test
+    return chosen, pred, _score(task, truth[split.test], pred)
 
 
 def bootstrap_ci(
@@ -379,16 +385,7 @@ def permutation_null(
     for _ in range(n_permutations):
         shuffled = y.copy()
         shuffled[fit_rows] = rng.permutation(doc_label)[np.searchsorted(docs, groups[fit_rows])]
-        chosen = select_on_validation(
-            {k: _rows(X, split.train) for k, X in features.items()},
-            {k: _rows(X, split.val) for k, X in features.items()},
-            shuffled[split.train],
-            shuffled[split.val],
-            task,
-            seed,
-        )
-        pred = chosen.model.predict(_rows(features[chosen.layer], split.test))
-        scores.append(_score(task, y[split.test], pred))
+        scores.append(fit_and_test(features, shuffled, split, task, seed, y_test=y)[2])
     return scores
 
 
