@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown run(s) {unknown}; the study has {', '.join(runs)}", file=sys.stderr)
         return 2
-    parallel = args.parallel or int(scale.get("parallel", 1))
+    parallel = args.parallel if args.parallel is not None else int(scale.get("parallel", 1))
     if parallel < 1:
         print(f"error: --parallel must be >= 1, got {parallel}", file=sys.stderr)
         return 2
