@@ -98,8 +98,9 @@ def save_figure(
 
 
 RESULTS = "results.json"  # the study's numbers, one top-level section per notebook
-# sections no notebook writes (`make paper`'s own cost): a rebuild of the figures keeps them
-KEPT_SECTIONS = ("study",)
+# sections no notebook writes (`make paper`'s own cost, pretrain/induction_budget.py's
+# calibration): a rebuild of the figures keeps them
+KEPT_SECTIONS = ("study", "induction_budget")
 
 
 def _rounded(value: Any, digits: int = 6) -> Any:

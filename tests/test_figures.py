@@ -317,3 +317,8 @@ def test_readme_study_numbers_are_read_from_results_json():
         decimals = len(number.split(".")[1]) if "." in number else 0
         expected = round(value * (100 if percent else 1), decimals)
         assert shown == pytest.approx(expected, abs=10**-decimals / 2 + 1e-9), (key, number, value)
+
+
+def test_make_paper_refuses_a_parallel_count_below_one(capsys):
+    assert paper.main(["--parallel", "0", "--no-figures"]) == 2
+    assert "--parallel must be >= 1, got 0" in capsys.readouterr().err

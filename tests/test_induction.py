@@ -12,6 +12,7 @@ from labkit.analysis.induction import (
     pattern_score,
     phase_change,
     repeated_random_tokens,
+    repeated_segments,
     repeated_tokens_test,
     uniform_induction_score,
 )
@@ -189,13 +190,33 @@ def test_copying_score_finds_a_planted_copying_head():
     assert scores[0, [0, 2, 3]].max() < 0.1
 
 
+def test_repeated_segments_repeat_each_block_at_a_distance_that_varies():
+    x = repeated_segments(500, 300, 4, torch.Generator().manual_seed(0), min_half=4)
+    assert x.shape == (4, 300) and int(x.min()) >= 0 and int(x.max()) < 500
+    distances = set()
+    for row in x.tolist():
+        i = 0  # walk the complete blocks: the smallest d with row[i:i+d] == row[i+d:i+2d]
+        while True:
+            d = next((d for d in range(4, 151) if i + 2 * d <= len(row)
+                      and row[i : i + d] == row[i + d : i + 2 * d]), None)  # fmt: skip
+            if d is None:
+                break
+            distances.add(d)
+            i += 2 * d
+    assert len(distances) >= 4, distances  # no single copy distance to learn
+
+
 @pytest.mark.slow
-def test_the_detector_sees_induction_heads_form_where_they_must():
-    """A positive control for the whole induction pipeline, at a size that trains in a minute: a
-    tiny MLA model trained only on repeated random sequences (where copying is the sole way to
-    lower the loss) forms induction heads in a phase change (Olsson et al. 2022). The detector
-    must see it: the best head crosses 0.3 between two snapshots strictly inside training, the
-    second copy's loss falls by more than a nat, and the ICL score drops at the same time."""
+def test_the_detector_sees_copying_heads_form_in_a_phase_change():
+    """A positive control for the detector and the phase-change machinery, at a size that trains
+    in a minute: a tiny MLA model trained only on repeated random sequences of one fixed length
+    (copying is the sole way to lower the loss) forms heads that attend to the token after the
+    earlier copy, in a phase change. The detector must see it: the best head crosses 0.3 between
+    two snapshots strictly inside training, the second copy's loss falls by more than a nat, and
+    the ICL score drops at the same time. With one fixed period a head attending a fixed distance
+    back satisfies all of this, so this controls the detector, not content-based induction: with
+    copy distances that vary (`repeated_segments`, pretrain/induction_budget.py) no head of this
+    model crosses within 1,000 steps."""
     from labkit.config import ModelConfig
 
     torch.manual_seed(0)
@@ -229,3 +250,28 @@ def test_the_detector_sees_induction_heads_form_where_they_must():
     assert icl[-1] < icl[0] - 1.0, icl
     k = int(torch.tensor(icl).diff().argmin())
     assert abs(steps[k] - before) <= 50, (steps, scores, icl)
+
+
+def test_the_induction_budget_calibration_writes_a_kept_results_section(tmp_path, monkeypatch):
+    """pretrain/induction_budget.py: a few steps per grid cell, its section in results.json next to
+    a notebook's, and `make figures` keeps it (KEPT_SECTIONS)."""
+    import sys
+    from pathlib import Path
+
+    from labkit.figures import KEPT_SECTIONS, load_results, save_results
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pretrain"))
+    import induction_budget
+
+    monkeypatch.setattr(induction_budget, "GRID", [(64, 16)])
+    save_results(tmp_path, "induction", {"x": 1})
+    assert induction_budget.main(["--steps", "3", "--every", "2", "--figures", str(tmp_path)]) == 0
+    results = load_results(tmp_path)
+    assert results["induction"] == {"x": 1}
+    cell = results["induction_budget"]["cells"]["vocab64_ctx16"]
+    assert [c[0] for c in cell["curve"]] == [0, 2, 3]  # the last step is always scored
+    assert cell["batch"] == 2048 // 16 and 0 <= cell["max_score"] <= 1
+    assert "induction_budget" in KEPT_SECTIONS
+    with pytest.raises(SystemExit) as bad:
+        induction_budget.main(["--steps", "0"])
+    assert bad.value.code == 2

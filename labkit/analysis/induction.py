@@ -115,6 +115,29 @@ def repeated_random_tokens(
     return torch.cat(parts, dim=1)
 
 
+def repeated_segments(
+    vocab_size: int, length: int, batch: int, generator: torch.Generator, min_half: int = 4
+) -> torch.Tensor:
+    """[batch, length] training sequences of back-to-back blocks [r, r], each r random tokens of a
+    random length in [min_half, length // 2]. Half of every block is predictable only by copying,
+    and because the distance to the earlier copy changes from block to block, only a head that
+    finds the earlier occurrence by content (an induction head) can copy -- with one fixed period
+    a head attending a fixed distance back scores as an induction head on a test of that period."""
+    rows = []
+    for _ in range(batch):
+        row: list[torch.Tensor] = []
+        filled = 0
+        while filled < length:
+            half = int(
+                torch.randint(min_half, max(min_half, length // 2) + 1, (1,), generator=generator)
+            )
+            r = torch.randint(0, vocab_size, (half,), generator=generator)
+            row += [r, r]
+            filled += 2 * half
+        rows.append(torch.cat(row)[:length])
+    return torch.stack(rows)
+
+
 @dataclass
 class RepeatedTokensResult:
     induction_score: (
