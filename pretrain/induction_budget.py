@@ -11,7 +11,14 @@ content, not at a fixed distance), on a 2 x 2 grid of vocabulary size (1,024 and
 steps it scores held-out repeated random tokens as notebook 02 does (head_detector semantics,
 threshold 0.3) and writes, per grid cell, the step of the first crossing (null if none within
 `--steps`), the best score and the copy-loss drop to `induction_budget` in
-figures/results.json, which `make figures` keeps. About 15-20 CPU-minutes on one core.
+figures/results.json, which `make figures` keeps.
+
+The same runs with a textbook decoder in place of labkit's model -- transformers' GPT-2 (learned
+absolute positions, LayerNorm, GELU MLP, full multi-head attention) at tiny-mla's width, depth,
+heads and MLP size, with the same init scale, optimizer and data -- on the grid's most favourable
+cell and on the study's (`reference_cells`): if it forms no induction head either, the slow
+formation is the phenomenon's at this budget, not a fault of MLA, of RoPE or of labkit's code.
+Its wall time on one core is recorded as `minutes`.
 
 The study's own data are natural text in which copying is one signal among many; if these
 copy-only runs need most of the study's 1,000 steps (or more) at its vocabulary and context,
@@ -42,17 +49,49 @@ from labkit.model import LabModel  # noqa: E402
 
 STUDY_CONFIG = REPO / "pretrain" / "configs" / "paper-mini" / "cpu.toml"
 GRID = [(1024, 64), (1024, 256), (4096, 64), (4096, 256)]  # (vocabulary, context length)
+REFERENCE_GRID = [(1024, 64), (4096, 256)]  # GPT-2 where labkit's model came closest; the study's
 THRESHOLD = 0.3
 
 
-def copy_only_run(vocab: int, seq_len: int, steps: int, every: int, seed: int = 0) -> dict:
-    """Train on [r, r] sequences of random tokens; score held-out ones every `every` steps."""
+class GPT2Reference(torch.nn.Module):
+    """transformers' GPT-2 (randomly initialised, no dropout) shaped like `cfg`, answering the two
+    calls labkit's induction test makes: logits from `model(tokens)`, and attention patterns
+    under labkit's hook names from `run_with_cache`."""
+
+    def __init__(self, cfg: ModelConfig, n_ctx: int) -> None:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        super().__init__()
+        config = GPT2Config(
+            vocab_size=cfg.vocab_size, n_positions=n_ctx, n_embd=cfg.d_model,
+            n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_ff,
+            initializer_range=cfg.init_std, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            tie_word_embeddings=cfg.tie_embeddings, bos_token_id=0, eos_token_id=0,
+        )  # fmt: skip
+        config._attn_implementation = "eager"  # only eager attention returns its patterns
+        self.gpt2 = GPT2LMHeadModel(config)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.gpt2(tokens).logits
+
+    def run_with_cache(self, tokens: torch.Tensor, names_filter=None):
+        out = self.gpt2(tokens, output_attentions=True)
+        cache = {f"blocks.{i}.attn.hook_pattern": a for i, a in enumerate(out.attentions)}
+        keep = names_filter or (lambda name: True)
+        return out.logits, {k: v for k, v in cache.items() if keep(k)}
+
+
+def copy_only_run(
+    vocab: int, seq_len: int, steps: int, every: int, seed: int = 0, reference: bool = False
+) -> dict:
+    """Train on [r, r] sequences of random tokens; score held-out ones every `every` steps.
+    `reference`: transformers' GPT-2 of the same shape instead of labkit's model."""
     study = TrainConfig.load(STUDY_CONFIG)
     torch.manual_seed(seed)
     cfg = ModelConfig.preset(study.model["preset"]).replace(
         init_std=study.model["init_std"], vocab_size=vocab, max_seq_len=seq_len
     )
-    model = LabModel(cfg)
+    model = GPT2Reference(cfg, n_ctx=seq_len + 1) if reference else LabModel(cfg)
     t = study.train
     opt = torch.optim.AdamW(
         model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=(t.beta1, t.beta2)
@@ -75,12 +114,17 @@ def copy_only_run(vocab: int, seq_len: int, steps: int, every: int, seed: int = 
             break
         x = repeated_segments(vocab, seq_len + 1, batch, g)
         with amp:
-            loss = model(x[:, :-1], targets=x[:, 1:], return_type="loss")
+            if reference:
+                logits = model(x[:, :-1]).float()
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+            else:
+                loss = model(x[:, :-1], targets=x[:, 1:], return_type="loss")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
     return {
+        "model": "transformers GPT-2" if reference else cfg.name,
         "vocab_size": vocab,
         "seq_len": seq_len,
         "batch": batch,
@@ -100,21 +144,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.every < 1:
         p.error("--steps and --every must be >= 1")
     torch.set_num_threads(1)
-    cells = {}
-    for vocab, seq_len in GRID:
+    began = time.time()
+    cells: dict[str, dict[str, dict]] = {"cells": {}, "reference_cells": {}}
+    runs = [(v, s, False) for v, s in GRID] + [(v, s, True) for v, s in REFERENCE_GRID]
+    for vocab, seq_len, reference in runs:
         start = time.time()
-        cell = copy_only_run(vocab, seq_len, args.steps, args.every)
-        cells[f"vocab{vocab}_ctx{seq_len}"] = cell
+        cell = copy_only_run(vocab, seq_len, args.steps, args.every, reference=reference)
+        cells["reference_cells" if reference else "cells"][f"vocab{vocab}_ctx{seq_len}"] = cell
         print(
-            f"vocab {vocab:5d} context {seq_len:3d}: crossing at step {cell['crossing_step']}, "
-            f"best score {cell['max_score']:.3f}, copy-loss drop {cell['final_copy_loss_drop']:.2f}"
-            f" ({time.time() - start:.0f} s)",
+            f"{cell['model']:>18} vocab {vocab:5d} context {seq_len:3d}: crossing at step "
+            f"{cell['crossing_step']}, best score {cell['max_score']:.3f}, copy-loss drop "
+            f"{cell['final_copy_loss_drop']:.2f} ({time.time() - start:.0f} s)",
             flush=True,
         )
     save_results(
         args.figures,
         "induction_budget",
-        {"steps": args.steps, "threshold": THRESHOLD, "token_batch": 2048, "cells": cells},
+        {
+            "steps": args.steps,
+            "threshold": THRESHOLD,
+            "token_batch": TrainConfig.load(STUDY_CONFIG).train.batch_tokens,
+            "minutes": round((time.time() - began) / 60, 1),  # wall time, one thread
+            **cells,
+        },
     )
     print(f"wrote induction_budget to {Path(args.figures) / 'results.json'}")
     return 0

@@ -1,5 +1,7 @@
 """Induction and head-type scores: TransformerLens semantics, bridge parity, planted heads."""
 
+import math
+
 import pytest
 import torch
 from conftest import odd_config
@@ -253,8 +255,8 @@ def test_the_detector_sees_copying_heads_form_in_a_phase_change():
 
 
 def test_the_induction_budget_calibration_writes_a_kept_results_section(tmp_path, monkeypatch):
-    """pretrain/induction_budget.py: a few steps per grid cell, its section in results.json next to
-    a notebook's, and `make figures` keeps it (KEPT_SECTIONS)."""
+    """pretrain/induction_budget.py: a few steps per grid cell for labkit's model and the GPT-2
+    reference, its section in results.json next to a notebook's, and `make figures` keeps it."""
     import sys
     from pathlib import Path
 
@@ -264,14 +266,43 @@ def test_the_induction_budget_calibration_writes_a_kept_results_section(tmp_path
     import induction_budget
 
     monkeypatch.setattr(induction_budget, "GRID", [(64, 16)])
+    monkeypatch.setattr(induction_budget, "REFERENCE_GRID", [(64, 16)])
     save_results(tmp_path, "induction", {"x": 1})
     assert induction_budget.main(["--steps", "3", "--every", "2", "--figures", str(tmp_path)]) == 0
     results = load_results(tmp_path)
     assert results["induction"] == {"x": 1}
-    cell = results["induction_budget"]["cells"]["vocab64_ctx16"]
-    assert [c[0] for c in cell["curve"]] == [0, 2, 3]  # the last step is always scored
-    assert cell["batch"] == 2048 // 16 and 0 <= cell["max_score"] <= 1
+    section = results["induction_budget"]
+    for kind, model in (("cells", "tiny-mla"), ("reference_cells", "transformers GPT-2")):
+        cell = section[kind]["vocab64_ctx16"]
+        assert cell["model"] == model
+        assert [c[0] for c in cell["curve"]] == [0, 2, 3]  # the last step is always scored
+        assert cell["batch"] == 2048 // 16 and 0 <= cell["max_score"] <= 1
     assert "induction_budget" in KEPT_SECTIONS
     with pytest.raises(SystemExit) as bad:
         induction_budget.main(["--steps", "0"])
     assert bad.value.code == 2
+
+
+def test_the_gpt2_reference_answers_the_induction_test_like_labkits_model():
+    """The calibration's reference (transformers' GPT-2) goes through the same
+    `repeated_tokens_test` as LabModel: its patterns come back under labkit's hook names, causal
+    and normalised, and its logits score the copies."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pretrain"))
+    from induction_budget import GPT2Reference
+
+    from labkit.analysis.induction import attention_patterns
+    from labkit.config import ModelConfig
+
+    cfg = ModelConfig.preset("tiny-mla").replace(vocab_size=64, n_layers=2)
+    model = GPT2Reference(cfg, n_ctx=24).eval()
+    tokens = repeated_random_tokens(64, 12, batch=2, seed=0)
+    patterns = attention_patterns(model, tokens)
+    assert patterns.shape == (2, 2, cfg.n_heads, 24, 24)
+    torch.testing.assert_close(patterns.sum(-1), torch.ones(2, 2, cfg.n_heads, 24))
+    assert torch.triu(patterns, diagonal=1).abs().max() == 0  # causal
+    result = repeated_tokens_test(model, tokens, 12)
+    assert result.induction_score.shape == (2, cfg.n_heads)
+    assert abs(result.loss_first - math.log(64)) < 1.0  # untrained: about uniform over 64 tokens
