@@ -130,7 +130,7 @@ def save_results(out: str | Path, section: str, values: dict[str, Any]) -> Path:
     others): the numbers a notebook measured, for the README to cite by key. Keys sorted, floats
     rounded (see `_rounded`), written atomically."""
     path = Path(out) / RESULTS
-    results = json.loads(path.read_text()) if path.exists() else {}
+    results = load_results(out)
     results[section] = _rounded(values)
     text = json.dumps(results, indent=2, sort_keys=True, allow_nan=False) + "\n"
     atomic_write_bytes(path, text.encode())
@@ -138,9 +138,21 @@ def save_results(out: str | Path, section: str, values: dict[str, Any]) -> Path:
 
 
 def load_results(out: str | Path) -> dict[str, Any]:
-    """The results.json of a figures directory ({} when there is none yet)."""
+    """The results.json of a figures directory ({} when there is none yet). ValueError, naming
+    the file, when it is not a JSON object: nothing is merged into (or over) a damaged file."""
     path = Path(out) / RESULTS
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        results = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"{path} is not valid JSON ({e}); restore it (git checkout) or delete it"
+        ) from None
+    if not isinstance(results, dict):
+        kind = type(results).__name__
+        raise ValueError(f"{path} holds a JSON {kind}, not an object of sections")
+    return results
 
 
 # ------------------------------------------------------------------------------------ validation

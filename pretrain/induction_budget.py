@@ -44,7 +44,7 @@ from labkit.analysis.induction import (  # noqa: E402
     repeated_tokens_test,
 )
 from labkit.config import ModelConfig, TrainConfig  # noqa: E402
-from labkit.figures import save_results  # noqa: E402
+from labkit.figures import load_results, save_results  # noqa: E402
 from labkit.model import LabModel  # noqa: E402
 
 STUDY_CONFIG = REPO / "pretrain" / "configs" / "paper-mini" / "cpu.toml"
@@ -71,8 +71,13 @@ class GPT2Reference(torch.nn.Module):
         config._attn_implementation = "eager"  # only eager attention returns its patterns
         self.gpt2 = GPT2LMHeadModel(config)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.gpt2(tokens).logits
+    def forward(self, tokens: torch.Tensor, targets=None, return_type: str = "logits"):
+        """LabModel's call: logits, or with `targets` and return_type="loss" the mean next-token
+        cross-entropy (computed in fp32)."""
+        logits = self.gpt2(tokens).logits
+        if return_type != "loss":
+            return logits
+        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
     def run_with_cache(self, tokens: torch.Tensor, names_filter=None):
         out = self.gpt2(tokens, output_attentions=True)
@@ -82,11 +87,17 @@ class GPT2Reference(torch.nn.Module):
 
 
 def copy_only_run(
-    vocab: int, seq_len: int, steps: int, every: int, seed: int = 0, reference: bool = False
+    study: TrainConfig,
+    vocab: int,
+    seq_len: int,
+    steps: int,
+    every: int,
+    seed: int = 0,
+    reference: bool = False,
 ) -> dict:
-    """Train on [r, r] sequences of random tokens; score held-out ones every `every` steps.
-    `reference`: transformers' GPT-2 of the same shape instead of labkit's model."""
-    study = TrainConfig.load(STUDY_CONFIG)
+    """Train on [r, r] sequences of random tokens with the `study` config's model, init and
+    optimizer; score held-out ones every `every` steps. `reference`: transformers' GPT-2 of the
+    same shape instead of labkit's model."""
     torch.manual_seed(seed)
     cfg = ModelConfig.preset(study.model["preset"]).replace(
         init_std=study.model["init_std"], vocab_size=vocab, max_seq_len=seq_len
@@ -114,11 +125,7 @@ def copy_only_run(
             break
         x = repeated_segments(vocab, seq_len + 1, batch, g)
         with amp:
-            if reference:
-                logits = model(x[:, :-1]).float()
-                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
-            else:
-                loss = model(x[:, :-1], targets=x[:, 1:], return_type="loss")
+            loss = model(x[:, :-1], targets=x[:, 1:], return_type="loss")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         opt.step()
@@ -143,13 +150,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.steps < 1 or args.every < 1:
         p.error("--steps and --every must be >= 1")
+    # Fail before the half hour of training, not when writing its results.
+    if not Path(args.figures).is_dir():
+        p.error(f"--figures {args.figures}: no such directory")
+    try:
+        load_results(args.figures)
+    except ValueError as e:
+        p.error(str(e))
+    study = TrainConfig.load(STUDY_CONFIG)
     torch.set_num_threads(1)
     began = time.time()
     cells: dict[str, dict[str, dict]] = {"cells": {}, "reference_cells": {}}
     runs = [(v, s, False) for v, s in GRID] + [(v, s, True) for v, s in REFERENCE_GRID]
     for vocab, seq_len, reference in runs:
         start = time.time()
-        cell = copy_only_run(vocab, seq_len, args.steps, args.every, reference=reference)
+        cell = copy_only_run(study, vocab, seq_len, args.steps, args.every, reference=reference)
         cells["reference_cells" if reference else "cells"][f"vocab{vocab}_ctx{seq_len}"] = cell
         print(
             f"{cell['model']:>18} vocab {vocab:5d} context {seq_len:3d}: crossing at step "
@@ -163,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         {
             "steps": args.steps,
             "threshold": THRESHOLD,
-            "token_batch": TrainConfig.load(STUDY_CONFIG).train.batch_tokens,
+            "token_batch": study.train.batch_tokens,
             "minutes": round((time.time() - began) / 60, 1),  # wall time, one thread
             **cells,
         },

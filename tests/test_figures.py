@@ -322,3 +322,16 @@ def test_readme_study_numbers_are_read_from_results_json():
 def test_make_paper_refuses_a_parallel_count_below_one(capsys):
     assert paper.main(["--parallel", "0", "--no-figures"]) == 2
     assert "--parallel must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_results_json_that_is_damaged_is_named_and_never_merged_over(tmp_path):
+    from labkit.figures import load_results, save_results
+
+    path = tmp_path / "results.json"
+    for damaged, message in (("{not json", "is not valid JSON"), ("[1, 2]", "holds a JSON list")):
+        path.write_text(damaged)
+        for call in (lambda: load_results(tmp_path), lambda: save_results(tmp_path, "s", {"x": 1})):
+            with pytest.raises(ValueError, match=message) as err:
+                call()
+            assert str(path) in str(err.value)
+        assert path.read_text() == damaged

@@ -1,6 +1,8 @@
 """Induction and head-type scores: TransformerLens semantics, bridge parity, planted heads."""
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +23,9 @@ from labkit.analysis.induction import (
 from labkit.data.tokenizer import train_tokenizer
 from labkit.export import to_hf
 from labkit.model import LabModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pretrain"))
+import induction_budget  # noqa: E402
 
 
 def test_detection_patterns_equal_transformerlens():
@@ -257,13 +262,7 @@ def test_the_detector_sees_copying_heads_form_in_a_phase_change():
 def test_the_induction_budget_calibration_writes_a_kept_results_section(tmp_path, monkeypatch):
     """pretrain/induction_budget.py: a few steps per grid cell for labkit's model and the GPT-2
     reference, its section in results.json next to a notebook's, and `make figures` keeps it."""
-    import sys
-    from pathlib import Path
-
     from labkit.figures import KEPT_SECTIONS, load_results, save_results
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pretrain"))
-    import induction_budget
 
     monkeypatch.setattr(induction_budget, "GRID", [(64, 16)])
     monkeypatch.setattr(induction_budget, "REFERENCE_GRID", [(64, 16)])
@@ -287,17 +286,11 @@ def test_the_gpt2_reference_answers_the_induction_test_like_labkits_model():
     """The calibration's reference (transformers' GPT-2) goes through the same
     `repeated_tokens_test` as LabModel: its patterns come back under labkit's hook names, causal
     and normalised, and its logits score the copies."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pretrain"))
-    from induction_budget import GPT2Reference
-
     from labkit.analysis.induction import attention_patterns
     from labkit.config import ModelConfig
 
     cfg = ModelConfig.preset("tiny-mla").replace(vocab_size=64, n_layers=2)
-    model = GPT2Reference(cfg, n_ctx=24).eval()
+    model = induction_budget.GPT2Reference(cfg, n_ctx=24).eval()
     tokens = repeated_random_tokens(64, 12, batch=2, seed=0)
     patterns = attention_patterns(model, tokens)
     assert patterns.shape == (2, 2, cfg.n_heads, 24, 24)
@@ -306,3 +299,15 @@ def test_the_gpt2_reference_answers_the_induction_test_like_labkits_model():
     result = repeated_tokens_test(model, tokens, 12)
     assert result.induction_score.shape == (2, cfg.n_heads)
     assert abs(result.loss_first - math.log(64)) < 1.0  # untrained: about uniform over 64 tokens
+
+
+def test_the_induction_budget_checks_its_output_before_training(tmp_path, monkeypatch, capsys):
+    """A damaged results.json or a missing --figures directory is one line and exit 2 before
+    any training (not a traceback after half an hour), and the damaged file is left as it was."""
+    monkeypatch.setattr(induction_budget, "copy_only_run", lambda *a, **k: pytest.fail("trained"))
+    (tmp_path / "results.json").write_text("{not json")
+    for figures, message in ((tmp_path, "is not valid JSON"), (tmp_path / "no", "no such dir")):
+        with pytest.raises(SystemExit) as bad:
+            induction_budget.main(["--figures", str(figures)])
+        assert bad.value.code == 2 and message in capsys.readouterr().err
+    assert (tmp_path / "results.json").read_text() == "{not json"
