@@ -328,6 +328,7 @@ class TrainingRun:
             step=step,
             argv=sys.argv[1:],
             changed={k: list(v) for k, v in self.changes.items()},
+            data_passes=self.loader.data.passes,  # how often it reads each source
         )
 
     # ------------------------------------------------------------------ during the loop

@@ -46,7 +46,7 @@ if IN_CHECKOUT:
     sys.path.insert(0, str(REPO))
 
 from labkit.config import TrainConfig  # noqa: E402
-from labkit.data.loader import Loader, MixedData, eval_windows  # noqa: E402
+from labkit.data.loader import Loader, MixedData, eval_windows, passes_report  # noqa: E402
 from labkit.errors import one_line_errors  # noqa: E402
 from labkit.model import LabModel  # noqa: E402
 from labkit.parallel import Dist, Parallel, choose_strategy  # noqa: E402
@@ -193,6 +193,8 @@ class Trainer:
                 f"{t.micro_batch} x {seq} x {d.world} = {accum * t.micro_batch * seq * d.world:,}"
                 f" tokens (target {t.batch_tokens:,}); run dir {self.run.path}"
             )
+            line, warning = passes_report(self.loader.data.passes)
+            print(line + (f"\nwarning: {warning}" if warning else ""))
 
     def set_lr(self, step: int, total_steps: int) -> float:
         t = self.cfg.train

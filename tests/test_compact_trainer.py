@@ -166,6 +166,27 @@ def test_the_loader_owns_its_position(ci_data):
     assert np.array_equal(np.concatenate([r0.next_batch(16, 0), r1.next_batch(16, 0)]), one)
 
 
+def test_the_loader_says_how_often_a_run_reads_each_source(ci_data):
+    from labkit.data.build import load_manifest
+    from labkit.data.loader import USEFUL_PASSES, MixedData, passes_report
+
+    plan = load_manifest(ci_data)["mixes"]["dense"]
+    planned = plan[-1]["end_token"]
+    epochs: dict[str, float] = {}
+    for stage in plan:
+        for source, e in stage["epochs"].items():
+            epochs[source] = epochs.get(source, 0.0) + e
+    # at the mix's own budget, a run reads each source as often as the build planned
+    once = MixedData(ci_data, "dense", planned, 0).passes
+    assert once == pytest.approx({k: v for k, v in epochs.items() if v}, abs=0.01)
+    ten = MixedData(ci_data, "dense", 10 * planned, 0).passes
+    assert ten == pytest.approx({k: 10 * v for k, v in once.items()}, rel=0.01, abs=0.05)
+    line, warning = passes_report({"code": 0.5, "prose": 2 * USEFUL_PASSES})
+    assert line == "data passes: prose 8x, code 0.5x"
+    assert "prose (8x)" in warning and "code" not in warning and "train.tokens" in warning
+    assert passes_report({"prose": USEFUL_PASSES})[1] is None
+
+
 # ------------------------------------------------------------------------------ probes
 def test_probe_spec_is_parsed_once_and_reads_like_its_yaml():
     from labkit.analysis.probe_tasks import ProbeSpec

@@ -216,6 +216,8 @@ def test_resume_uses_the_pinned_config_and_refuses_changes(finished, copy_of):
     history = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
     assert [h["event"] for h in history] == ["start", "finish", "resume", "finish"]
     assert history[2]["changed"] == {"log.every_steps": [1, 2]}  # a safe change, recorded
+    assert history[0]["data_passes"] == history[2]["data_passes"] and history[0]["data_passes"]
+    assert "data passes: " in proc.stdout
     # a different learning rate, mix or model is refused, naming the keys
     proc = trainer(["--run-dir", str(run_dir), "--resume", "--set", "train.lr=0.1"])
     assert proc.returncode == 2 and "train.lr (0.003 -> 0.1)" in one_line(proc.stderr)

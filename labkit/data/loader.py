@@ -87,8 +87,14 @@ class Position:
     offset: int = 0  # tokens into the stage's stream
 
 
+# Beyond about four passes over the same tokens, more passes are worth much less than new data
+# (Muennighoff et al. 2023, "Scaling Data-Constrained Language Models").
+USEFUL_PASSES = 4.0
+
+
 class MixedData:
-    """The training stream of one mix, its stage boundaries scaled to `run_tokens`."""
+    """The training stream of one mix, its stage boundaries scaled to `run_tokens`. `passes`: how
+    many times the run reads each source's training documents (1.5 = each once, half twice)."""
 
     def __init__(self, data_dir: str | Path, mix: str, run_tokens: int, seed: int):
         self.dir = Path(data_dir)
@@ -107,8 +113,11 @@ class MixedData:
         plan = self.manifest["mixes"][mix]
         plan_total = plan[-1]["end_token"]
         self.stages, self.boundaries = [], []
+        scale = run_tokens / plan_total
+        sizes = {k: int(v.lengths.sum()) for k, v in self.sources.items()}
+        read = {k: sum(s["tokens"].get(k, 0) for s in plan) * scale for k in sizes}
+        self.passes = {k: round(read[k] / sizes[k], 2) for k in sizes if sizes[k] and read[k]}
         for stage in plan:
-            scale = run_tokens / plan_total
             scaled = dict(stage, tokens={k: int(v * scale) + 1 for k, v in stage["tokens"].items()})
             self.stages.append(scaled)
             self.boundaries.append(int(stage["end_token"] * scale))
@@ -137,6 +146,21 @@ class MixedData:
         flat = stream.read(start, count * seq_len + 1)
         idx = np.arange(count)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
         return flat[idx]
+
+
+def passes_report(passes: dict[str, float]) -> tuple[str, str | None]:
+    """One line saying how often a run reads each source, most-read first, and a warning (None
+    when no source is read more than USEFUL_PASSES times)."""
+    order = sorted(passes.items(), key=lambda kv: (-kv[1], kv[0]))
+    line = "data passes: " + ", ".join(f"{k} {v:g}x" for k, v in order)
+    over = [f"{k} ({v:g}x)" for k, v in order if v > USEFUL_PASSES]
+    if not over:
+        return line, None
+    return line, (
+        f"this run reads {', '.join(over)} more than {USEFUL_PASSES:g} times; past that, repeated "
+        "tokens are worth much less than new ones (Muennighoff et al. 2023): build a larger data "
+        "set, give those sources less mix weight, or lower train.tokens"
+    )
 
 
 class Loader:
