@@ -225,9 +225,11 @@ def test_large_vocabularies_use_uint32_shards(tmp_path):
 
 
 def test_shipped_data_configs_parse():
-    for name in ("ci", "demo", "template"):
-        cfg = DataConfig.load(ROOT / "pretrain" / "configs" / "data" / f"{name}.toml")
-        assert cfg.tokenizer.vocab_size >= 2048
+    shipped = sorted((ROOT / "pretrain" / "configs" / "data").glob("*.toml"))
+    assert {p.stem for p in shipped} >= {"ci", "demo", "paper-mini", "paper-mini-gpu", "template"}
+    for path in shipped:
+        cfg = DataConfig.load(path)
+        assert cfg.tokenizer.vocab_size >= 2048, path.name
     assert "mytext" in DataConfig.load(ROOT / "pretrain/configs/data/template.toml").sources
 
 

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from conftest import CI, ROOT  # noqa: E402
 
 from labkit.cli import main  # noqa: E402
-from labkit.config import TrainConfig, params_gap  # noqa: E402
+from labkit.config import DataConfig, TrainConfig, params_gap  # noqa: E402
 from labkit.figures import (  # noqa: E402
     NotebookFailed,
     build,
@@ -134,6 +134,12 @@ def test_every_scale_of_the_study_loads_and_pairs_twins_within_two_percent():
             sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
             cfg = TrainConfig.load(ROOT / scale["config"], sets)
             assert cfg.data.mix == run["mix"]
+            # step 0 is the probes' init baseline and the CKA floor of every scale
+            assert cfg.checkpoint.save_init, (scale_name, name)
+            if cfg.data.config:  # a corpus built for the study: its mix spans exactly one run
+                data = DataConfig.load(ROOT / cfg.data.config)
+                assert data.total_tokens == cfg.train.tokens, (scale_name, data.total_tokens)
+                assert run["mix"] in data.mixes
             presets[name] = cfg.model_config(vocab_size=4096)
             budgets.add((cfg.train.tokens, cfg.train.batch_tokens))
             seeds[name] = cfg.seed

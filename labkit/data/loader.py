@@ -116,7 +116,7 @@ class MixedData:
         scale = run_tokens / plan_total
         sizes = {k: int(v.lengths.sum()) for k, v in self.sources.items()}
         read = {k: sum(s["tokens"].get(k, 0) for s in plan) * scale for k in sizes}
-        self.passes = {k: round(read[k] / sizes[k], 2) for k in sizes if sizes[k] and read[k]}
+        self.passes = {k: float(f"{read[k] / sizes[k]:.3g}") for k in sizes if sizes[k] and read[k]}
         for stage in plan:
             scaled = dict(stage, tokens={k: int(v * scale) + 1 for k, v in stage["tokens"].items()})
             self.stages.append(scaled)
