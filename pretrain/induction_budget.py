@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -94,15 +95,19 @@ def copy_only_run(
     every: int,
     seed: int = 0,
     reference: bool = False,
+    preset: str | None = None,
+    make_model: Callable[[ModelConfig], torch.nn.Module] | None = None,
 ) -> dict:
-    """Train on [r, r] sequences of random tokens with the `study` config's model, init and
-    optimizer; score held-out ones every `every` steps. `reference`: transformers' GPT-2 of the
-    same shape instead of labkit's model."""
+    """Train on [r, r] sequences of random tokens with the `study` config's model (or `preset`),
+    init and optimizer; score held-out ones every `every` steps. `reference`: transformers' GPT-2
+    of the same shape instead of labkit's model; `make_model`: another model built from the
+    config (pretrain/mla_copy_ablation.py's MLA variants)."""
     torch.manual_seed(seed)
-    cfg = ModelConfig.preset(study.model["preset"]).replace(
+    cfg = ModelConfig.preset(preset or study.model["preset"]).replace(
         init_std=study.model["init_std"], vocab_size=vocab, max_seq_len=seq_len
     )
-    model = GPT2Reference(cfg, n_ctx=seq_len + 1) if reference else LabModel(cfg)
+    build = (lambda c: GPT2Reference(c, n_ctx=seq_len + 1)) if reference else make_model or LabModel
+    model = build(cfg)
     t = study.train
     opt = torch.optim.AdamW(
         model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=(t.beta1, t.beta2)

@@ -311,3 +311,39 @@ def test_the_induction_budget_checks_its_output_before_training(tmp_path, monkey
             induction_budget.main(["--figures", str(figures)])
         assert bad.value.code == 2 and message in capsys.readouterr().err
     assert (tmp_path / "results.json").read_text() == "{not json"
+
+
+def test_the_mla_ablation_variants_change_one_part_and_write_a_kept_section(tmp_path):
+    """pretrain/mla_copy_ablation.py: with every head's RoPE key set to MLA's shared one, the
+    rope-per-head variant computes MLA exactly; the latent-free variant has no c_kv and gives its
+    patterns to the induction test; a few steps of every variant land in a kept section."""
+    import mla_copy_ablation as ablation
+
+    from labkit.config import ModelConfig
+    from labkit.figures import KEPT_SECTIONS, load_results
+    from labkit.model import rope_tables
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny-mla").replace(vocab_size=64, n_layers=1)
+    mla = LabModel(cfg).blocks[0].attn
+    per_head = ablation.MLAVariant(cfg, "rope_per_head")
+    state = dict(mla.state_dict())
+    latent, rope = mla.kv_down.weight.split([mla.rank, mla.rope])
+    state["kv_down.weight"] = torch.cat([latent] + [rope] * cfg.n_heads)
+    per_head.load_state_dict(state)
+    x = torch.randn(2, 10, cfg.d_model)
+    cos, sin = rope_tables(mla.rope, torch.arange(10), cfg.rope_theta)
+    torch.testing.assert_close(per_head(x, cos, sin), mla(x, cos, sin, None))
+
+    model = ablation.mla_variant("without_latent")(cfg)
+    assert not any("kv_up" in n or "kv_norm" in n for n, _ in model.named_parameters())
+    result = repeated_tokens_test(model, repeated_random_tokens(64, 8, batch=2, seed=0), 8)
+    assert result.induction_score.shape == (1, cfg.n_heads)
+
+    args = ["--steps", "2", "--every", "2", "--seeds", "0", "--figures", str(tmp_path)]
+    assert ablation.main(args) == 0
+    section = load_results(tmp_path)["mla_copy_ablation"]
+    assert set(section["runs"]) == set(ablation.VARIANTS) == set(section["mean_copy_loss_drop"])
+    assert [c[0] for c in section["runs"]["mla_without_latent"]["0"]["curve"]] == [0, 2]
+    assert section["runs"]["gqa"]["0"]["model"] == "tiny-gqa"
+    assert "mla_copy_ablation" in KEPT_SECTIONS
