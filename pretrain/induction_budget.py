@@ -147,23 +147,30 @@ def copy_only_run(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps per grid cell")
-    p.add_argument("--every", type=int, default=50, help="score every this many steps")
-    p.add_argument("--figures", default=str(REPO / "figures"), help="where results.json lives")
+def parse_checked(
+    p: argparse.ArgumentParser, argv: list[str] | None
+) -> tuple[argparse.Namespace, TrainConfig]:
+    """The arguments, with --steps, --every and --figures checked before the training rather than
+    when its results are written (exit 2 with one line), and the study's config; one thread."""
     args = p.parse_args(argv)
     if args.steps < 1 or args.every < 1:
         p.error("--steps and --every must be >= 1")
-    # Fail before the half hour of training, not when writing its results.
     if not Path(args.figures).is_dir():
         p.error(f"--figures {args.figures}: no such directory")
     try:
         load_results(args.figures)
     except ValueError as e:
         p.error(str(e))
-    study = TrainConfig.load(STUDY_CONFIG)
     torch.set_num_threads(1)
+    return args, TrainConfig.load(STUDY_CONFIG)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps per grid cell")
+    p.add_argument("--every", type=int, default=50, help="score every this many steps")
+    p.add_argument("--figures", default=str(REPO / "figures"), help="where results.json lives")
+    args, study = parse_checked(p, argv)
     began = time.time()
     cells: dict[str, dict[str, dict]] = {"cells": {}, "reference_cells": {}}
     runs = [(v, s, False) for v, s in GRID] + [(v, s, True) for v, s in REFERENCE_GRID]

@@ -34,10 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 sys.path.insert(0, str(REPO / "pretrain"))
 
-from induction_budget import STUDY_CONFIG, copy_only_run  # noqa: E402
+from induction_budget import copy_only_run, parse_checked  # noqa: E402
 
-from labkit.config import ModelConfig, TrainConfig  # noqa: E402
-from labkit.figures import load_results, save_results  # noqa: E402
+from labkit.config import ModelConfig  # noqa: E402
+from labkit.figures import save_results  # noqa: E402
 from labkit.model import LabModel, MultiHeadLatentAttention, apply_rope  # noqa: E402
 
 VOCAB, CONTEXT = 1024, 64  # the induction calibration's most favourable cell
@@ -107,17 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds per variant")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--figures", default=str(REPO / "figures"), help="where results.json lives")
-    args = p.parse_args(argv)
-    if args.steps < 1 or args.every < 1:
-        p.error("--steps and --every must be >= 1")
-    if not Path(args.figures).is_dir():  # fail before the training, not when writing its results
-        p.error(f"--figures {args.figures}: no such directory")
-    try:
-        load_results(args.figures)
-    except ValueError as e:
-        p.error(str(e))
-    study = TrainConfig.load(STUDY_CONFIG)
-    torch.set_num_threads(1)
+    args, study = parse_checked(p, argv)
     began = time.time()
     runs: dict[str, dict[str, dict]] = {}
     for name in args.variants:
