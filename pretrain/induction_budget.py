@@ -94,20 +94,18 @@ def copy_only_run(
     steps: int,
     every: int,
     seed: int = 0,
-    reference: bool = False,
     preset: str | None = None,
     make_model: Callable[[ModelConfig], torch.nn.Module] | None = None,
 ) -> dict:
     """Train on [r, r] sequences of random tokens with the `study` config's model (or `preset`),
-    init and optimizer; score held-out ones every `every` steps. `reference`: transformers' GPT-2
-    of the same shape instead of labkit's model; `make_model`: another model built from the
-    config (pretrain/mla_copy_ablation.py's MLA variants)."""
+    init and optimizer; score held-out ones every `every` steps. `make_model`: another model built
+    from the config instead of LabModel (the GPT-2 reference, pretrain/mla_copy_ablation.py's MLA
+    variants)."""
     torch.manual_seed(seed)
     cfg = ModelConfig.preset(preset or study.model["preset"]).replace(
         init_std=study.model["init_std"], vocab_size=vocab, max_seq_len=seq_len
     )
-    build = (lambda c: GPT2Reference(c, n_ctx=seq_len + 1)) if reference else make_model or LabModel
-    model = build(cfg)
+    model = (make_model or LabModel)(cfg)
     t = study.train
     opt = torch.optim.AdamW(
         model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=(t.beta1, t.beta2)
@@ -136,7 +134,7 @@ def copy_only_run(
         opt.step()
         opt.zero_grad(set_to_none=True)
     return {
-        "model": "transformers GPT-2" if reference else cfg.name,
+        "model": "transformers GPT-2" if isinstance(model, GPT2Reference) else cfg.name,
         "vocab_size": vocab,
         "seq_len": seq_len,
         "batch": batch,
@@ -176,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = [(v, s, False) for v, s in GRID] + [(v, s, True) for v, s in REFERENCE_GRID]
     for vocab, seq_len, reference in runs:
         start = time.time()
-        cell = copy_only_run(study, vocab, seq_len, args.steps, args.every, reference=reference)
+        gpt2 = (lambda cfg, n=seq_len + 1: GPT2Reference(cfg, n_ctx=n)) if reference else None
+        cell = copy_only_run(study, vocab, seq_len, args.steps, args.every, make_model=gpt2)
         cells["reference_cells" if reference else "cells"][f"vocab{vocab}_ctx{seq_len}"] = cell
         print(
             f"{cell['model']:>18} vocab {vocab:5d} context {seq_len:3d}: crossing at step "
