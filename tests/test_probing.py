@@ -292,6 +292,8 @@ def test_induction_cka_and_latent_commands_on_the_ci_run(reference, tmp_path, ca
     assert np.allclose(cka["to_final"][final], 1.0) and np.allclose(
         np.diag(cka["between"][final]), 1.0
     )
+    # a run against itself: every layer is its own most similar layer
+    assert cka["layer_identification"][final]["fraction"] == 1.0
     assert (
         main(
             [
