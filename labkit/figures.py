@@ -100,7 +100,7 @@ def save_figure(
 RESULTS = "results.json"  # the study's numbers, one top-level section per notebook
 # sections no notebook writes (`make paper`'s own cost, the calibrations of
 # pretrain/induction_budget.py and pretrain/mla_copy_ablation.py): a figure rebuild keeps them
-KEPT_SECTIONS = ("study", "induction_budget", "mla_copy_ablation")
+KEPT_SECTIONS = ("study", "induction_budget", "mla_copy_ablation", "long_control")
 
 
 def _rounded(value: Any, digits: int = 6) -> Any:

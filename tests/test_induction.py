@@ -26,6 +26,7 @@ from labkit.model import LabModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pretrain"))
 import induction_budget  # noqa: E402
+import long_control  # noqa: E402
 
 
 def test_detection_patterns_equal_transformerlens():
@@ -280,6 +281,46 @@ def test_the_induction_budget_calibration_writes_a_kept_results_section(tmp_path
     with pytest.raises(SystemExit) as bad:
         induction_budget.main(["--steps", "0"])
     assert bad.value.code == 2
+
+
+def test_the_long_control_trains_two_seeds_and_reads_both_controls_at_the_study_budget(
+    ci_data, tmp_path, monkeypatch
+):
+    """pretrain/long_control.py at CI size: two seeds trained side by side through `make paper`'s
+    trainer command, then the induction summary per run and the seeds' CKA layer identification
+    at every shared milestone, the study's own budget among them; a second call finds both runs
+    finished and trains nothing; `make figures` keeps the section."""
+    from labkit.figures import KEPT_SECTIONS, load_results
+
+    monkeypatch.setattr(long_control, "STEPS", 4)
+    monkeypatch.setattr(long_control, "STUDY_STEPS", 2)
+    monkeypatch.setattr(long_control, "SCALE", {
+        "config": "pretrain/configs/ci.toml", "preset": "tiny-{attention}",
+        "set": [f"data.dir={ci_data}", "checkpoint.every_tokens=1024", "log.tensorboard=false"],
+    })  # fmt: skip
+    monkeypatch.setattr(long_control, "ICL_EARLY", 8)
+    monkeypatch.setattr(long_control, "ICL_LATE", 60)
+    monkeypatch.setattr(long_control, "CKA_DOCUMENTS", 8)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    runs, figures = tmp_path / "runs", tmp_path / "figures"
+    figures.mkdir()
+    args = ["--runs-dir", str(runs), "--figures", str(figures)]
+    assert long_control.main(args) == 0
+    section = load_results(figures)["long_control"]
+    assert set(section["induction"]) == {"gqa-dense", "gqa-dense-seed2"}
+    for summary in section["induction"].values():
+        assert summary["milestone_tokens"][-1] == 4 * 1024
+        assert 0 <= summary["max_score"] <= 1 and "copy_loss_drop" in summary
+    cka = section["cka_layer_identification"]
+    assert 2048 in [tokens for tokens, _ in cka["curve"]]  # the study's budget is a milestone
+    assert dict(cka["curve"])[2048] == cka["at_study_budget"]
+    assert dict(cka["curve"])[4096] == cka["final"] and len(cka["final_argmax"]) == 2
+    seeds = [(runs / n / "config.json").read_text() for n in ("gqa-dense", "gqa-dense-seed2")]
+    assert '"seed": 2024' in seeds[1] and '"seed": 2024' not in seeds[0]
+    stamp = (runs / "gqa-dense" / "final.json").stat().st_mtime_ns
+    assert long_control.main(args) == 0  # finished runs are not trained again
+    assert (runs / "gqa-dense" / "final.json").stat().st_mtime_ns == stamp
+    assert "long_control" in KEPT_SECTIONS
 
 
 def test_the_gpt2_reference_answers_the_induction_test_like_labkits_model():
