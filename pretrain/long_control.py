@@ -21,8 +21,10 @@ with the identification at the study's own budget (2,048,000 tokens) beside the 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +67,15 @@ def long_scale() -> tuple[dict, int]:
     return SCALE | {"set": [*SCALE["set"], f"train.tokens={STEPS * batch}"]}, STUDY_STEPS * batch
 
 
+def train_minutes(run_dir: Path) -> float:
+    """Wall minutes from the run's first start to its finish, from its history.jsonl (whatever
+    else the machine was doing meanwhile)."""
+    events = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    start = datetime.fromisoformat(next(e["time"] for e in events if e["event"] == "start"))
+    finish = datetime.fromisoformat([e["time"] for e in events if e["event"] == "finish"][-1])
+    return round((finish - start).total_seconds() / 60, 1)
+
+
 def analyse(runs_dir: Path, study_tokens: int) -> dict:
     """Notebook 02's induction summary per run and notebook 04's seed-vs-seed layer
     identification at every shared milestone."""
@@ -82,6 +93,7 @@ def analyse(runs_dir: Path, study_tokens: int) -> dict:
 
     a, b = (open_run(runs_dir / name) for name in RUNS)
     out: dict = {"steps": STEPS, "study_steps": STUDY_STEPS, "induction": {}}
+    out["train_minutes"] = {run.name: train_minutes(run.path) for run in (a, b)}
     for run in (a, b):
         induction = induction_over_milestones(
             run.milestones, INDUCTION_SEQ, INDUCTION_BATCH, 0.3, progress=True
@@ -129,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         if rc:
             return rc
     result = analyse(runs_dir, study_tokens)
-    result["minutes"] = round((time.time() - began) / 60, 1)  # training (if any) and analysis
+    result["minutes"] = round((time.time() - began) / 60, 1)  # this call: training if any, analysis
     save_results(args.figures, "long_control", result)
     for name, s in result["induction"].items():
         print(f"{name}: best induction head {s['max_score']:.3f} (crossing: "

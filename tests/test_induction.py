@@ -311,6 +311,7 @@ def test_the_long_control_trains_two_seeds_and_reads_both_controls_at_the_study_
     for summary in section["induction"].values():
         assert summary["milestone_tokens"][-1] == 4 * 1024
         assert 0 <= summary["max_score"] <= 1 and "copy_loss_drop" in summary
+    assert set(section["train_minutes"]) == {"gqa-dense", "gqa-dense-seed2"}
     cka = section["cka_layer_identification"]
     assert 2048 in [tokens for tokens, _ in cka["curve"]]  # the study's budget is a milestone
     assert dict(cka["curve"])[2048] == cka["at_study_budget"]
