@@ -27,6 +27,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 sys.path.insert(0, str(REPO / "pretrain"))
@@ -106,11 +108,15 @@ def analyse(runs_dir: Path, study_tokens: int) -> dict:
     )
     rows = compare_runs(shared_milestones(a, b), sequences, "resid_post", progress=True)
     found = {r["tokens"]: layer_identification(r["cka"]) for r in rows}
+    last = rows[-1]["tokens"]
+    # one milestone's argmax can flip on a margin of 0.01: also the mean over the second half
+    second_half = [f["fraction"] for tokens, f in found.items() if tokens > last / 2]
     out["cka_layer_identification"] = {
         "runs": [a.name, b.name],
         "at_study_budget": found[study_tokens]["fraction"],
-        "final": found[rows[-1]["tokens"]]["fraction"],
-        "final_argmax": found[rows[-1]["tokens"]]["argmax"],
+        "final": found[last]["fraction"],
+        "mean_second_half": float(np.mean(second_half)),
+        "final_argmax": found[last]["argmax"],
         "curve": [[tokens, f["fraction"]] for tokens, f in found.items()],
     }
     return out

@@ -316,6 +316,7 @@ def test_the_long_control_trains_two_seeds_and_reads_both_controls_at_the_study_
     assert 2048 in [tokens for tokens, _ in cka["curve"]]  # the study's budget is a milestone
     assert dict(cka["curve"])[2048] == cka["at_study_budget"]
     assert dict(cka["curve"])[4096] == cka["final"] and len(cka["final_argmax"]) == 2
+    assert cka["mean_second_half"] == pytest.approx((dict(cka["curve"])[3072] + cka["final"]) / 2)
     seeds = [(runs / n / "config.json").read_text() for n in ("gqa-dense", "gqa-dense-seed2")]
     assert '"seed": 2024' in seeds[1] and '"seed": 2024' not in seeds[0]
     stamp = (runs / "gqa-dense" / "final.json").stat().st_mtime_ns
