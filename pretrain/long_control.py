@@ -13,8 +13,9 @@ study, and no source read more than 0.67 times. The two runs train side by side,
 
 Then, with notebook 02's and 04's procedures: per run the induction summary over every milestone
 (head_detector semantics on repeated random tokens, threshold 0.3; the copy-loss drop; the ICL
-score), and at every milestone the two seeds share, Kornblith et al.'s layer identification by
-linear CKA at resid_post. Writes `long_control` to figures/results.json (kept by `make figures`),
+score), at every milestone the two seeds share Kornblith et al.'s layer identification by linear
+CKA at resid_post, and notebook 03's probes against their baselines at the first seed's study
+budget and last milestone. Writes `long_control` to figures/results.json (kept by `make figures`),
 with the identification at the study's own budget (2,048,000 tokens) beside the last milestone's.
 """
 
@@ -55,9 +56,12 @@ RUNS = {
     "gqa-dense": {"attention": "gqa", "mix": "dense"},
     "gqa-dense-seed2": {"attention": "gqa", "mix": "dense", "seed": 2024},
 }
-# notebook 02's induction test (random half, batch) and ICL positions; notebook 04's CKA text
+# notebook 02's induction test (random half, batch) and ICL positions; notebook 04's CKA text;
+# notebook 03's probe targets (None: all), documents per target (None: the spec's) and null draws
 INDUCTION_SEQ, INDUCTION_BATCH, ICL_EARLY, ICL_LATE = 64, 16, 16, 200
 CKA_DOCUMENTS, CKA_MAX_LEN = 64, 128
+PROBE_TARGETS, PROBE_DOCUMENTS, PROBE_NULLS = None, None, 3
+PROBE_KEYS = ("accuracy", "ci", "null", "init_baseline", "bow_baseline", "beats")
 
 
 def long_scale() -> tuple[dict, int]:
@@ -119,7 +123,42 @@ def analyse(runs_dir: Path, study_tokens: int) -> dict:
         "final_argmax": found[last]["argmax"],
         "curve": [[tokens, f["fraction"]] for tokens, f in found.items()],
     }
+    out["probes"] = probes(a, study_tokens)
     return out
+
+
+def probes(run, study_tokens: int) -> dict:
+    """Notebook 03's probes with their baselines (null, step 0, bag of tokens, digit count) at
+    the study's budget and at the last milestone of `run`: which targets beat every baseline."""
+    from labkit.study import (
+        init_milestone,
+        load_probe_spec,
+        probe_against_baselines,
+        probe_set,
+        probe_targets,
+        run_data_dir,
+    )
+
+    data, max_len = run_data_dir(run.milestones[-1]), run.model.max_seq_len
+    sets = {
+        t: probe_set(load_probe_spec(t, max_documents=PROBE_DOCUMENTS), data, max_len)
+        for t in PROBE_TARGETS or probe_targets()
+    }
+    by_tokens = {int(m.name.split("_")[-1]): m for m in run.milestones}
+    out = {}
+    for tokens in (study_tokens, max(by_tokens)):
+        found = probe_against_baselines(
+            by_tokens[tokens], init_milestone(run.milestones), sets, n_null=PROBE_NULLS
+        )
+        out[str(tokens)] = {
+            "beats_all_baselines": [t for t, r in found.items() if r["beats_all_baselines"]],
+            "targets": {t: {k: r[k] for k in PROBE_KEYS} for t, r in found.items()},
+        }
+    return {
+        "run": run.name,
+        "at_study_budget": out[str(study_tokens)],
+        "final": out[str(max(by_tokens))],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, s in result["induction"].items():
         print(f"{name}: best induction head {s['max_score']:.3f} (crossing: "
               f"{s['crossing_tokens']}), copy-loss drop {s['copy_loss_drop']:.2f}")  # fmt: skip
+    for when in ("at_study_budget", "final"):
+        beat = result["probes"][when]["beats_all_baselines"]
+        print(f"probe targets beating every baseline ({when}): {', '.join(beat) or 'none'}")
     cka = result["cka_layer_identification"]
     print(f"CKA layer identification: {cka['at_study_budget']:.0%} at the study's budget, "
           f"{cka['final']:.0%} after {STEPS:,} steps")  # fmt: skip

@@ -301,6 +301,9 @@ def test_the_long_control_trains_two_seeds_and_reads_both_controls_at_the_study_
     monkeypatch.setattr(long_control, "ICL_EARLY", 8)
     monkeypatch.setattr(long_control, "ICL_LATE", 60)
     monkeypatch.setattr(long_control, "CKA_DOCUMENTS", 8)
+    monkeypatch.setattr(long_control, "PROBE_TARGETS", ["domain", "number_value"])
+    monkeypatch.setattr(long_control, "PROBE_DOCUMENTS", 60)
+    monkeypatch.setattr(long_control, "PROBE_NULLS", 2)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     runs, figures = tmp_path / "runs", tmp_path / "figures"
     figures.mkdir()
@@ -317,6 +320,13 @@ def test_the_long_control_trains_two_seeds_and_reads_both_controls_at_the_study_
     assert dict(cka["curve"])[2048] == cka["at_study_budget"]
     assert dict(cka["curve"])[4096] == cka["final"] and len(cka["final_argmax"]) == 2
     assert cka["mean_second_half"] == pytest.approx((dict(cka["curve"])[3072] + cka["final"]) / 2)
+    probes = section["probes"]
+    assert probes["run"] == "gqa-dense"
+    for when in ("at_study_budget", "final"):
+        assert set(probes[when]["targets"]) == {"domain", "number_value"}
+        for target in probes[when]["beats_all_baselines"]:
+            assert all(probes[when]["targets"][target]["beats"].values())
+    assert "digit_count" in probes["final"]["targets"]["number_value"]["beats"]
     seeds = [(runs / n / "config.json").read_text() for n in ("gqa-dense", "gqa-dense-seed2")]
     assert '"seed": 2024' in seeds[1] and '"seed": 2024' not in seeds[0]
     stamp = (runs / "gqa-dense" / "final.json").stat().st_mtime_ns
