@@ -296,16 +296,18 @@ def cmd_cka(args: argparse.Namespace) -> int:
         rows = compare_runs(pairs, seqs, args.site, progress=True)
         result["between"] = {r["milestone"]: r["cka"] for r in rows}
         result["rsa"] = {r["milestone"]: r["rsa"] for r in rows}
-        # Kornblith et al.'s check, meaningful when the two runs are seeds of one architecture
-        result["layer_identification"] = {
-            r["milestone"]: layer_identification(r["cka"]) for r in rows
-        }
         last = rows[-1]["cka"]
-        found = result["layer_identification"][rows[-1]["milestone"]]
-        diagonal = " ".join(f"{last[i][i]:.2f}" for i in range(len(last)))
-        print(f"{first.name} vs {runs[1].name} at {rows[-1]['milestone']}: diagonal {diagonal}; "
-              f"the most similar layer is the same layer for {found['fraction']:.0%} of layers "
-              f"(argmax {found['argmax']})")  # fmt: skip
+        diagonal = " ".join(f"{last[i][i]:.2f}" for i in range(min(len(last), len(last[0]))))
+        line = f"{first.name} vs {runs[1].name} at {rows[-1]['milestone']}: diagonal {diagonal}"
+        if len(last) == len(last[0]):
+            # Kornblith et al.'s check, meaningful when the two runs are seeds of one architecture
+            result["layer_identification"] = {
+                r["milestone"]: layer_identification(r["cka"]) for r in rows
+            }
+            found = result["layer_identification"][rows[-1]["milestone"]]
+            line += (f"; the most similar layer is the same layer for {found['fraction']:.0%} of "
+                     f"layers (argmax {found['argmax']})")  # fmt: skip
+        print(line)
     _write_json(args.json, result)
     return 0
 

@@ -137,6 +137,14 @@ def save_results(out: str | Path, section: str, values: dict[str, Any]) -> Path:
     return path
 
 
+def check_results_dir(out: str | Path) -> None:
+    """ValueError (one line) unless `out` is a directory whose results.json, if any, can be merged
+    into: for scripts that train for a long time before they write their section."""
+    if not Path(out).is_dir():
+        raise ValueError(f"{out}: no such directory")
+    load_results(out)
+
+
 def load_results(out: str | Path) -> dict[str, Any]:
     """The results.json of a figures directory ({} when there is none yet). ValueError, naming
     the file, when it is not a JSON object: nothing is merged into (or over) a damaged file."""

@@ -45,7 +45,7 @@ from labkit.analysis.induction import (  # noqa: E402
     repeated_tokens_test,
 )
 from labkit.config import ModelConfig, TrainConfig  # noqa: E402
-from labkit.figures import load_results, save_results  # noqa: E402
+from labkit.figures import check_results_dir, save_results  # noqa: E402
 from labkit.model import LabModel  # noqa: E402
 
 STUDY_CONFIG = REPO / "pretrain" / "configs" / "paper-mini" / "cpu.toml"
@@ -153,12 +153,10 @@ def parse_checked(
     args = p.parse_args(argv)
     if args.steps < 1 or args.every < 1:
         p.error("--steps and --every must be >= 1")
-    if not Path(args.figures).is_dir():
-        p.error(f"--figures {args.figures}: no such directory")
     try:
-        load_results(args.figures)
+        check_results_dir(args.figures)
     except ValueError as e:
-        p.error(str(e))
+        p.error(f"--figures {e}")
     torch.set_num_threads(1)
     return args, TrainConfig.load(STUDY_CONFIG)
 

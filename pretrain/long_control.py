@@ -36,8 +36,8 @@ sys.path.insert(0, str(REPO / "pretrain"))
 
 from paper import ensure_data, train_all, train_command  # noqa: E402
 
-from labkit.figures import load_results, save_results  # noqa: E402
-from labkit.runs import FINAL  # noqa: E402
+from labkit.figures import check_results_dir, save_results  # noqa: E402
+from labkit.runs import FINAL, HISTORY, Milestone  # noqa: E402
 
 STEPS, STUDY_STEPS = 10_000, 1_000
 SCALE = {  # a scale in paper.py's sense: the CPU study's config with these overrides
@@ -76,7 +76,7 @@ def long_scale() -> tuple[dict, int]:
 def train_minutes(run_dir: Path) -> float:
     """Wall minutes from the run's first start to its finish, from its history.jsonl (whatever
     else the machine was doing meanwhile)."""
-    events = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (run_dir / HISTORY).read_text().splitlines()]
     start = datetime.fromisoformat(next(e["time"] for e in events if e["event"] == "start"))
     finish = datetime.fromisoformat([e["time"] for e in events if e["event"] == "finish"][-1])
     return round((finish - start).total_seconds() / 60, 1)
@@ -144,7 +144,7 @@ def probes(run, study_tokens: int) -> dict:
         t: probe_set(load_probe_spec(t, max_documents=PROBE_DOCUMENTS), data, max_len)
         for t in PROBE_TARGETS or probe_targets()
     }
-    by_tokens = {int(m.name.split("_")[-1]): m for m in run.milestones}
+    by_tokens = {Milestone.read(m).tokens: m for m in run.milestones}
     out = {}
     for tokens in (study_tokens, max(by_tokens)):
         found = probe_against_baselines(
@@ -166,12 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-dir", default=str(REPO / "runs" / "paper-mini-long"))
     p.add_argument("--figures", default=str(REPO / "figures"), help="where results.json lives")
     args = p.parse_args(argv)
-    if not Path(args.figures).is_dir():
-        p.error(f"--figures {args.figures}: no such directory")
     try:
-        load_results(args.figures)  # a damaged results.json is named before an hour of training
+        check_results_dir(args.figures)  # named before an hour of training, not after it
     except ValueError as e:
-        p.error(str(e))
+        p.error(f"--figures {e}")
     began = time.time()
     runs_dir = Path(args.runs_dir)
     scale, study_tokens = long_scale()

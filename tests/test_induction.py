@@ -366,6 +366,19 @@ def test_the_induction_budget_checks_its_output_before_training(tmp_path, monkey
     assert (tmp_path / "results.json").read_text() == "{not json"
 
 
+def test_the_long_control_checks_its_output_before_training(tmp_path, monkeypatch, capsys):
+    """Like the calibration: a damaged results.json or a missing --figures directory is one line
+    and exit 2 before an hour of training, and the damaged file is left as it was."""
+    monkeypatch.setattr(long_control, "train_all", lambda *a, **k: pytest.fail("trained"))
+    (tmp_path / "results.json").write_text("[1, 2]")
+    for figures, message in ((tmp_path, "holds a JSON list"), (tmp_path / "no", "no such dir")):
+        args = ["--figures", str(figures), "--runs-dir", str(tmp_path / "runs")]
+        with pytest.raises(SystemExit) as bad:
+            long_control.main(args)
+        assert bad.value.code == 2 and message in capsys.readouterr().err
+    assert (tmp_path / "results.json").read_text() == "[1, 2]"
+
+
 def test_the_mla_ablation_variants_change_one_part_and_write_a_kept_section(tmp_path):
     """pretrain/mla_copy_ablation.py: with every head's RoPE key set to MLA's shared one, the
     rope-per-head variant computes MLA exactly; the latent-free variant has no c_kv and gives its
