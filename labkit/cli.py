@@ -108,13 +108,11 @@ def cmd_data_card(args: argparse.Namespace) -> int:
 
 
 def _milestones(args: argparse.Namespace) -> list:
-    """The milestone directories named by --checkpoint, or by --run and --milestones."""
-    from pathlib import Path
-
-    from labkit.study import select_milestones
+    """The milestones named by --checkpoint, or by --run and --milestones."""
+    from labkit.run import Milestone, select_milestones
 
     if args.checkpoint:
-        return [Path(args.checkpoint)]
+        return [Milestone.read(args.checkpoint)]
     return select_milestones(args.run, args.milestones)
 
 
@@ -123,8 +121,8 @@ def add_probe(sub) -> None:
     probe = sub.add_parser("probe", help="train probes at layers x milestones of a run")
     probe.add_argument("--layer", required=True, help="a layer, a comma list, or 'all'")
     from labkit.analysis.activations import SITES
+    from labkit.analysis.probe_tasks import probe_targets
     from labkit.resources import probes_dir
-    from labkit.study import probe_targets
 
     shipped = probe_targets(probes_dir())
     probe.add_argument(
@@ -157,8 +155,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from labkit.analysis.probe_tasks import load_probe_spec
     from labkit.analysis.probing import pivot
-    from labkit.study import load_probe_spec, probe_over_milestones
+    from labkit.study import probe_over_milestones
 
     spec = load_probe_spec(args.target, args.probes_dir, args.max_documents)
     milestones = _milestones(args)
@@ -268,20 +267,12 @@ def add_cka(sub) -> None:
 
 def cmd_cka(args: argparse.Namespace) -> int:
     from labkit.analysis.similarity import layer_identification
-    from labkit.study import (
-        cka_to_final,
-        compare_runs,
-        eval_sequences,
-        open_run,
-        run_data_dir,
-        shared_milestones,
-    )
+    from labkit.run import open_run, shared_milestones
+    from labkit.study import cka_to_final, compare_runs, eval_sequences
 
     runs = [open_run(r) for r in args.runs]
     first = runs[0]
-    seqs = eval_sequences(
-        run_data_dir(first.milestones[-1]), args.split, args.documents, args.max_len
-    )
+    seqs = eval_sequences(first.data_path, args.split, args.documents, args.max_len)
     result: dict = {"site": args.site, "split": args.split, "documents": len(seqs)}
     to_final = cka_to_final(first.milestones, seqs, args.site, progress=True)
     result["within"] = {first.milestones[-1].name: to_final["within_final"]}
@@ -338,19 +329,12 @@ def cmd_latent(args: argparse.Namespace) -> int:
     return 0
 
 
-STUDY_RUNS = "runs/paper-mini"  # the committed study: its figures are figures/
-
-
 def figures_out(runs: list[str], out: str | None) -> str:
-    """Where `labkit figures` writes: --out, else figures/ only for the committed study (other
-    runs must not overwrite the study's committed figures), else a folder inside the run."""
-    from pathlib import Path
+    """Where `labkit figures` writes: --out, else `labkit.figures.figures_dir_for(runs)` (the
+    committed figures/ only for the committed study runs/paper-mini)."""
+    from labkit.figures import figures_dir_for
 
-    if out:
-        return out
-    if [str(Path(r)) for r in runs] == [STUDY_RUNS]:
-        return "figures"
-    return str(Path(runs[0]) / "figures")
+    return out or str(figures_dir_for(runs))
 
 
 def add_figures(sub) -> None:
@@ -479,7 +463,7 @@ def _eval_perplexity(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from labkit.eval.perplexity import perplexity_over_milestones, write_rows
-    from labkit.study import select_milestones
+    from labkit.run import select_milestones
 
     if not args.run or not args.split:
         raise ValueError("labkit eval perplexity needs --run DIR and --split NAME (an eval split)")
@@ -491,7 +475,7 @@ def _eval_perplexity(args: argparse.Namespace) -> int:
     print(f"{'milestone':<22}{'loss':>10}{'perplexity':>12}")
     for r in rows:
         print(f"{r['milestone']:<22}{r['loss']:>10.4f}{r['perplexity']:>12.2f}")
-    from labkit.runs import EVALS
+    from labkit.run.layout import EVALS
 
     out = Path(args.run) / EVALS / f"perplexity_{args.split}.json"
     write_rows(out, rows)
@@ -511,8 +495,8 @@ def add_export(sub) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from labkit.checkpoint import load
     from labkit.export import to_hf
+    from labkit.run import load
 
     model, _ = load(args.checkpoint)
     if model.tokenizer is None:
@@ -616,8 +600,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def add_kernels(sub) -> None:
     """`labkit kernels report`."""
-    from labkit.kernels.report import add_arguments as kernels_report_arguments
-
     kn = sub.add_parser("kernels", help="Triton kernels: compile-time resource checks (no GPU)")
     kn_sub = kn.add_subparsers(dest="kernels_command", metavar="KERNELS_COMMAND")
     kn_sub.required = True
@@ -626,14 +608,51 @@ def add_kernels(sub) -> None:
         help="compile every kernel x launch config for sm_80/86/89/90: shared memory, registers, "
         "spills against each architecture's limits",
     )
-    kernels_report_arguments(kr)
+    kr.add_argument(
+        "--arch",
+        action="append",
+        help="sm_80, sm_86, sm_89 or sm_90; repeat for several (default: all four)",
+    )
+    kr.add_argument("--json", help="write the rows here (a JSON list)")
+    kr.add_argument(
+        "--quick",
+        action="store_true",
+        help="bf16 at head dims 64/128/192-128/256 and one-token MLA decode (what CI runs)",
+    )
+    kr.add_argument("--all-rows", action="store_true", help="print every row, not the summary")
+    kr.add_argument("--workers", type=int, help="parallel compiler processes (default: cores)")
+    kr.add_argument(
+        "--record", action="store_true", help="append the tables to benchmarks/RESULTS.md"
+    )
+    kr.add_argument("--quiet", action="store_true", help="no progress bar")
     kr.set_defaults(func=cmd_kernels_report)
 
 
 def cmd_kernels_report(args: argparse.Namespace) -> int:
-    from labkit.kernels.report import report_command
+    from dataclasses import asdict
+    from pathlib import Path
 
-    return report_command(args)
+    import triton
+
+    from labkit.kernels.report import ARCHS, markdown, parse_arch, run, summary, table
+
+    archs = [parse_arch(a) for a in args.arch] if args.arch else list(ARCHS)
+    rows = run(archs, quick=args.quick, workers=args.workers, progress=not args.quiet)
+    print(f"Triton {triton.__version__}; {len(rows)} kernel configurations compiled")
+    print(table(rows) if args.all_rows else summary(rows))
+    bad = [r for r in rows if not r.fits]
+    for r in bad:
+        print(f"DOES NOT FIT: {r.kernel} {r.arch} {r.config}: {r.problems}")
+    if args.record:
+        from labkit.bench.common import record
+
+        command = "labkit kernels report" + (" --quick" if args.quick else "")
+        record("labkit kernels report (compile-time resources, no GPU)", markdown(rows, command))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 1 if bad else 0
 
 
 class DefaultsHelp(argparse.HelpFormatter):

@@ -1,16 +1,27 @@
-"""Model configuration: the field names every part of labkit relies on, validation, and presets.
+"""Configuration: the model's shape (`ModelConfig` and its presets), the data set a build makes
+(`DataConfig`) and a training run (`TrainConfig`).
 
-`ModelConfig` is the contract of DESIGN.md ("Model contract"). The trainer's TrainConfig/DataConfig
-join this module when the trainer lands.
+Every field is declared once, where it is defined: its type (the annotation), its default, its
+range or choices and one line of documentation, through `setting(...)`:
+
+    lr: float = setting(3e-3, gt=0, max=10, doc="peak learning rate")
+
+`check_fields` is the one validator and `from_table` the one reader of TOML tables; both read
+those declarations, and so does the generated configuration reference (`config_reference`).
+Errors are one line that names the key and what it allows. A number without a declared range
+must be finite and >= 0.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import sys
-from dataclasses import dataclass, field
+import types
+import typing
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,96 +33,65 @@ else:  # pragma: no cover
 ATTENTION_KINDS = ("gqa", "mla")
 # "auto": the fused path (the Triton kernels on CUDA, SDPA elsewhere) unless a hook needs the
 # attention pattern; "sdpa" and "triton" force one; "eager" always materialises scores and pattern.
-# The environment variable LABKIT_ATTN overrides the config (for comparisons).
 ATTENTION_IMPLS = ("auto", "sdpa", "triton", "eager")
-
-
-# ====================================================================== field rules
-# a run name is one path component: runs/<name>-<time> can never point outside runs/
-RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=,+-]*")
 OPTIMIZERS = ("adamw", "muon")
 PRECISIONS = ("bf16", "fp32")
 STRATEGIES = ("auto", "ddp", "fsdp")
 BACKENDS = ("auto", "gloo", "nccl")
 STAGE_SAMPLINGS = ("weights", "unimax", "alpha", "natural")
-# Ranges and choices of every config field, declared once; `check_fields` is the one validator
-# (types are checked from the dataclass defaults when a table is read, in `_build`). A number
-# without a rule must be finite and >= 0. Keys are "section.field" ("" for the top level);
-# "mixes.*.stages" stands for every stage of every mix. A rule with "when" applies only when the
-# named sibling fields hold those values ("else": the rule otherwise).
-FIELD_RULES: dict[str, dict[str, Any]] = {
-    # ModelConfig (relations between fields are checked in ModelConfig.validate)
-    "ModelConfig.vocab_size": {"min": 1},
-    "ModelConfig.d_model": {"min": 1},
-    "ModelConfig.n_layers": {"min": 1},
-    "ModelConfig.n_heads": {"min": 1},
-    "ModelConfig.d_ff": {"min": 1},
-    "ModelConfig.max_seq_len": {"min": 1},
-    "ModelConfig.attention": {"choices": ATTENTION_KINDS},
-    "ModelConfig.attn_impl": {"choices": ATTENTION_IMPLS},
-    "ModelConfig.n_kv_heads": {"min": 1, "when": {"attention": "gqa"}},
-    "ModelConfig.head_dim": {"min": 1, "when": {"attention": "gqa"}},
-    "ModelConfig.q_lora_rank": {"min": 0},  # 0 = full-rank query
-    "ModelConfig.kv_lora_rank": {"min": 1, "when": {"attention": "mla"}},
-    "ModelConfig.qk_nope_head_dim": {"min": 1, "when": {"attention": "mla"}},
-    "ModelConfig.qk_rope_head_dim": {"min": 1, "when": {"attention": "mla"}},
-    "ModelConfig.v_head_dim": {"min": 1, "when": {"attention": "mla"}},
-    "ModelConfig.rope_theta": {"gt": 0},
-    "ModelConfig.norm_eps": {"gt": 0},
-    "ModelConfig.init_std": {"gt": 0},
-    # TrainConfig
-    "seed": {"min": 0},
-    "train.tokens": {"min": 1},
-    "train.seq_len": {"min": 2},
-    "train.micro_batch": {"min": 1},
-    "train.batch_tokens": {"min": 1},
-    "train.lr": {"gt": 0, "max": 10},
-    "train.min_lr_ratio": {"min": 0, "max": 1},
-    "train.beta1": {"min": 0, "lt": 1},
-    "train.beta2": {"min": 0, "lt": 1},
-    "train.grad_clip": {"gt": 0},
-    "train.muon_lr": {"gt": 0, "max": 10},
-    "train.optimizer": {"choices": OPTIMIZERS},
-    "train.precision": {"choices": PRECISIONS},
-    "train.max_bad_steps": {"min": 1},
-    "parallel.strategy": {"choices": STRATEGIES},
-    "parallel.backend": {"choices": BACKENDS},
-    "parallel.timeout_s": {"gt": 0},
-    "checkpoint.resume_every_steps": {"min": 1},
-    "checkpoint.keep_last": {"min": 1},
-    "checkpoint.every_tokens": {"min": 1},
-    "eval.every_steps": {"min": 1},
-    "eval.tokens_per_split": {"min": 1},
-    "log.every_steps": {"min": 1},
-    # DataConfig
-    "world.cities": {"min": 1},
-    "world.people": {"min": 1},
-    "world.organisations": {"min": 1},
-    "world.elements": {"min": 1},
-    "world.species": {"min": 1},
-    "world.events": {"min": 1},
-    "synthetic.documents": {"min": 1, "when": {"enabled": True}},
-    "synthetic.eval_documents": {"min": 0},
-    "retrieval.unanswerable": {"min": 0, "lt": 1},
-    "curation.minhash_threshold": {"gt": 0, "max": 1},
-    "curation.minhash_num_perm": {"min": 1},
-    "curation.shingle_words": {"min": 1},
-    "curation.contamination_ngram": {"min": 1},
-    "curation.max_non_alnum": {"min": 0, "max": 1},
-    "curation.max_digits": {"min": 0, "max": 1},
-    "curation.max_url": {"min": 0, "max": 1},
-    "curation.max_words": {"min": 1},
-    "tokenizer.vocab_size": {"min": 300},  # 256 bytes + merges
-    "tokenizer.min_frequency": {"min": 1},
-    "shards.tokens_per_shard": {"min": 1},
-    "mixes.*.stages.fraction": {"gt": 0, "max": 1},
-    "mixes.*.stages.sampling": {"choices": STAGE_SAMPLINGS},
-    "mixes.*.stages.alpha": {"gt": 0},
-    "mixes.*.stages.max_epochs": {"gt": 0},
-    "sources.*.eval_fraction": {"min": 0, "lt": 1},
-}
+# a run name is one path component: runs/<name>-<time> can never point outside runs/
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=,+-]*")
 
 
+# ====================================================================== declaring a field
+def setting(
+    default: Any = MISSING,
+    *,
+    doc: str,
+    factory: Any = None,
+    min: float | None = None,  # noqa: A002 (the names read as the bounds they are)
+    gt: float | None = None,
+    max: float | None = None,  # noqa: A002
+    lt: float | None = None,
+    choices: tuple | None = None,
+    when: dict[str, Any] | None = None,
+) -> Any:
+    """A config field: its default (or `factory` for a mutable one), its range (`min`/`gt`,
+    `max`/`lt`) or `choices`, and a one-line `doc`. `when` limits the range to configs whose
+    sibling fields hold those values (e.g. MLA's ranks apply only to MLA models)."""
+    rule = {k: v for k, v in (("min", min), ("gt", gt), ("max", max), ("lt", lt),
+                              ("choices", choices)) if v is not None}  # fmt: skip
+    metadata = {"doc": doc, "rule": rule, "when": when or {}}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_config(hint: Any) -> bool:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+def _describe_type(hint: Any) -> str:
+    """How a reference page and an error name a field's type."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe_type(a) for a in args if a is not type(None)) + " (or none)"
+    if origin is list:
+        return f"list of {_describe_type(args[0])}" if args else "list"
+    if origin is dict:
+        return f"table of {_describe_type(args[1])}" if args else "table"
+    if _is_config(hint):
+        return f"[{hint.__name__}]"
+    names = {int: "integer", float: "number", bool: "true/false", str: "string", dict: "table"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+# ====================================================================== checking
 def check_value(key: str, value: Any, rule: dict[str, Any]) -> None:
     """One value against its rule; a `ValueError` names the key, the bound and the value."""
     if "choices" in rule:
@@ -119,7 +99,7 @@ def check_value(key: str, value: Any, rule: dict[str, Any]) -> None:
             raise ValueError(f"{key} must be one of {rule['choices']}, got {value!r}")
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return  # not a number: its type was checked where the table was read
+        return  # not a number: its type was checked first
     if not math.isfinite(value):
         raise ValueError(f"{key} must be a finite number, got {value!r}")
     bounds = (("min", ">=", lambda a, b: a >= b), ("gt", ">", lambda a, b: a > b),
@@ -129,50 +109,307 @@ def check_value(key: str, value: Any, rule: dict[str, Any]) -> None:
             raise ValueError(f"{key} must be {sign} {rule[name]}, got {value!r}")
 
 
-def check_fields(obj: Any, section: str = "", rule_section: str | None = None) -> None:
-    """Every field of a config dataclass (and of its nested sections) against FIELD_RULES."""
-    rule_section = section if rule_section is None else rule_section
+def check_type(key: str, value: Any, hint: Any) -> Any:
+    """`value` as a field of type `hint` (an integral float becomes an int); a `ValueError`
+    names the key and the type otherwise."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        origin = typing.get_origin(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
+    elif hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key} must be a number, got {value!r}")
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"{key} must be an integer, got {value!r}")
+            return int(value)
+        return float(value)
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{key} must be a string, got {value!r}")
+    elif (hint is list or origin is list) and not isinstance(value, (list, tuple)):
+        raise ValueError(f"{key} must be a list, got {value!r}")
+    elif (hint is dict or origin is dict) and not isinstance(value, dict):
+        raise ValueError(f"{key} must be a table, got {value!r}")
+    return value
+
+
+def _rule(obj: Any, f: dataclasses.Field) -> dict[str, Any]:
+    when = f.metadata.get("when", {})
+    if any(getattr(obj, k) != v for k, v in when.items()):
+        return {"min": 0}
+    return f.metadata.get("rule") or {"min": 0}
+
+
+def check_fields(obj: Any, section: str = "") -> None:
+    """Every field of a config (and of its nested sections, tables of sections and lists of
+    sections) against its declared type and range."""
+    hints = _hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         key = f"{section}.{f.name}" if section else f.name
-        rule_key = f"{rule_section}.{f.name}" if rule_section else f.name
+        hint = hints[f.name]
+        args = typing.get_args(hint)
         if dataclasses.is_dataclass(value):
-            check_fields(value, key, rule_key)
+            check_fields(value, key)
+        elif typing.get_origin(hint) is dict and args and _nested(args[1]):
+            for name, item in value.items():
+                _check_nested(item, f"{key}.{name}")
+        elif typing.get_origin(hint) is list and args and _is_config(args[0]):
+            for i, item in enumerate(value):
+                check_fields(item, f"{key}[{i}]")
+        else:
+            setattr(obj, f.name, check_type(key, value, hint))
+            check_value(key, getattr(obj, f.name), _rule(obj, f))
+
+
+def _nested(hint: Any) -> bool:
+    args = typing.get_args(hint)
+    return _is_config(hint) or (typing.get_origin(hint) is list and _is_config(args[0]))
+
+
+def _check_nested(item: Any, key: str) -> None:
+    if isinstance(item, list):
+        for i, x in enumerate(item):
+            check_fields(x, f"{key}[{i}]")
+    else:
+        check_fields(item, key)
+
+
+def _check_keys(section: str, data: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {[f'{section}.{k}' if section else k for k in unknown]}; "
+            f"allowed in {section or 'the top level'}: {sorted(allowed)}"
+        )
+
+
+def from_table(cls: type, table: Any, section: str = "") -> Any:
+    """A config section from a TOML table: unknown keys, wrongly typed values and values out of
+    range name the key. Nested sections, tables of sections (`[sources.NAME]`) and lists of
+    sections (`[[...stages]]`) are read by their declared types."""
+    if not isinstance(table, dict):
+        raise ValueError(f"[{section}] must be a table, got {type(table).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _check_keys(section, table, set(fields))
+    hints = _hints(cls)
+    kwargs = {}
+    for key, value in table.items():
+        hint, name = hints[key], f"{section}.{key}" if section else key
+        args = typing.get_args(hint)
+        if _is_config(hint):
+            kwargs[key] = from_table(hint, value, name)
+        elif typing.get_origin(hint) is dict and args and _nested(args[1]):
+            check_type(name, value, dict)
+            kwargs[key] = {k: _from_nested(args[1], v, f"{name}.{k}") for k, v in value.items()}
+        elif typing.get_origin(hint) is list and args and _is_config(args[0]):
+            check_type(name, value, list)
+            kwargs[key] = [from_table(args[0], v, f"{name}[{i}]") for i, v in enumerate(value)]
+        else:
+            kwargs[key] = check_type(name, value, hint)
+    return cls(**kwargs)
+
+
+def _from_nested(hint: Any, value: Any, key: str) -> Any:
+    if _is_config(hint):
+        return from_table(hint, value, key)
+    check_type(key, value, list)
+    (item,) = typing.get_args(hint)
+    return [from_table(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+
+
+def declared_settings(cls: type, section: str = "") -> list[tuple[str, str, Any, str, str]]:
+    """(key, type, default, allowed values, doc) of every declared field of a config, nested
+    sections flattened: what the configuration reference lists."""
+    rows = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{section}.{f.name}" if section else f.name
+        hint = hints[f.name]
+        if _is_config(hint):
+            rows += declared_settings(hint, key)
             continue
-        rule = FIELD_RULES.get(rule_key, {"min": 0})
-        when = rule.get("when", {})
-        if any(getattr(obj, k) != v for k, v in when.items()):
-            rule = rule.get("else", {"min": 0})
-        check_value(key, value, rule)
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) is dict and args and _nested(args[1]):
+            inner = args[1] if _is_config(args[1]) else typing.get_args(args[1])[0]
+            suffix = ".NAME" if _is_config(args[1]) else ".NAME.stages[]"
+            rows.append((key, _describe_type(hint), "{}", "", f.metadata.get("doc", "")))
+            rows += declared_settings(inner, key + suffix)
+            continue
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        rule, when = f.metadata.get("rule") or {}, f.metadata.get("when") or {}
+        allowed = ", ".join(
+            [f"one of {', '.join(map(str, rule['choices']))}"] if "choices" in rule else
+            [f"{sign} {rule[k]}" for k, sign in (("min", ">="), ("gt", ">"), ("max", "<="),
+                                                  ("lt", "<")) if k in rule]
+        )  # fmt: skip
+        if not rule and hints[f.name] in (int, float):
+            allowed = ">= 0"
+        if when and allowed:
+            allowed += " (when " + ", ".join(f"{k} = {v!r}" for k, v in when.items()) + ")"
+        rows.append((key, _describe_type(hint), default, allowed, f.metadata.get("doc", "")))
+    return rows
+
+
+def config_reference() -> str:
+    """The configuration reference (Markdown) of the trainer's and the data build's configs,
+    generated from the declarations above."""
+    out = []
+    for title, cls, note in (
+        ("Training: `pretrain/run.py --config FILE`", TrainConfig,
+         "`[model]` takes `preset` and any `ModelConfig` field below (it overrides the preset)."),
+        ("Model: `[model]` of a training config, `ModelConfig`", ModelConfig, ""),
+        ("Data: `labkit data build --config FILE`", DataConfig,
+         "`[sources.NAME]` adds a text source of your own; `[[mixes.NAME.stages]]` a curriculum "
+         "stage of mix NAME."),
+    ):  # fmt: skip
+        out += [f"## {title}", ""] + ([note, ""] if note else [])
+        out += ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+        for key, kind, default, allowed, doc in declared_settings(cls):
+            shown = "—" if default is None else f"`{default!r}`".replace("|", "\\|")
+            out.append(f"| `{key}` | {kind} | {shown} | {allowed} | {doc} |")
+        out.append("")
+    return "\n".join(out)
+
+
+# ====================================================================== the model
+class TransformerLensNames:
+    """TransformerLens's config names, derived from ModelConfig's own fields and never stored:
+    TransformerLens's utilities (ActivationCache, patching, head_detector) read `model.cfg` by
+    these names; nothing here is serialised, so nothing can drift from the fields. The norms keep
+    their gains (not folded into the next matrices), and the model has no biases, no absolute
+    positions, no parallel attention/MLP and no split q/k/v inputs."""
+
+    normalization_type = "RMS"
+    final_rms = True
+    positional_embedding_type = "rotary"
+    act_fn = "silu"
+    gated_mlp = True
+    attn_only = False
+    parallel_attn_mlp = False
+    use_attn_result = False
+    use_split_qkv_input = False
+    use_attn_in = False
+    use_hook_mlp_in = False
+    default_prepend_bos = False
+    tokenizer_prepends_bos = False
+    n_devices = 1
+
+    @property
+    def d_head(self) -> int:
+        """Width of hook_z and of each head's rows of W_O (MLA: v_head_dim; W_Q/W_K are
+        qk_head_dim wide)."""
+        return self.value_head_dim
+
+    @property
+    def d_mlp(self) -> int:
+        return self.d_ff
+
+    @property
+    def d_vocab(self) -> int:
+        return self.vocab_size
+
+    @property
+    def d_vocab_out(self) -> int:
+        return self.vocab_size
+
+    @property
+    def n_ctx(self) -> int:
+        return self.max_seq_len
+
+    @property
+    def n_key_value_heads(self) -> int | None:
+        """GQA: the K/V heads of hook_k/hook_v. MLA: None (hook_k/hook_v have n_heads heads)."""
+        return self.n_kv_heads if self.attention == "gqa" else None
+
+    @property
+    def rotary_dim(self) -> int:
+        return self.rope_dim
+
+    @property
+    def eps(self) -> float:
+        return self.norm_eps
+
+    @property
+    def model_name(self) -> str:
+        return self.name
+
+    @property
+    def original_architecture(self) -> str:
+        return f"LabModel-{self.attention.upper()}"
+
+    @property
+    def device(self) -> Any:
+        """Where the model that owns this config lives (a torch.device; LabModel keeps it
+        current)."""
+        return self.__dict__.get("_device", "cpu")
+
+    @property
+    def dtype(self) -> Any:
+        """The torch dtype of the owning model's parameters (LabModel keeps it current)."""
+        if "_dtype" in self.__dict__:
+            return self.__dict__["_dtype"]
+        import torch
+
+        return torch.float32
+
+
+MLA = {"attention": "mla"}
+GQA = {"attention": "gqa"}
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(TransformerLensNames):
     """Shape of a LabModel. GQA reads `n_kv_heads`/`head_dim`; MLA reads the LoRA ranks and the
     nope/rope/v head dims. Invalid combinations raise `ValueError` naming the field."""
 
-    vocab_size: int = 4096
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    d_ff: int = 512
-    attention: str = "mla"
-    # GQA: 1 = multi-query, n_heads = multi-head. head_dim None means d_model // n_heads.
-    n_kv_heads: int = 2
-    head_dim: int | None = None
-    # MLA (DeepSeek-V2/V3). q_lora_rank 0 = full-rank query; kv_lora_rank is d_c, the cached latent.
-    q_lora_rank: int = 0
-    kv_lora_rank: int = 32
-    qk_nope_head_dim: int = 24
-    qk_rope_head_dim: int = 8
-    v_head_dim: int = 32
-    max_seq_len: int = 256
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-6
-    tie_embeddings: bool = True
-    attn_impl: str = "auto"
-    init_std: float = 0.02
-    name: str = field(default="custom", compare=False)
+    vocab_size: int = setting(
+        4096, min=1, doc="tokens in the vocabulary (from the data set's tokenizer)"
+    )
+    d_model: int = setting(128, min=1, doc="width of the residual stream")
+    n_layers: int = setting(4, min=1, doc="transformer blocks")
+    n_heads: int = setting(4, min=1, doc="query heads per attention layer")
+    d_ff: int = setting(512, min=1, doc="hidden width of the SwiGLU MLP")
+    attention: str = setting("mla", choices=ATTENTION_KINDS, doc="MLA (DeepSeek) or its GQA twin")
+    n_kv_heads: int = setting(
+        2, min=1, when=GQA, doc="GQA: key/value heads (1 = MQA, n_heads = MHA)"
+    )
+    head_dim: int | None = setting(
+        None, min=1, when=GQA, doc="GQA: width of a head (none: d_model / n_heads)"
+    )
+    q_lora_rank: int = setting(0, min=0, doc="MLA: rank of the query latent (0 = full-rank query)")
+    kv_lora_rank: int = setting(
+        32, min=1, when=MLA, doc="MLA: width of the cached latent c_kv (d_c)"
+    )
+    qk_nope_head_dim: int = setting(
+        24, min=1, when=MLA, doc="MLA: query/key width per head without RoPE"
+    )
+    qk_rope_head_dim: int = setting(8, min=1, when=MLA, doc="MLA: width of the shared RoPE key")
+    v_head_dim: int = setting(32, min=1, when=MLA, doc="MLA: value width per head")
+    max_seq_len: int = setting(256, min=1, doc="longest sequence (RoPE tables, KV cache)")
+    rope_theta: float = setting(10000.0, gt=0, doc="RoPE base")
+    norm_eps: float = setting(1e-6, gt=0, doc="RMSNorm epsilon of the residual norms")
+    tie_embeddings: bool = setting(True, doc="unembedding shares the embedding matrix")
+    attn_impl: str = setting(
+        "auto",
+        choices=ATTENTION_IMPLS,
+        doc="attention: auto = Triton on CUDA, SDPA elsewhere; eager materialises the pattern",
+    )
+    init_std: float = setting(
+        0.02, gt=0, doc="std of the normal initialisation (residual outputs / sqrt(2 n_layers))"
+    )
+    name: str = field(default="custom", compare=False, metadata={"doc": "the preset's name"})
 
     def __post_init__(self) -> None:
         if self.head_dim is None and isinstance(self.n_heads, int) and self.n_heads > 0:
@@ -180,30 +417,9 @@ class ModelConfig:
         self.validate()
 
     # ------------------------------------------------------------------ validation
-    def _check_types(self) -> None:
-        """Every field has its declared type (int, float, str or bool; head_dim may be None)."""
-        for f in dataclasses.fields(self):
-            value, kind = getattr(self, f.name), f.type
-            if f.name == "head_dim" and value is None:
-                continue
-            if kind in ("int", "int | None"):
-                ok = isinstance(value, int) and not isinstance(value, bool)
-                what = "an integer"
-            elif kind == "float":
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-                ok = ok and math.isfinite(value)
-                what = "a finite number"
-            elif kind == "bool":
-                ok, what = isinstance(value, bool), "true or false"
-            else:
-                ok, what = isinstance(value, str), "a string"
-            if not ok:
-                raise ValueError(f"ModelConfig.{f.name} must be {what}, got {value!r}")
-
     def validate(self) -> None:
-        """Types, then ranges and choices (FIELD_RULES["ModelConfig.*"]), then the relations
-        between fields that no single range expresses."""
-        self._check_types()
+        """Types, ranges and choices as declared, then the relations between fields that no
+        single range expresses."""
         check_fields(self, "ModelConfig")
         if self.d_model % self.n_heads:
             raise ValueError(
@@ -330,85 +546,6 @@ class ModelConfig:
         attn_per_layer = 2 * self.n_heads * (self.qk_head_dim + self.value_head_dim) * seq_len / 2
         return 6.0 * matmul_params + 3.0 * self.n_layers * attn_per_layer
 
-    # ------------------------------------------------------------------ TransformerLens's names
-    # TransformerLens's utilities (ActivationCache, patching, head_detector) read `model.cfg` by
-    # TransformerLens's field names. They are derived here, never stored, so LabModel keeps one
-    # config: nothing below is serialised and nothing can drift from the fields above.
-    @property
-    def d_head(self) -> int:
-        """Width of hook_z and of each head's rows of W_O (MLA: v_head_dim; W_Q/W_K are
-        qk_head_dim wide)."""
-        return self.value_head_dim
-
-    @property
-    def d_mlp(self) -> int:
-        return self.d_ff
-
-    @property
-    def d_vocab(self) -> int:
-        return self.vocab_size
-
-    @property
-    def d_vocab_out(self) -> int:
-        return self.vocab_size
-
-    @property
-    def n_ctx(self) -> int:
-        return self.max_seq_len
-
-    @property
-    def n_key_value_heads(self) -> int | None:
-        """GQA: the K/V heads of hook_k/hook_v. MLA: None (hook_k/hook_v have n_heads heads)."""
-        return self.n_kv_heads if self.attention == "gqa" else None
-
-    @property
-    def rotary_dim(self) -> int:
-        return self.rope_dim
-
-    @property
-    def eps(self) -> float:
-        return self.norm_eps
-
-    @property
-    def model_name(self) -> str:
-        return self.name
-
-    @property
-    def original_architecture(self) -> str:
-        return f"LabModel-{self.attention.upper()}"
-
-    # The norms keep their gains (they are not folded into the next matrices), and the model has
-    # no biases, no absolute positions, no parallel attention/MLP and no split q/k/v inputs.
-    normalization_type = "RMS"
-    final_rms = True
-    positional_embedding_type = "rotary"
-    act_fn = "silu"
-    gated_mlp = True
-    attn_only = False
-    parallel_attn_mlp = False
-    use_attn_result = False
-    use_split_qkv_input = False
-    use_attn_in = False
-    use_hook_mlp_in = False
-    default_prepend_bos = False
-    tokenizer_prepends_bos = False
-    n_devices = 1
-
-    @property
-    def device(self) -> Any:
-        """Where the model that owns this config lives (a torch.device; LabModel keeps it
-        current)."""
-        return self.__dict__.get("_device", "cpu")
-
-    @property
-    def dtype(self) -> Any:
-        """The torch dtype of the owning model's parameters (LabModel keeps it current)."""
-        if "_dtype" in self.__dict__:
-            return self.__dict__["_dtype"]
-        import torch
-
-        return torch.float32
-
     # ------------------------------------------------------------------ presets
     @classmethod
     def preset(cls, name: str) -> ModelConfig:
@@ -516,77 +653,51 @@ def read_toml(path: str | Path, what: str) -> dict[str, Any]:
 
 
 # ====================================================================== data configuration
-def _check_keys(section: str, data: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ValueError(
-            f"unknown key(s) {[f'{section}.{k}' if section else k for k in unknown]}; "
-            f"allowed in {section or 'the top level'}: {sorted(allowed)}"
-        )
-
-
-def _build(cls: type, section: str, data: dict[str, Any]) -> Any:
-    """A dataclass from a TOML table: unknown keys and wrongly typed values name the key."""
-    if not isinstance(data, dict):
-        raise ValueError(f"[{section}] must be a table, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    _check_keys(section, data, set(fields))
-    kwargs = {}
-    for key, value in data.items():
-        default = getattr(cls(), key) if key in fields else None
-        expected = type(default)
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise ValueError(f"{section}.{key} must be true or false, got {value!r}")
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{section}.{key} must be a number, got {value!r}")
-            if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
-                raise ValueError(f"{section}.{key} must be an integer, got {value!r}")
-            value = expected(value)
-        if isinstance(default, str) and not isinstance(value, str):
-            raise ValueError(f"{section}.{key} must be a string, got {value!r}")
-        if isinstance(default, (list, tuple)) and not isinstance(value, (list, tuple)):
-            raise ValueError(f"{section}.{key} must be a list, got {value!r}")
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
 @dataclass
 class WorldSizes:
-    cities: int = 40
-    people: int = 240
-    organisations: int = 50
-    elements: int = 30
-    species: int = 40
-    events: int = 60
+    """How many entities of each kind the synthetic world holds."""
+
+    cities: int = setting(40, min=1, doc="cities")
+    people: int = setting(240, min=1, doc="people")
+    organisations: int = setting(50, min=1, doc="organisations")
+    elements: int = setting(30, min=1, doc="chemical elements")
+    species: int = setting(40, min=1, doc="species")
+    events: int = setting(60, min=1, doc="historical events")
+
+
+ENABLED = {"enabled": True}
 
 
 @dataclass
 class SyntheticSection:
-    enabled: bool = True  # false: no world-generated documents (own text only)
-    documents: int = 2000
-    eval_documents: int = 200  # split by domain into eval "general" and "domain" (stem)
+    enabled: bool = setting(True, doc="world-generated documents (false: own text only)")
+    documents: int = setting(2000, min=1, when=ENABLED, doc="training documents")
+    eval_documents: int = setting(
+        200, min=0, doc='held out, split by domain into eval "general" and "domain" (stem)'
+    )
 
 
 @dataclass
 class RetrievalSection:
-    enabled: bool = True
-    documents: int = 400
-    eval_documents: int = 80
-    unanswerable: float = 0.2
+    enabled: bool = setting(True, doc="question-answering documents over a passage")
+    documents: int = setting(400, doc="training documents")
+    eval_documents: int = setting(80, doc="held-out documents")
+    unanswerable: float = setting(
+        0.2, min=0, lt=1, doc="share of questions the passage does not answer"
+    )
 
 
 @dataclass
 class ControlSection:
-    enabled: bool = True
+    enabled: bool = setting(True, doc="the density-only control corpus (same words, no facts)")
 
 
 @dataclass
 class CodeSection:
-    enabled: bool = True
-    files: int = 60
-    eval_files: int = 6
-    max_chars: int = 20000
+    enabled: bool = setting(True, doc="Python source shipped with the interpreter")
+    files: int = setting(60, doc="training files")
+    eval_files: int = setting(6, doc="held-out files")
+    max_chars: int = setting(20000, doc="longest file kept")
 
 
 @dataclass
@@ -594,137 +705,123 @@ class RecordsSection:
     """Record logs with one-off random codes (labkit.data.records): the copy-heavy source. Off by
     default; the miniature study's corpus turns it on."""
 
-    enabled: bool = False
-    documents: int = 2000
-    eval_documents: int = 200
+    enabled: bool = setting(False, doc="record logs whose codes are copied later in the log")
+    documents: int = setting(2000, doc="training documents")
+    eval_documents: int = setting(200, doc="held-out documents")
 
 
 @dataclass
 class ProseSection:
     """Real English prose shipped with Python (labkit.data.prose), curated like a user source."""
 
-    enabled: bool = True
-    documents: int = 0  # 0 = all
-    eval_fraction: float = 0.1
+    enabled: bool = setting(True, doc="English prose (module documentation)")
+    documents: int = setting(0, doc="documents kept (0 = all)")
+    eval_fraction: float = setting(0.1, min=0, lt=1, doc="share held out")
 
 
 @dataclass
 class SourceSection:
     """A user text source: a local file/folder (json, jsonl, txt, parquet) or a Hub dataset."""
 
-    enabled: bool = True
-    path: str = ""
-    hub: str = ""
-    text_field: str = "text"
-    limit: int = 0  # 0 = all
-    eval_fraction: float = 0.05
-    quality: bool = True  # apply seed 003's prose heuristics
+    enabled: bool = setting(True, doc="include this source")
+    path: str = setting("", doc="a local file or folder (json, jsonl, txt, parquet)")
+    hub: str = setting("", doc="a Hugging Face dataset name (needs a network)")
+    text_field: str = setting("text", doc="the field holding each document's text")
+    limit: int = setting(0, doc="documents read (0 = all)")
+    eval_fraction: float = setting(0.05, min=0, lt=1, doc="share held out (by a hash of each id)")
+    quality: bool = setting(True, doc="apply the prose quality heuristics")
 
 
 @dataclass
 class CurationSection:
-    minhash_threshold: float = 0.8
-    minhash_num_perm: int = 128
-    shingle_words: int = 5
-    contamination_ngram: int = 13
-    contamination_files: list = field(default_factory=list)  # eval task texts (jsonl/txt)
-    max_non_alnum: float = 0.25
-    max_digits: float = 0.15
-    max_url: float = 0.20
-    mean_word_len: list = field(default_factory=lambda: [3.0, 10.0])
-    min_words: int = 50
-    max_words: int = 100_000
+    minhash_threshold: float = setting(
+        0.8, gt=0, max=1, doc="Jaccard similarity that makes a near-duplicate"
+    )
+    minhash_num_perm: int = setting(128, min=1, doc="MinHash permutations")
+    shingle_words: int = setting(5, min=1, doc="words per shingle")
+    contamination_ngram: int = setting(13, min=1, doc="n-gram length of the contamination check")
+    contamination_files: list = setting(
+        factory=list, doc="eval task texts (jsonl/txt) no training document may overlap"
+    )
+    max_non_alnum: float = setting(
+        0.25, min=0, max=1, doc="quality: largest share of non-alphanumeric characters"
+    )
+    max_digits: float = setting(0.15, min=0, max=1, doc="quality: largest share of digits")
+    max_url: float = setting(0.20, min=0, max=1, doc="quality: largest share of URL characters")
+    mean_word_len: list = setting(
+        factory=lambda: [3.0, 10.0], doc="quality: allowed mean word length [low, high]"
+    )
+    min_words: int = setting(50, doc="quality: fewest words")
+    max_words: int = setting(100_000, min=1, doc="quality: most words")
 
 
 @dataclass
 class TokenizerSection:
-    vocab_size: int = 4096
-    min_frequency: int = 2
+    vocab_size: int = setting(4096, min=300, doc="byte-level BPE vocabulary (256 bytes + merges)")
+    min_frequency: int = setting(2, min=1, doc="fewest occurrences of a merge")
 
 
 @dataclass
 class ShardSection:
-    tokens_per_shard: int = 1_000_000
+    tokens_per_shard: int = setting(1_000_000, min=1, doc="tokens per shard file")
 
 
 @dataclass
 class StageSection:
-    name: str = "stage"
-    fraction: float = 1.0
-    sampling: str = "weights"
-    weights: dict = field(default_factory=dict)
-    alpha: float = 1.3
-    max_epochs: float = 4.0
+    name: str = setting("stage", doc="the stage's name (logged)")
+    fraction: float = setting(1.0, gt=0, max=1, doc="share of the run's tokens")
+    sampling: str = setting("weights", choices=STAGE_SAMPLINGS, doc="how sources are mixed")
+    weights: dict = setting(factory=dict, doc="source -> weight (sampling = weights)")
+    alpha: float = setting(1.3, gt=0, doc="temperature of alpha sampling")
+    max_epochs: float = setting(4.0, gt=0, doc="most passes over a source (unimax)")
 
 
 @dataclass
 class DataConfig:
     """`labkit data build --config FILE`: what to generate, curate, tokenize and mix."""
 
-    name: str = "data"
-    seed: int = 1234
-    world: WorldSizes = field(default_factory=WorldSizes)
-    synthetic: SyntheticSection = field(default_factory=SyntheticSection)
-    retrieval: RetrievalSection = field(default_factory=RetrievalSection)
-    control: ControlSection = field(default_factory=ControlSection)
-    code: CodeSection = field(default_factory=CodeSection)
-    prose: ProseSection = field(default_factory=ProseSection)
-    records: RecordsSection = field(default_factory=RecordsSection)
-    sources: dict = field(default_factory=dict)  # name -> SourceSection
-    curation: CurationSection = field(default_factory=CurationSection)
-    tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
-    shards: ShardSection = field(default_factory=ShardSection)
-    total_tokens: int = 0  # mix budget; 0 = every train token once
-    mixes: dict = field(default_factory=dict)  # name -> list[StageSection]
+    name: str = setting("data", doc="the data set's name")
+    seed: int = setting(1234, min=0, doc="seed of the world and of every generator")
+    world: WorldSizes = setting(factory=WorldSizes, doc="")
+    synthetic: SyntheticSection = setting(factory=SyntheticSection, doc="")
+    retrieval: RetrievalSection = setting(factory=RetrievalSection, doc="")
+    control: ControlSection = setting(factory=ControlSection, doc="")
+    code: CodeSection = setting(factory=CodeSection, doc="")
+    prose: ProseSection = setting(factory=ProseSection, doc="")
+    records: RecordsSection = setting(factory=RecordsSection, doc="")
+    sources: dict[str, SourceSection] = setting(
+        factory=dict, doc="text sources of your own, by name"
+    )
+    curation: CurationSection = setting(factory=CurationSection, doc="")
+    tokenizer: TokenizerSection = setting(factory=TokenizerSection, doc="")
+    shards: ShardSection = setting(factory=ShardSection, doc="")
+    total_tokens: int = setting(0, doc="mix budget in tokens (0 = every training token once)")
+    mixes: dict[str, list[StageSection]] = setting(
+        factory=dict, doc="curriculum stages of each mix, by name"
+    )
+
+    BUILT_IN = ("synthetic", "retrieval", "control", "code", "prose", "records")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:
-        sections = {
-            "world": WorldSizes,
-            "synthetic": SyntheticSection,
-            "retrieval": RetrievalSection,
-            "control": ControlSection,
-            "code": CodeSection,
-            "prose": ProseSection,
-            "records": RecordsSection,
-            "curation": CurationSection,
-            "tokenizer": TokenizerSection,
-            "shards": ShardSection,
-        }
-        allowed = set(sections) | {"name", "seed", "sources", "total_tokens", "mixes"}
-        _check_keys("", data, allowed)
-        kwargs: dict[str, Any] = {
-            k: _build(v, k, data[k]) for k, v in sections.items() if k in data
-        }
-        for key in ("name", "seed", "total_tokens"):
-            if key in data:
-                kwargs[key] = data[key]
-        if not isinstance(kwargs.get("seed", 0), int) or not isinstance(
-            kwargs.get("total_tokens", 0), int
-        ):
-            raise ValueError("seed and total_tokens must be integers")
-        reserved = {"synthetic", "retrieval", "control", "code", "prose", "records"}
-        sources = {}
-        for name, table in data.get("sources", {}).items():
-            if name in reserved:
-                raise ValueError(f"sources.{name}: {sorted(reserved)} are built-in source names")
-            src = _build(SourceSection, f"sources.{name}", table)
-            if bool(src.path) == bool(src.hub):
+        data = dict(data)
+        mixes = data.get("mixes", {})
+        if isinstance(mixes, dict):  # [[mixes.NAME.stages]] -> NAME: [stages]
+            data["mixes"] = {}
+            for name, table in mixes.items():
+                check_type(f"mixes.{name}", table, dict)
+                _check_keys(f"mixes.{name}", table, {"stages"})
+                if not table.get("stages"):
+                    raise ValueError(f"mixes.{name} needs at least one [[mixes.{name}.stages]]")
+                data["mixes"][name] = table["stages"]
+        for name, table in (data.get("sources") or {}).items():
+            if name in cls.BUILT_IN:
+                raise ValueError(
+                    f"sources.{name}: {sorted(cls.BUILT_IN)} are built-in source names"
+                )
+            if isinstance(table, dict) and bool(table.get("path")) == bool(table.get("hub")):
                 raise ValueError(f"sources.{name}: give exactly one of `path` or `hub`")
-            sources[name] = src
-        kwargs["sources"] = sources
-        mixes = {}
-        for mix_name, table in data.get("mixes", {}).items():
-            _check_keys(f"mixes.{mix_name}", table, {"stages"})
-            stages = [
-                _build(StageSection, f"mixes.{mix_name}.stages[{i}]", s)
-                for i, s in enumerate(table.get("stages", []))
-            ]
-            if not stages:
-                raise ValueError(f"mixes.{mix_name} needs at least one [[mixes.{mix_name}.stages]]")
-            mixes[mix_name] = stages
-        kwargs["mixes"] = mixes
-        cfg = cls(**kwargs)
+        cfg = from_table(cls, data)
         cfg.validate()
         return cfg
 
@@ -733,12 +830,7 @@ class DataConfig:
         return cls.from_dict(read_toml(path, "data config"))
 
     def validate(self) -> None:
-        check_fields(self)  # sources and mixes are dicts: checked one by one below
-        for name, src in self.sources.items():
-            check_fields(src, f"sources.{name}", "sources.*")
-        for mix, stages in self.mixes.items():
-            for i, stage in enumerate(stages):
-                check_fields(stage, f"mixes.{mix}.stages[{i}]", "mixes.*.stages")
+        check_fields(self)
 
     def source_names(self) -> list[str]:
         names = ["synthetic"] if self.synthetic.enabled else []
@@ -763,66 +855,83 @@ class DataConfig:
 # ====================================================================== training configuration
 @dataclass
 class DataSection:
-    dir: str = "data/demo"
-    config: str = "pretrain/configs/data/demo.toml"  # built into `dir` when it has no manifest
-    mix: str = "dense"
-    eval_splits: list = field(default_factory=list)  # empty = every split in the manifest
+    dir: str = setting("data/demo", doc="the built data set to train on")
+    config: str = setting(
+        "pretrain/configs/data/demo.toml", doc="built into `dir` when it has no manifest"
+    )
+    mix: str = setting("dense", doc="the data set's mix to read")
+    eval_splits: list = setting(factory=list, doc="held-out splits evaluated (empty = every split)")
 
 
 @dataclass
 class TrainSection:
-    tokens: int = 3_000_000  # duration
-    seq_len: int = 256
-    micro_batch: int = 8
-    batch_tokens: int = 16_384  # target global tokens per optimizer step
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 20
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    optimizer: str = "adamw"
-    muon_lr: float = 0.02
-    precision: str = "bf16"
-    compile: bool = False
-    max_bad_steps: int = 5
-    seq_len_schedule: list = field(default_factory=list)  # [[tokens, seq_len], ...]
-    peak_flops: float = 0.0  # per device; 0 = from the GPU table (MFU null on CPU)
+    tokens: int = setting(3_000_000, min=1, doc="duration in tokens")
+    seq_len: int = setting(256, min=2, doc="sequence length (the first stage's, with a schedule)")
+    micro_batch: int = setting(8, min=1, doc="sequences per micro-batch and process")
+    batch_tokens: int = setting(
+        16_384, min=1, doc="target global tokens per optimizer step (gradient accumulation)"
+    )
+    lr: float = setting(3e-3, gt=0, max=10, doc="peak learning rate")
+    min_lr_ratio: float = setting(
+        0.1, min=0, max=1, doc="the cosine's floor, as a share of the peak"
+    )
+    warmup_steps: int = setting(20, doc="linear warmup steps")
+    weight_decay: float = setting(0.1, doc="AdamW weight decay (matrices only)")
+    beta1: float = setting(0.9, min=0, lt=1, doc="AdamW beta1")
+    beta2: float = setting(0.95, min=0, lt=1, doc="AdamW beta2")
+    grad_clip: float = setting(1.0, gt=0, doc="gradient-norm clip")
+    optimizer: str = setting(
+        "adamw", choices=OPTIMIZERS, doc="muon: Muon for the blocks' matrices, AdamW for the rest"
+    )
+    muon_lr: float = setting(0.02, gt=0, max=10, doc="Muon's learning rate")
+    precision: str = setting(
+        "bf16", choices=PRECISIONS, doc="bf16 autocast (fp32 master weights) or fp32"
+    )
+    compile: bool = setting(False, doc="torch.compile the training step")
+    max_bad_steps: int = setting(5, min=1, doc="non-finite steps in a row that stop the run")
+    seq_len_schedule: list = setting(
+        factory=list, doc="[[tokens, seq_len], ...]: the sequence-length curriculum"
+    )
+    peak_flops: float = setting(
+        0.0, doc="per-device peak FLOP/s for MFU (0 = from the GPU table; none on CPU)"
+    )
 
 
 @dataclass
 class ParallelSection:
-    strategy: str = "auto"  # auto: DDP below 300M parameters, FSDP2 above
-    backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
+    strategy: str = setting(
+        "auto", choices=STRATEGIES, doc="auto: DDP below 300M parameters, FSDP2 above"
+    )
+    backend: str = setting("auto", choices=BACKENDS, doc="auto: nccl on CUDA, gloo on CPU")
     # a rank that stops answering fails the group after this long (a step, an eval or a
     # checkpoint must fit in it; 30 minutes is PyTorch's default)
-    timeout_s: float = 600.0
+    timeout_s: float = setting(600.0, gt=0, doc="seconds before a silent rank fails the group")
 
 
 @dataclass
 class CheckpointSection:
-    resume_every_steps: int = 50
-    keep_last: int = 2
-    log_spaced_until_step: int = 64  # milestones after steps 1, 2, 4, ... up to this
-    every_tokens: int = 1_000_000  # then a milestone every this many tokens, then the final one
-    # a milestone of the initial weights (tokens_000000000000): the step-0 baseline of probes, the
-    # random-init floor of CKA, the start of every curve
-    save_init: bool = False
+    resume_every_steps: int = setting(50, min=1, doc="a resume state every this many steps")
+    keep_last: int = setting(2, min=1, doc="resume states kept")
+    log_spaced_until_step: int = setting(64, doc="milestones after steps 1, 2, 4, ... up to this")
+    every_tokens: int = setting(
+        1_000_000, min=1, doc="then a milestone every this many tokens, then the final one"
+    )
+    # the step-0 baseline of probes, the random-init floor of CKA, the start of every curve
+    save_init: bool = setting(False, doc="a milestone of the initial weights (tokens_000000000000)")
 
 
 @dataclass
 class EvalSection:
-    every_steps: int = 50
-    tokens_per_split: int = 32_768
+    every_steps: int = setting(50, min=1, doc="held-out losses every this many steps")
+    tokens_per_split: int = setting(32_768, min=1, doc="tokens evaluated per held-out split")
 
 
 @dataclass
 class LogSection:
-    every_steps: int = 10
-    tensorboard: bool = True
-    wandb: bool = False
-    wandb_project: str = "labkit"
+    every_steps: int = setting(10, min=1, doc="a metrics.jsonl row every this many steps")
+    tensorboard: bool = setting(True, doc="TensorBoard events")
+    wandb: bool = setting(False, doc="Weights & Biases (optional; never stops a run)")
+    wandb_project: str = setting("labkit", doc="the W&B project")
 
 
 @dataclass
@@ -830,55 +939,32 @@ class DebugSection:
     """Fault injection for tests: non-finite losses, and a worker killing itself (SIGKILL) at a
     step on the first attempt only, as a crashed node would under `torchrun --max-restarts`."""
 
-    nan_at_steps: list = field(default_factory=list)
-    kill_at_step: int = 0
+    nan_at_steps: list = setting(factory=list, doc="steps whose loss is made NaN")
+    kill_at_step: int = setting(0, doc="the last rank dies at this step (0 = never)")
 
 
 @dataclass
 class TrainConfig:
     """`pretrain/run.py --config FILE`: model, data, methodology, parallelism, checkpoints."""
 
-    name: str = "run"
-    seed: int = 1234
-    model: dict = field(default_factory=lambda: {"preset": "tiny-mla"})
-    data: DataSection = field(default_factory=DataSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    parallel: ParallelSection = field(default_factory=ParallelSection)
-    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
-    eval: EvalSection = field(default_factory=EvalSection)
-    log: LogSection = field(default_factory=LogSection)
-    debug: DebugSection = field(default_factory=DebugSection)
-
-    SECTIONS = {
-        "data": DataSection,
-        "train": TrainSection,
-        "parallel": ParallelSection,
-        "checkpoint": CheckpointSection,
-        "eval": EvalSection,
-        "log": LogSection,
-        "debug": DebugSection,
-    }
+    name: str = setting("run", doc="the run's name: runs/<name>-<time>")
+    seed: int = setting(1234, min=0, doc="seed of the weights, the data order and every RNG")
+    model: dict = setting(
+        factory=lambda: {"preset": "tiny-mla"}, doc="`preset` and ModelConfig overrides"
+    )
+    data: DataSection = setting(factory=DataSection, doc="")
+    train: TrainSection = setting(factory=TrainSection, doc="")
+    parallel: ParallelSection = setting(factory=ParallelSection, doc="")
+    checkpoint: CheckpointSection = setting(factory=CheckpointSection, doc="")
+    eval: EvalSection = setting(factory=EvalSection, doc="")
+    log: LogSection = setting(factory=LogSection, doc="")
+    debug: DebugSection = setting(factory=DebugSection, doc="")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        _check_keys("", data, set(cls.SECTIONS) | {"name", "seed", "model"})
-        kwargs: dict[str, Any] = {
-            k: _build(v, k, data[k]) for k, v in cls.SECTIONS.items() if k in data
-        }
-        if "name" in data:
-            if not isinstance(data["name"], str):
-                raise ValueError(f"name must be a string, got {data['name']!r}")
-            kwargs["name"] = data["name"]
-        if "seed" in data:
-            if not isinstance(data["seed"], int) or isinstance(data["seed"], bool):
-                raise ValueError(f"seed must be an integer, got {data['seed']!r}")
-            kwargs["seed"] = data["seed"]
-        if "model" in data:
-            model = dict(data["model"])
-            allowed = {f.name for f in dataclasses.fields(ModelConfig)} | {"preset"}
-            _check_keys("model", model, allowed)
-            kwargs["model"] = model
-        cfg = cls(**kwargs)
+        cfg = from_table(cls, data)
+        allowed = {f.name for f in dataclasses.fields(ModelConfig)} | {"preset"}
+        _check_keys("model", cfg.model, allowed)
         cfg.validate()
         return cfg
 

@@ -38,6 +38,10 @@ class RunDirError(LabkitError, ValueError):
     """A run directory cannot be used as asked (locked, another run's, a changed config)."""
 
 
+class CheckpointError(LabkitError, RuntimeError):
+    """A checkpoint is missing, incomplete or corrupted (the message names the file)."""
+
+
 class OutputExistsError(LabkitError, FileExistsError):
     """An output path holds something labkit did not write; nothing was touched."""
 
@@ -77,6 +81,7 @@ def one_line_errors(prog: str, fn: Callable[[], int], debug: bool = False) -> in
 
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
     "DataError",
     "DataNotFoundError",

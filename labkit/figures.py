@@ -26,7 +26,8 @@ from typing import Any
 
 from labkit.fileio import atomic_write_bytes, check_output_dir, sha256_file
 from labkit.resources import checkout
-from labkit.runs import META, Milestone
+from labkit.run.layout import CONFIG, META
+from labkit.run.milestone import Milestone
 
 REPO = checkout() or Path.cwd()  # notebooks/ and figures/ live in a source checkout
 NOTEBOOKS = REPO / "notebooks"
@@ -56,6 +57,33 @@ STYLE: dict[str, Any] = {
 # The four runs of the study keep one colour and one line style each in every figure.
 RUN_COLORS = {"mla": "#1f77b4", "gqa": "#d62728"}
 MIX_STYLES = {"dense": "-", "control": "--"}
+
+
+STUDY_RUNS = REPO / "runs" / "paper-mini"  # the committed study: its figures are figures/
+
+
+def figures_dir_for(runs: Sequence[str | Path]) -> Path:
+    """Where the figures of `runs` go: the checkout's figures/ only for the committed study
+    (runs/paper-mini), else a figures/ folder inside the first run (or directory of runs), so
+    that other runs never overwrite the study's committed figures."""
+    if [Path(r).resolve() for r in runs] == [STUDY_RUNS.resolve()]:
+        return REPO / "figures"
+    return Path(runs[0]) / "figures"
+
+
+def notebook_inputs(
+    runs: Sequence[str | Path] | None, figures_dir: str | Path | None
+) -> tuple[list[str], str]:
+    """A notebook's runs and figure directory from its `parameters` cell: `runs` None means
+    $LABKIT_RUNS (directories separated by the OS path separator, as `make lab RUNS=...` sets
+    it), else the committed study; `figures_dir` None means `figures_dir_for(runs)`. Also sets
+    the figure style."""
+    if runs is None:
+        env = os.environ.get("LABKIT_RUNS", "")
+        runs = [p for p in env.split(os.pathsep) if p] or [str(STUDY_RUNS)]
+    runs = [str(r) for r in runs]
+    use_style()
+    return runs, str(figures_dir if figures_dir is not None else figures_dir_for(runs))
 
 
 def use_style() -> None:
@@ -89,12 +117,26 @@ def save_figure(
     fig.savefig(files[0], metadata={"Software": None})
     fig.savefig(files[1], metadata={"Creator": None, "Producer": None, "CreationDate": None})
     plt.close(fig)
+    _show_in_notebook(files[0])
     records = out / RECORDS
     records.mkdir(exist_ok=True)
     record = {"name": name, "files": [f.name for f in files],
               "sources": sorted({str(Path(s).resolve()) for s in sources})}  # fmt: skip
     (records / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     return files
+
+
+def _show_in_notebook(png: Path) -> None:
+    """In a Jupyter kernel (`make lab`), the saved figure is shown under its cell: the Agg
+    backend draws nothing on screen by itself."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and getattr(shell, "kernel", None) is not None:
+        display(Image(filename=str(png)))
 
 
 RESULTS = "results.json"  # the study's numbers, one top-level section per notebook
@@ -283,7 +325,7 @@ def describe_sources(sources: Iterable[str]) -> dict[str, Any]:
         if (s / META).exists():  # a milestone directory
             checkpoints[_display(s)] = Milestone.read(s).model_sha256
             runs.add(_display(s.parent.parent))
-        elif (s / "config.json").exists():  # a run directory (its logged metrics)
+        elif (s / CONFIG).exists():  # a run directory (its logged metrics)
             runs.add(_display(s))
         elif s.is_file():
             files[_display(s)] = sha256_file(s)
@@ -318,7 +360,7 @@ def build(
     `out` without MANIFEST.json is refused unless `overwrite`."""
     import nbformat
 
-    from labkit.study import find_runs
+    from labkit.run import find_runs
 
     out = Path(out).resolve()
     check_output_dir(out, "MANIFEST.json", "figures directory", overwrite)

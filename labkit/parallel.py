@@ -152,7 +152,7 @@ class Parallel:
             return
         missing, unexpected = self.model.load_state_dict(tensors, strict=False)
         if [m for m in missing if m != "unembed.weight"] or unexpected:
-            from labkit.checkpoint import CheckpointError
+            from labkit.errors import CheckpointError
 
             raise CheckpointError(
                 f"resume state does not fit the model: missing {missing}, extra {unexpected}"

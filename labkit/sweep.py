@@ -24,7 +24,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from labkit.resources import configs_dir, find
-from labkit.runs import FINAL, trainer_command
+from labkit.run import trainer_command
+from labkit.run.layout import FINAL
 
 # The interpreter's own torchrun, so a sweep runs without activating the environment.
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone")

@@ -1,10 +1,17 @@
-"""A training run's lifecycle, so the trainer (pretrain/run.py) keeps only the loop.
+"""Everything around the optimisation loop, so the trainer (pretrain/run.py) keeps only the loop.
 
-`TrainingRun` owns everything around the optimisation: it opens (or resumes) the run directory
-under its lock with the pinned config and history (`labkit.runs.RunDir`), restores or seeds the
-state, writes metrics (JSONL, TensorBoard, optional W&B), applies seed 004's GOLD guards to the
-best checkpoint, keeps the milestone and resume-state schedule, and closes the run (final.json,
-runs/index.jsonl, next commands) or stops it on a signal. Each piece is one short method.
+    prepare_data(cfg, d, root)   the run's data set, built once (rank 0) when it has no manifest
+    claim_run_dir(cfg, d, ...)   the run directory locked by rank 0 (`labkit.run.RunWriter`), and
+                                 the config every rank must use (the pinned one on --resume)
+    TrainingSession(...)         one start of a run, given its parts (model wrapper, optimizers,
+                                 loader, data set): restores or seeds the state, writes metrics
+                                 (JSONL, TensorBoard, optional W&B), keeps a best checkpoint under
+                                 the GOLD guards, writes milestones and resume states on their
+                                 schedule, and closes the run (final.json, runs/index.jsonl, next
+                                 commands) or stops it on a signal.
+
+A session builds nothing: the trainer prepares the data, claims the directory and builds the model
+and optimizers, then hands them over. Each piece below is one short method.
 """
 
 from __future__ import annotations
@@ -28,13 +35,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from labkit import checkpoint as ckpt
-from labkit import runs
 from labkit.config import TrainConfig
 from labkit.errors import EXIT_SIGINT, EXIT_SIGTERM, LabkitError, RunDirError
 from labkit.fileio import atomic_write_bytes
 from labkit.parallel import Dist
-from labkit.resources import find
+from labkit.resources import checkout, find
+from labkit.run import layout
+from labkit.run.checkpoint import load_resume_state, save_checkpoint, save_resume_state
+from labkit.run.lifecycle import RunWriter, resolve_config
+from labkit.run.milestone import list_milestones
 
 # Dense bf16 peak FLOP/s per device, for MFU; matched against torch.cuda.get_device_name().
 PEAK_FLOPS = {
@@ -142,20 +151,21 @@ def milestone_due(cfg: TrainConfig, step: int, tokens_before: int, tokens_after:
 
 
 class Metrics:
-    """metrics.jsonl (DESIGN.md keys), TensorBoard, optional W&B; rank 0 only."""
+    """metrics.jsonl (the run directory's documented keys), TensorBoard, optional W&B; rank 0
+    only."""
 
     def __init__(self, run_dir: Path, cfg: TrainConfig, enabled: bool, resume_step: int | None):
         self.enabled = enabled
-        self.path = run_dir / runs.METRICS
+        self.path = run_dir / layout.METRICS
         self.tb = self.wandb = None
         if not enabled:
             return
-        # (rows a killed run logged after its resume state were dropped by RunDir.repair_metrics)
+        # (rows a killed run logged after its resume state were dropped by RunWriter.repair_metrics)
         if cfg.log.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(
-                str(run_dir / runs.TENSORBOARD),
+                str(run_dir / layout.TENSORBOARD),
                 purge_step=resume_step + 1 if resume_step is not None else None,
             )
         if cfg.log.wandb:
@@ -190,98 +200,127 @@ class Metrics:
             self.wandb.finish()
 
 
-# --------------------------------------------------------------------------- the run
-class TrainingRun:
-    """One training run's directory, state schedule and logs, seen from every rank (only rank 0
-    holds the lock and writes)."""
+# --------------------------------------------------------------------------- before a session
+@dataclass(frozen=True)
+class TrainingData:
+    """The built data set a run trains on, as its milestones record it."""
 
-    def __init__(self, cfg: TrainConfig, d: Dist, run: runs.RunDir | None, path: Path, *,
-                 changes: dict, resume: bool, root: Path):  # fmt: skip
-        self.cfg, self.d, self.dir, self.path = cfg, d, run, path
-        self.changes, self.resume, self.root = changes, resume, root
+    path: Path
+    manifest_sha256: str
+    tokenizer_json: bytes  # copied into every milestone, so a milestone loads by itself
+
+
+def config_path(p: str, root: Path) -> Path:
+    """A config's relative path: under `root`; a shipped config when only that exists."""
+    if Path(p).is_absolute():
+        return Path(p)
+    here = root / p
+    return here if here.exists() or not find(p).exists() else find(p).resolve()
+
+
+def prepare_data(cfg: TrainConfig, d: Dist, root: Path) -> TrainingData:
+    """The config's data set, built on rank 0 first if it has no manifest (every rank waits)."""
+    from labkit.data.build import load_manifest
+
+    data_dir = config_path(cfg.data.dir, root)
+    if not (data_dir / "manifest.json").exists():
+        if not cfg.data.config:
+            raise FileNotFoundError(
+                f"no data set at {data_dir}: build one with `labkit data build --config "
+                f"pretrain/configs/data/demo.toml --out {cfg.data.dir}`, or set data.config"
+            )
+        if d.main:
+            from labkit.config import DataConfig
+            from labkit.data.build import build
+
+            data_cfg = config_path(cfg.data.config, root)
+            print(f"data set {data_dir} not found: building it from {data_cfg} (once)")
+            build(DataConfig.load(data_cfg), data_dir)
+        d.barrier()
+    load_manifest(data_dir)  # an incomplete data set: one line naming the file and the fix
+    return TrainingData(
+        path=data_dir,
+        manifest_sha256=hashlib.sha256((data_dir / "manifest.json").read_bytes()).hexdigest(),
+        tokenizer_json=(data_dir / layout.TOKENIZER).read_bytes(),
+    )
+
+
+@dataclass
+class ClaimedRunDir:
+    """A run directory claimed for one start: rank 0 holds its writer (the lock); every rank
+    has the path and the config settled under that lock."""
+
+    cfg: TrainConfig
+    path: Path
+    writer: RunWriter | None
+    changes: dict
+    resume: bool
+
+    def close(self) -> None:
+        """Release the directory (removing it if this start never used it)."""
+        if self.writer is not None:
+            self.writer.discard_if_unused()
+            self.writer.close()
+
+
+def choose_dir(run_dir: str | None, resume: bool, cfg: TrainConfig, runs_root: Path) -> Path:
+    """`run_dir`; with `resume` and none given, the newest runs/<name>-*; else a new one."""
+    if run_dir:
+        return Path(run_dir)
+    previous = sorted(runs_root.glob(f"{cfg.name}-*")) if resume and runs_root.exists() else []
+    stamp = f"{dt.datetime.now():%Y%m%d-%H%M%S}"
+    return previous[-1] if previous else runs_root / f"{cfg.name}-{stamp}"
+
+
+def claim_run_dir(cfg: TrainConfig, d: Dist, *, run_dir: str | None, resume: bool,
+                  lock_wait: float, config: str | None, sets: list[str], default_config: Path,
+                  root: Path) -> ClaimedRunDir:  # fmt: skip
+    """Rank 0 locks the run dir and settles the config (the pinned one on `resume`); every rank
+    gets the same path and config, or the same one-line error. A relative default (`runs/`) is
+    taken from `root`."""
+    writer, outcome = None, None
+    if d.main:
+        try:
+            path = choose_dir(run_dir, resume, cfg, root / "runs")
+            writer = RunWriter.open(path, resume, lock_wait)
+            cfg, changes = resolve_config(path, config, sets, default_config)
+            outcome = {"path": str(path), "cfg": cfg.to_dict(), "changes": changes}
+        except (ValueError, OSError) as err:
+            if writer is not None:
+                writer.discard_if_unused()
+            d.broadcast({"error": str(err)})
+            raise
+    outcome = d.broadcast(outcome)
+    if "error" in outcome:
+        raise RunDirError(outcome["error"])
+    return ClaimedRunDir(TrainConfig.from_dict(outcome["cfg"]), Path(outcome["path"]), writer,
+                         outcome["changes"], resume)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the session
+class TrainingSession:
+    """One start of a training run, seen from every rank (only rank 0 writes): given the
+    claimed directory and the parts the trainer built, it keeps the run's state, logs and
+    checkpoints."""
+
+    def __init__(self, claimed: ClaimedRunDir, d: Dist, *, par, optimizers: list, loader,
+                 data: TrainingData):  # fmt: skip
+        self.cfg, self.d, self.path = claimed.cfg, d, claimed.path
+        self.dir, self.changes, self.resume = claimed.writer, claimed.changes, claimed.resume
+        self.par, self.optimizers, self.loader, self.data = par, optimizers, loader, data
         self.metrics: Metrics | None = None
         self.last_good: Path | None = None  # the newest resume state written or loaded
         self.saved_step = -1
         self.t_start = time.time()
-        self.commit = git_commit(root)
-
-    # ------------------------------------------------------------------ opening
-    @classmethod
-    def open(cls, cfg: TrainConfig, d: Dist, *, run_dir: str | None, resume: bool,
-             lock_wait: float, config: str | None, sets: list[str], default_config: Path,
-             root: Path) -> TrainingRun:  # fmt: skip
-        """Rank 0 locks the run dir and settles the config (the pinned one on `resume`); every
-        rank gets the same path and config, or the same one-line error. Relative paths (the
-        default `runs/`, `data.dir`) are taken from `root`."""
-        run, outcome = None, None
-        if d.main:
-            try:
-                path = cls.choose_dir(run_dir, resume, cfg, root / "runs")
-                run = runs.RunDir.open(path, resume, lock_wait)
-                cfg, changes = runs.resolve_config(path, config, sets, default_config)
-                outcome = {"path": str(path), "cfg": cfg.to_dict(), "changes": changes}
-            except (ValueError, OSError) as err:
-                if run is not None:
-                    run.discard_if_unused()
-                d.broadcast({"error": str(err)})
-                raise
-        outcome = d.broadcast(outcome)
-        if "error" in outcome:
-            raise RunDirError(outcome["error"])
-        cfg = TrainConfig.from_dict(outcome["cfg"])
-        path = Path(outcome["path"])
-        return cls(cfg, d, run, path, changes=outcome["changes"], resume=resume, root=root)
-
-    @staticmethod
-    def choose_dir(run_dir: str | None, resume: bool, cfg: TrainConfig, runs_root: Path) -> Path:
-        """`run_dir`; with `resume` and none given, the newest runs/<name>-*; else a new one."""
-        if run_dir:
-            return Path(run_dir)
-        previous = sorted(runs_root.glob(f"{cfg.name}-*")) if resume and runs_root.exists() else []
-        stamp = f"{dt.datetime.now():%Y%m%d-%H%M%S}"
-        return previous[-1] if previous else runs_root / f"{cfg.name}-{stamp}"
-
-    def data_dir(self) -> Path:
-        """The config's data set, built on rank 0 first if it has no manifest."""
-        cfg, d = self.cfg, self.d
-        data_dir = self._path(cfg.data.dir)
-        if not (data_dir / "manifest.json").exists():
-            if not cfg.data.config:
-                raise FileNotFoundError(
-                    f"no data set at {data_dir}: build one with `labkit data build --config "
-                    f"pretrain/configs/data/demo.toml --out {cfg.data.dir}`, or set data.config"
-                )
-            if d.main:
-                from labkit.config import DataConfig
-                from labkit.data.build import build
-
-                data_cfg = self._path(cfg.data.config)
-                print(f"data set {data_dir} not found: building it from {data_cfg} (once)")
-                build(DataConfig.load(data_cfg), data_dir)
-            d.barrier()
-        self.data_path = data_dir
-        from labkit.data.build import load_manifest
-
-        load_manifest(data_dir)  # an incomplete data set: one line naming the file and the fix
-        self.manifest_sha = hashlib.sha256((data_dir / "manifest.json").read_bytes()).hexdigest()
-        self.tokenizer_json = (data_dir / ckpt.TOKENIZER_FILE).read_bytes()
-        return data_dir
-
-    def _path(self, p: str) -> Path:
-        """A config's relative path: under the root; a shipped config when only that exists."""
-        if Path(p).is_absolute():
-            return Path(p)
-        here = self.root / p
-        return here if here.exists() or not find(p).exists() else find(p).resolve()
+        self.commit = git_commit(checkout() or Path.cwd())  # the code that trains
 
     # ------------------------------------------------------------------ start / resume
-    def start(self, par, optimizers: list, loader, total_steps: int) -> TrainState:
+    def start(self, total_steps: int) -> TrainState:
         """Restore the newest resume state (or seed every RNG), pin the config of a new run,
         repair metrics.jsonl, record the start in history.jsonl and open the metrics sink."""
-        self.par, self.optimizers, self.loader = par, optimizers, loader
         cfg, d, run = self.cfg, self.d, self.dir
         state = TrainState(total_steps=total_steps, lr=cfg.train.lr)
-        pinned = self.path / runs.CONFIG
+        pinned = self.path / layout.CONFIG
         if run is not None:
             for action in run.clean_stale_temp_dirs():
                 print(f"run dir: {action} (left by a killed writer)")
@@ -299,7 +338,7 @@ class TrainingRun:
         return state
 
     def _restore(self, path: Path, state: TrainState) -> None:
-        tensors, optim_state, saved = ckpt.load_resume_state(path)
+        tensors, optim_state, saved = load_resume_state(path)
         self.par.load_state_dicts(tensors, self.optimizers, optim_state)
         state.step, state.tokens, state.skipped = (
             saved["step"],
@@ -314,7 +353,7 @@ class TrainingRun:
         if self.d.main:
             print(f"resumed from {path} (step {state.step}, {state.tokens:,} tokens)")
 
-    def _record_start(self, run: runs.RunDir, resumed: bool, resume_from, step: int) -> None:
+    def _record_start(self, run: RunWriter, resumed: bool, resume_from, step: int) -> None:
         if not resumed:
             run.pin(self.cfg, self.par.model.cfg.to_dict())  # the run's config, from now on
         elif self.resume and resume_from is None:
@@ -361,7 +400,8 @@ class TrainingRun:
 
     def log_step(self, state: TrainState, loss: float, grad_norm: float, tokens_per_s: float,
                  seq_len: int, step_tokens: int) -> None:  # fmt: skip
-        """One metrics.jsonl row with DESIGN.md's keys (MFU against the device's bf16 peak)."""
+        """One metrics.jsonl row: step, tokens, loss, lr, grad norms, tokens/s, MFU (against the
+        device's bf16 peak), memory, and the curriculum's position."""
         d, t, mcfg = self.d, self.cfg.train, self.par.model.cfg
         peak = t.peak_flops or next(
             (v for k, v in PEAK_FLOPS.items() if d.device.type == "cuda"
@@ -413,12 +453,12 @@ class TrainingRun:
         )
         if is_best:
             state.best_val = current["val_mean"]
-            self.save_milestone(state, runs.BEST, {"guards": guards})
+            self.save_milestone(state, layout.BEST, {"guards": guards})
 
     def checkpoint(self, state: TrainState, tokens_before: int) -> None:
         """After an optimizer step: a milestone and/or a resume state when one is due."""
         if milestone_due(self.cfg, state.step, tokens_before, state.tokens, state.total_steps):
-            self.save_milestone(state, runs.milestone_name(state.tokens))
+            self.save_milestone(state, layout.milestone_name(state.tokens))
         every = self.cfg.checkpoint.resume_every_steps
         if state.step % every == 0 or state.step == state.total_steps:
             self.save_resume(state)
@@ -433,8 +473,8 @@ class TrainingRun:
             "val": state.evals[-1]["val"] if state.evals else None,
             "wall_time_s": round(time.time() - self.t_start, 2),
             "git_commit": self.commit,
-            "data_manifest_sha256": self.manifest_sha,
-            "data_dir": str(self.data_path),
+            "data_manifest_sha256": self.data.manifest_sha256,
+            "data_dir": str(self.data.path),
             "mix": self.cfg.data.mix,
             "run": self.path.name,
             **(extra or {}),
@@ -444,18 +484,18 @@ class TrainingRun:
         """The step-0 milestone (`checkpoint.save_init`) of a run that has not stepped yet: the
         untrained weights, for the baselines and floors of the analyses."""
         if self.cfg.checkpoint.save_init and state.step == 0:
-            self.save_milestone(state, runs.milestone_name(0), {"init": True})
+            self.save_milestone(state, layout.milestone_name(0), {"init": True})
 
     def save_milestone(self, state: TrainState, name: str, extra: dict | None = None) -> None:
         """checkpoints/<name>/: weights, config, meta and the tokenizer (it loads by itself)."""
         tensors, _ = self.par.state_dicts()
         if self.d.main:
-            ckpt.save_checkpoint(
-                self.path / runs.CHECKPOINTS / name,
+            save_checkpoint(
+                self.path / layout.CHECKPOINTS / name,
                 tensors,
                 self.par.model.cfg,
                 self._meta(state, "milestone", extra),
-                extra={ckpt.TOKENIZER_FILE: self.tokenizer_json},
+                extra={layout.TOKENIZER: self.data.tokenizer_json},
             )
 
     def save_resume(self, state: TrainState) -> None:
@@ -463,7 +503,7 @@ class TrainingRun:
         written atomically; the last `checkpoint.keep_last` are kept."""
         tensors, optim_state = self.par.state_dicts(self.optimizers)
         rngs = self.d.gather(rng_state())
-        path = self.path / runs.RESUME / runs.resume_name(state.step)
+        path = self.path / layout.RESUME / layout.resume_name(state.step)
         if self.d.main:
             trainer = {
                 "step": state.step,
@@ -477,9 +517,9 @@ class TrainingRun:
                 "world_size": self.d.world,
             }
             meta = self._meta(state, "resume")
-            ckpt.save_resume_state(path, tensors, self.par.model.cfg, optim_state, trainer, meta)
-            old = sorted((self.path / runs.RESUME).glob("step_*"))[: -self.cfg.checkpoint.keep_last]
-            for p in old:
+            save_resume_state(path, tensors, self.par.model.cfg, optim_state, trainer, meta)
+            states = sorted((self.path / layout.RESUME).glob("step_*"))
+            for p in states[: -self.cfg.checkpoint.keep_last]:
                 shutil.rmtree(p, ignore_errors=True)
         self.d.barrier()
         self.last_good, self.saved_step = path, state.step
@@ -534,13 +574,13 @@ class TrainingRun:
             "model": self.par.model.cfg.to_dict(),
             "final": final,
         }
-        with (self.path.parent / runs.INDEX).open("a") as f:
+        with (self.path.parent / layout.INDEX).open("a") as f:
             f.write(json.dumps(record) + "\n")
         text = json.dumps(record, indent=2) + "\n"
-        atomic_write_bytes(self.path / runs.FINAL, text.encode())  # `make paper` reads it
+        atomic_write_bytes(self.path / layout.FINAL, text.encode())  # `make paper` reads it
 
     def _summary(self, state: TrainState, final: dict) -> None:
-        milestones = ckpt.list_milestones(self.path)
+        milestones = list_milestones(self.path)
         print(
             f"\ndone: {state.step} steps, {state.tokens:,} tokens, final train loss "
             f"{state.last_loss:.3f}"
@@ -548,17 +588,11 @@ class TrainingRun:
         if final["val"]:
             print("validation: " + ", ".join(f"{k} {v:.3f}" for k, v in final["val"].items()))
         print(
-            f"{len(milestones)} milestones in {self.path / runs.CHECKPOINTS} "
+            f"{len(milestones)} milestones in {self.path / layout.CHECKPOINTS} "
             f"(first {milestones[0].name}, last {milestones[-1].name})"
         )
         for line in next_commands(self.path, milestones[-1], sorted(final["val"] or {})):
             print(line)
-
-    def close(self) -> None:
-        """Release the run directory (removing it if this start never used it)."""
-        if self.dir is not None:
-            self.dir.discard_if_unused()
-            self.dir.close()
 
 
 def next_commands(run_dir: Path, last: Path, splits: list[str]) -> list[str]:
@@ -578,8 +612,8 @@ def next_commands(run_dir: Path, last: Path, splits: list[str]) -> list[str]:
         + ("   # a `kind: data` spec: README, Your own data" if own else ""),
         f"  {labkit} eval perplexity --run {run_dir} --split {split} --milestones first,last",
         f"  {labkit} export --checkpoint {last} --out {run_dir / 'hf'}",
-        f"  {py} -c \"from labkit.checkpoint import load; model, meta = load('{last}')\"",
-        f"  {bin_dir / 'tensorboard'} --logdir {run_dir / runs.TENSORBOARD}",
+        f"  {py} -c \"from labkit.run import load; model, milestone = load('{last}')\"",
+        f"  {bin_dir / 'tensorboard'} --logdir {run_dir / layout.TENSORBOARD}",
         f"  {py} pretrain/run.py --run-dir {run_dir} --resume   # after a crash",
     ]
 
@@ -589,7 +623,11 @@ __all__ = [
     "Metrics",
     "TrainState",
     "TrainingError",
-    "TrainingRun",
+    "ClaimedRunDir",
+    "TrainingData",
+    "TrainingSession",
+    "claim_run_dir",
+    "prepare_data",
     "gold_guards",
     "milestone_due",
     "next_commands",

@@ -23,21 +23,23 @@
 # shard indexes; `labkit data card DIR` prints the same numbers as text.
 
 # %% tags=["parameters"]
-runs = ["../runs/paper-mini"]  # run directories, or directories of runs
+# Other runs: set `runs` here, or start the lab with `make lab RUNS=runs/mine`. Their figures
+# then go to <first run>/figures, never into the committed figures/.
+runs = None  # run directories, or directories of runs (None: $LABKIT_RUNS, else the study)
 smoke = False  # few milestones and documents (CI)
-figures_dir = "../figures"
+figures_dir = None  # None: ../figures for the committed study, else <first run>/figures
 
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
 
 from labkit.data.build import document_lengths, load_manifest
-from labkit.figures import save_figure, use_style
-from labkit.study import find_runs, run_data_dir
+from labkit.figures import notebook_inputs, save_figure
+from labkit.run import find_runs
 
-use_style()
+runs, figures_dir = notebook_inputs(runs, figures_dir)
 study = find_runs(runs)
-data_dirs = sorted({run_data_dir(r.milestones[-1]) for r in study})
+data_dirs = sorted({r.data_path for r in study})
 data_dir = data_dirs[0]
 manifest = load_manifest(data_dir)
 print(f"{len(study)} runs on {len(data_dirs)} data set(s); this notebook describes {data_dir}")

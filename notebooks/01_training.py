@@ -25,18 +25,20 @@
 # rerun does not reproduce byte for byte.
 
 # %% tags=["parameters"]
-runs = ["../runs/paper-mini"]  # run directories, or directories of runs
+# Other runs: set `runs` here, or start the lab with `make lab RUNS=runs/mine`. Their figures
+# then go to <first run>/figures, never into the committed figures/.
+runs = None  # run directories, or directories of runs (None: $LABKIT_RUNS, else the study)
 smoke = False  # few milestones and documents (CI)
-figures_dir = "../figures"
+figures_dir = None  # None: ../figures for the committed study, else <first run>/figures
 
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
 
-from labkit.figures import run_style, save_figure, save_results, use_style
-from labkit.study import find_runs, main_runs
+from labkit.figures import notebook_inputs, run_style, save_figure, save_results
+from labkit.run import find_runs, main_runs
 
-use_style()
+runs, figures_dir = notebook_inputs(runs, figures_dir)
 every_run = find_runs(runs)
 study = main_runs(every_run)  # one run per attention kind and corpus for the curves
 every_logs = {r.name: r.metrics() for r in every_run}

@@ -31,26 +31,26 @@
 # (`induction.<run>`).
 
 # %% tags=["parameters"]
-runs = ["../runs/paper-mini"]  # run directories, or directories of runs
+# Other runs: set `runs` here, or start the lab with `make lab RUNS=runs/mine`. Their figures
+# then go to <first run>/figures, never into the committed figures/.
+runs = None  # run directories, or directories of runs (None: $LABKIT_RUNS, else the study)
 smoke = False  # few milestones and documents (CI)
-figures_dir = "../figures"
+figures_dir = None  # None: ../figures for the committed study, else <first run>/figures
 
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
 
-from labkit.figures import run_style, save_figure, save_results, use_style
+from labkit.figures import notebook_inputs, run_style, save_figure, save_results
+from labkit.run import find_runs, main_runs, pick_milestones
 from labkit.study import (
     attention_on_repeat,
-    find_runs,
     icl_over_milestones,
     induction_over_milestones,
     induction_summary,
-    main_runs,
-    pick_milestones,
 )
 
-use_style()
+runs, figures_dir = notebook_inputs(runs, figures_dir)
 study = main_runs(find_runs(runs))
 threshold = 0.3
 seq_len, batch = (16, 4) if smoke else (64, 16)

@@ -54,30 +54,23 @@
 # differences between runs smaller than the intervals (the CIs are per run, not paired).
 
 # %% tags=["parameters"]
-runs = ["../runs/paper-mini"]  # run directories, or directories of runs
+# Other runs: set `runs` here, or start the lab with `make lab RUNS=runs/mine`. Their figures
+# then go to <first run>/figures, never into the committed figures/.
+runs = None  # run directories, or directories of runs (None: $LABKIT_RUNS, else the study)
 smoke = False  # few documents, targets and milestones (CI)
-figures_dir = "../figures"
+figures_dir = None  # None: ../figures for the committed study, else <first run>/figures
 
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
 
-from labkit.figures import run_style, save_figure, save_results, use_style
-from labkit.study import (
-    find_runs,
-    init_milestone,
-    load_probe_spec,
-    main_runs,
-    pick_milestones,
-    probe_against_baselines,
-    probe_layers_over_milestones,
-    probe_set,
-    probe_targets,
-    run_data_dir,
-    trained_milestones,
-)
+from labkit.analysis.probe_tasks import load_probe_spec, probe_targets
+from labkit.analysis.probing import probe_set
+from labkit.figures import notebook_inputs, run_style, save_figure, save_results
+from labkit.run import find_runs, main_runs, pick_milestones
+from labkit.study import probe_against_baselines, probe_layers_over_milestones
 
-use_style()
+runs, figures_dir = notebook_inputs(runs, figures_dir)
 # The main run of each attention kind on the dense corpus (the other runs: same analysis, more
 # minutes -- `labkit figures --notebooks 03` with `probe_mixes` widened): each run costs about
 # 2.5 CPU-minutes for every target and its baselines.
@@ -97,12 +90,9 @@ _sets: dict = {}
 
 
 def sets_for(run, names):
-    key = (str(run_data_dir(run.milestones[-1])), run.model.max_seq_len)
+    key = (str(run.data_path), run.model.max_seq_len)
     if key not in _sets:
-        _sets[key] = {
-            t: probe_set(specs[t], run_data_dir(run.milestones[-1]), run.model.max_seq_len)
-            for t in targets
-        }
+        _sets[key] = {t: probe_set(specs[t], run.data_path, run.model.max_seq_len) for t in targets}
     return {t: _sets[key][t] for t in names}
 
 
@@ -112,11 +102,10 @@ def sets_for(run, names):
 # %%
 final = {}
 for r in study:
-    init = init_milestone(r.milestones)
-    if init is None:
+    if r.init is None:
         print(f"{r.name}: no step-0 milestone -- init baseline missing (None)")
     final[r.name] = probe_against_baselines(
-        trained_milestones(r.milestones)[-1], init, sets_for(r, targets), n_null=n_null
+        r.trained[-1], r.init, sets_for(r, targets), n_null=n_null
     )
 
 KEYS = ["accuracy", "ci", "null", "null_sd", "null_max", "null_kind", "init_baseline", "init_ci",
@@ -185,7 +174,7 @@ save_figure(
     fig,
     "03_probe_targets",
     figures_dir,
-    sources=[m for r in study for m in (r.milestones[-1], init_milestone(r.milestones)) if m],
+    sources=[m for r in study for m in (r.milestones[-1], r.init) if m],
 )
 
 # %%
@@ -211,9 +200,8 @@ for t in targets:
 # %%
 dense = [r for r in study if r.mix == "dense"] or study[:1]
 for r in dense:
-    init = init_milestone(r.milestones)
-    chosen = pick_milestones(trained_milestones(r.milestones), 2 if smoke else 4)
-    chosen = ([init] if init is not None else []) + chosen
+    chosen = pick_milestones(r.trained, 2 if smoke else 4)
+    chosen = ([r.init] if r.init is not None else []) + chosen
     rows = probe_layers_over_milestones(chosen, sets_for(r, over_training))
     fig, axes = plt.subplots(1, len(over_training), figsize=(3.2 * len(over_training), 2.8),
                              squeeze=False)  # fmt: skip

@@ -31,35 +31,33 @@
 # 4. CKA of each layer to its own final state, and RSA between MLA and GQA.
 
 # %% tags=["parameters"]
-runs = ["../runs/paper-mini"]  # run directories, or directories of runs
+# Other runs: set `runs` here, or start the lab with `make lab RUNS=runs/mine`. Their figures
+# then go to <first run>/figures, never into the committed figures/.
+runs = None  # run directories, or directories of runs (None: $LABKIT_RUNS, else the study)
 smoke = False  # few milestones and documents (CI)
-figures_dir = "../figures"
+figures_dir = None  # None: ../figures for the committed study, else <first run>/figures
 
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
 
 from labkit.analysis.similarity import cka_matrix, layer_identification
-from labkit.figures import run_style, save_figure, save_results, use_style
-from labkit.study import (
-    cka_to_final,
-    compare_runs,
-    eval_sequences,
+from labkit.figures import notebook_inputs, run_style, save_figure, save_results
+from labkit.run import (
     find_runs,
-    layer_activations,
     main_runs,
     pick_milestones,
     pick_run,
-    run_data_dir,
     seed_groups,
     shared_milestones,
 )
+from labkit.study import cka_to_final, compare_runs, eval_sequences, layer_activations
 
-use_style()
+runs, figures_dir = notebook_inputs(runs, figures_dir)
 every_run = find_runs(runs)
 study = main_runs(every_run)
 documents, max_len = (8, 32) if smoke else (64, 128)
-sequences = eval_sequences(run_data_dir(study[0].milestones[-1]), "general", documents, max_len)
+sequences = eval_sequences(study[0].data_path, "general", documents, max_len)
 print(f"{len(sequences)} documents, {sum(map(len, sequences)):,} tokens")
 final_acts = {}
 

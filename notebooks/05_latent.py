@@ -24,27 +24,27 @@
 # stream of the same layer. GQA runs have no latent and are skipped here.
 
 # %% tags=["parameters"]
-runs = ["../runs/paper-mini"]  # run directories, or directories of runs
+# Other runs: set `runs` here, or start the lab with `make lab RUNS=runs/mine`. Their figures
+# then go to <first run>/figures, never into the committed figures/.
+runs = None  # run directories, or directories of runs (None: $LABKIT_RUNS, else the study)
 smoke = False  # few milestones and documents (CI)
-figures_dir = "../figures"
+figures_dir = None  # None: ../figures for the committed study, else <first run>/figures
 
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
 
-from labkit.figures import run_style, save_figure, save_results, use_style
+from labkit.analysis.probe_tasks import load_probe_spec
+from labkit.figures import notebook_inputs, run_style, save_figure, save_results
+from labkit.run import find_runs, main_runs, pick_milestones
 from labkit.study import (
-    find_runs,
     kv_patching,
     latent_over_milestones,
-    load_probe_spec,
     logit_lens_over_milestones,
-    main_runs,
-    pick_milestones,
     probe_over_milestones,
 )
 
-use_style()
+runs, figures_dir = notebook_inputs(runs, figures_dir)
 every_mla = [r for r in find_runs(runs) if r.attention == "mla"]
 if not every_mla:
     raise ValueError(f"no MLA run among {runs}: the latent exists only in MLA models")

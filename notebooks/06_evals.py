@@ -14,9 +14,11 @@
 # across separate runs at several budgets (`labkit sweep`, `labkit report`).
 
 # %% tags=["parameters"]
-runs = ["../runs/paper-mini"]  # run directories, or directories of runs
+# Other runs: set `runs` here, or start the lab with `make lab RUNS=runs/mine`. Their figures
+# then go to <first run>/figures, never into the committed figures/.
+runs = None  # run directories, or directories of runs (None: $LABKIT_RUNS, else the study)
 smoke = False  # few milestones and documents (CI)
-figures_dir = "../figures"
+figures_dir = None  # None: ../figures for the committed study, else <first run>/figures
 baselines_dir = "../runs/baselines"  # where `labkit baselines` stores its results
 
 # %%
@@ -27,10 +29,10 @@ from labkit.eval.baselines import load_baselines
 from labkit.eval.runner import main_metric, milestone_scores, tasks_dir_for
 from labkit.eval.stats import wilson_interval
 from labkit.eval.tasks import TASKS, suite_sizes
-from labkit.figures import run_style, save_figure, save_results, use_style
-from labkit.study import find_runs, main_runs, pick_milestones
+from labkit.figures import notebook_inputs, run_style, save_figure, save_results
+from labkit.run import find_runs, main_runs, pick_milestones
 
-use_style()
+runs, figures_dir = notebook_inputs(runs, figures_dir)
 study = main_runs(find_runs(runs))
 limit = 4 if smoke else 100  # examples per task
 # the step-0 milestone (when the run has one) and trained milestones spread in log(tokens)

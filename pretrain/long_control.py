@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "pretrain"))
 from paper import ensure_data, train_all, train_command  # noqa: E402
 
 from labkit.figures import check_results_dir, save_results  # noqa: E402
-from labkit.runs import FINAL, HISTORY, Milestone  # noqa: E402
+from labkit.run.layout import FINAL, HISTORY  # noqa: E402
 
 STEPS, STUDY_STEPS = 10_000, 1_000
 SCALE = {  # a scale in paper.py's sense: the CPU study's config with these overrides
@@ -86,15 +86,13 @@ def analyse(runs_dir: Path, study_tokens: int) -> dict:
     """Notebook 02's induction summary per run and notebook 04's seed-vs-seed layer
     identification at every shared milestone."""
     from labkit.analysis.similarity import layer_identification
+    from labkit.run import open_run, shared_milestones
     from labkit.study import (
         compare_runs,
         eval_sequences,
         icl_over_milestones,
         induction_over_milestones,
         induction_summary,
-        open_run,
-        run_data_dir,
-        shared_milestones,
     )
 
     a, b = (open_run(runs_dir / name) for name in RUNS)
@@ -107,9 +105,7 @@ def analyse(runs_dir: Path, study_tokens: int) -> dict:
         icl = icl_over_milestones(run.milestones, "general", 32, ICL_EARLY, ICL_LATE, True)
         curve = [[r["tokens"], r["max_induction"]] for r in induction["milestones"]]
         out["induction"][run.name] = induction_summary(induction, icl) | {"curve": curve}
-    sequences = eval_sequences(
-        run_data_dir(a.milestones[-1]), "general", CKA_DOCUMENTS, CKA_MAX_LEN
-    )
+    sequences = eval_sequences(a.data_path, "general", CKA_DOCUMENTS, CKA_MAX_LEN)
     rows = compare_runs(shared_milestones(a, b), sequences, "resid_post", progress=True)
     found = {r["tokens"]: layer_identification(r["cka"]) for r in rows}
     last = rows[-1]["tokens"]
@@ -130,26 +126,19 @@ def analyse(runs_dir: Path, study_tokens: int) -> dict:
 def probes(run, study_tokens: int) -> dict:
     """Notebook 03's probes with their baselines (null, step 0, bag of tokens, digit count) at
     the study's budget and at the last milestone of `run`: which targets beat every baseline."""
-    from labkit.study import (
-        init_milestone,
-        load_probe_spec,
-        probe_against_baselines,
-        probe_set,
-        probe_targets,
-        run_data_dir,
-    )
+    from labkit.analysis.probe_tasks import load_probe_spec, probe_targets
+    from labkit.analysis.probing import probe_set
+    from labkit.study import probe_against_baselines
 
-    data, max_len = run_data_dir(run.milestones[-1]), run.model.max_seq_len
+    data, max_len = run.data_path, run.model.max_seq_len
     sets = {
         t: probe_set(load_probe_spec(t, max_documents=PROBE_DOCUMENTS), data, max_len)
         for t in PROBE_TARGETS or probe_targets()
     }
-    by_tokens = {Milestone.read(m).tokens: m for m in run.milestones}
+    by_tokens = {m.tokens: m for m in run.milestones}
     out = {}
     for tokens in (study_tokens, max(by_tokens)):
-        found = probe_against_baselines(
-            by_tokens[tokens], init_milestone(run.milestones), sets, n_null=PROBE_NULLS
-        )
+        found = probe_against_baselines(by_tokens[tokens], run.init, sets, n_null=PROBE_NULLS)
         out[str(tokens)] = {
             "beats_all_baselines": [t for t, r in found.items() if r["beats_all_baselines"]],
             "targets": {t: {k: r[k] for k in PROBE_KEYS} for t, r in found.items()},

@@ -26,7 +26,8 @@ except ModuleNotFoundError:  # Python 3.10
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from labkit.runs import FINAL, RESUME, trainer_command  # noqa: E402
+from labkit.run import trainer_command  # noqa: E402
+from labkit.run.layout import FINAL, RESUME  # noqa: E402
 
 STUDY = REPO / "pretrain" / "configs" / "paper-mini" / "study.toml"
 

@@ -17,10 +17,10 @@ final one), each loadable with `labkit.checkpoint.load`; resume states (model, o
 data position, every rank's RNG) every K steps, written atomically, the last few kept. `--resume`
 continues bit-identically on the CPU; it also makes `torchrun --max-restarts` restarts resume.
 
-This file is the loop: `Trainer.fit`. Everything around it (run directory, resume, metrics,
-milestones, GOLD guards) is `labkit.training.TrainingRun`; processes and DDP/FSDP2 are
-`labkit.parallel`. To change the objective, subclass `Trainer` and override `loss`, then call
-`main(trainer=YourTrainer)`.
+This file is the loop: `Trainer.fit`. Everything around it (the data set, the run directory,
+resume, metrics, milestones, GOLD guards) is `labkit.training` (`TrainingSession`); processes
+and DDP/FSDP2 are `labkit.parallel`. To change the objective, subclass `Trainer` and override
+`loss`, then call `main(trainer=YourTrainer)`.
 """
 
 from __future__ import annotations
@@ -48,11 +48,17 @@ if IN_CHECKOUT:
 from labkit.config import TrainConfig  # noqa: E402
 from labkit.data.loader import Loader, MixedData, eval_windows, passes_report  # noqa: E402
 from labkit.errors import one_line_errors  # noqa: E402
-from labkit.model import LabModel  # noqa: E402
+from labkit.model import LabModel, attention_impl  # noqa: E402
 from labkit.parallel import Dist, Parallel, choose_strategy  # noqa: E402
 from labkit.resources import configs_dir  # noqa: E402
-from labkit.runs import StopSignals, resolve_config  # noqa: E402
-from labkit.training import TrainingRun  # noqa: E402
+from labkit.run import StopSignals, resolve_config  # noqa: E402
+from labkit.training import (  # noqa: E402
+    ClaimedRunDir,
+    TrainingData,
+    TrainingSession,
+    claim_run_dir,
+    prepare_data,
+)
 
 DEFAULT_CONFIG = configs_dir() / "demo.toml"
 
@@ -126,11 +132,10 @@ def lr_factor(step: int, total_steps: int, warmup: int, min_ratio: float) -> flo
 class Trainer:
     """config -> data -> model -> optimizer -> `fit` (the loop). `loss` is the objective."""
 
-    def __init__(self, run: TrainingRun, stop: StopSignals):
-        self.run, self.stop, self.d = run, stop, run.d
-        self.cfg = cfg = run.cfg
-        t, d = cfg.train, run.d
-        data_dir = run.data_dir()
+    def __init__(self, claimed: ClaimedRunDir, data_set: TrainingData, d: Dist, stop: StopSignals):
+        self.stop, self.d = stop, d
+        self.cfg = cfg = claimed.cfg
+        t, data_dir = cfg.train, data_set.path
         data = MixedData(data_dir, cfg.data.mix, t.tokens, cfg.seed)
         self.loader = Loader(data, d.rank, d.world, t.micro_batch)
         mcfg = cfg.model_config(data.manifest["tokenizer"]["vocab_size"])
@@ -140,7 +145,9 @@ class Trainer:
         self.par = Parallel(self.model, strategy, d, compile=t.compile)
         self.opts = build_optimizers(cfg, self.model)
         total_steps = math.ceil(t.tokens / t.batch_tokens)  # computed once, from the token target
-        self.state = run.start(self.par, self.opts, self.loader, total_steps)
+        self.session = TrainingSession(claimed, d, par=self.par, optimizers=self.opts,
+                                       loader=self.loader, data=data_set)  # fmt: skip
+        self.state = self.session.start(total_steps)
         # Evaluation sets: fixed windows of each held-out split, at the base sequence length.
         splits = cfg.data.eval_splits or sorted(data.manifest["shards"]["eval"])
         self.eval_sets = {
@@ -188,10 +195,11 @@ class Trainer:
         accum = self.accum_for(seq)
         if d.main:
             print(
-                f"{mcfg.name}: {mcfg.num_params():,} parameters, {self.par.strategy} on "
+                f"{mcfg.name}: {mcfg.num_params():,} parameters, {mcfg.attention.upper()} "
+                f"attention through {attention_impl(mcfg, d.device)}, {self.par.strategy} on "
                 f"{d.world} x {d.device.type}; {state.total_steps} steps of {accum} x "
                 f"{t.micro_batch} x {seq} x {d.world} = {accum * t.micro_batch * seq * d.world:,}"
-                f" tokens (target {t.batch_tokens:,}); run dir {self.run.path}"
+                f" tokens (target {t.batch_tokens:,}); run dir {self.session.path}"
             )
             line, warning = passes_report(self.loader.data.passes)
             print(line + (f"\nwarning: {warning}" if warning else ""))
@@ -205,9 +213,9 @@ class Trainer:
         return lr
 
     def fit(self) -> dict:
-        """The loop: micro-batches under autocast, backward, clip, step, LR; the run object logs,
+        """The loop: micro-batches under autocast, backward, clip, step, LR; the session logs,
         evaluates, checkpoints and stops."""
-        cfg, t, d, run, state = self.cfg, self.cfg.train, self.d, self.run, self.state
+        cfg, t, d, run, state = self.cfg, self.cfg.train, self.d, self.session, self.state
         self.announce()
         bar = tqdm(total=state.total_steps, initial=state.step, desc="train",
                    disable=not d.main, dynamic_ncols=True)  # fmt: skip
@@ -274,17 +282,19 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, args: argparse.Namespace, trainer: type[Trainer] = Trainer) -> dict:
-    """Open the run (rank 0 locks it), build the trainer, run the loop, release the run."""
+    """Ensure the data set, claim the run directory (rank 0 locks it), build the trainer, run
+    the loop, release the directory."""
     stop = StopSignals()
     d = Dist(cfg.parallel.backend, cfg.parallel.timeout_s)
-    run = TrainingRun.open(
+    data_set = prepare_data(cfg, d, REPO)
+    claimed = claim_run_dir(
         cfg, d, run_dir=args.run_dir, resume=args.resume, lock_wait=args.lock_wait,
         config=args.config, sets=args.set, default_config=DEFAULT_CONFIG, root=REPO,
     )  # fmt: skip
     try:
-        return trainer(run, stop).fit()
+        return trainer(claimed, data_set, d, stop).fit()
     finally:
-        run.close()
+        claimed.close()
 
 
 def main(argv: list[str] | None = None, trainer: type[Trainer] = Trainer) -> int:

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from conftest import CI, ROOT, RUN
 
-from labkit import runs
-from labkit.checkpoint import list_milestones, load
+from labkit import run as runs
+from labkit.run import list_milestones, load
+from labkit.run.layout import META, METRICS
 
 
 # ------------------------------------------------------------------------------ compact trainer
@@ -86,7 +87,7 @@ def _train(cmd: list[str], ci_data, run_dir: Path, steps: int) -> list[dict]:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    rows = [json.loads(x) for x in (run_dir / runs.METRICS).read_text().splitlines()]
+    rows = [json.loads(x) for x in (run_dir / METRICS).read_text().splitlines()]
     return [r for r in rows if "loss" in r]
 
 
@@ -103,10 +104,10 @@ def test_a_custom_loss_term_is_one_overridden_method(ci_data, tmp_path):
     # (c_kv leaves an RMSNorm whose scale starts at 1).
     gap = aux[0]["loss"] - plain[0]["loss"]
     assert abs(gap - coef * n_layers) < 0.05 * n_layers, gap
-    (model_plain, meta_plain), (model_aux, meta_aux) = (
+    (model_plain, plain_at), (model_aux, aux_at) = (
         load(list_milestones(tmp_path / name)[-1]) for name in ("plain", "aux")
     )
-    assert meta_aux["step"] == meta_plain["step"] == 8
+    assert aux_at.step == plain_at.step == 8
     scale = [
         float(np.mean([b.attn.kv_norm.weight.abs().mean().item() for b in m.blocks]))
         for m in (model_plain, model_aux)
@@ -120,12 +121,12 @@ def test_milestone_record_is_read_once_with_one_line_errors(tmp_path):
     milestone.mkdir(parents=True)
     meta = {"step": 2, "tokens": 2048, "val": {"a": 1.0, "b": 3.0}, "data_dir": "/d",
             "checksums": {"model.safetensors": "ab" * 32}}  # fmt: skip
-    (milestone / runs.META).write_text(json.dumps(meta))
+    (milestone / META).write_text(json.dumps(meta))
     m = runs.Milestone.read(milestone)
     assert (m.step, m.tokens, m.val_mean, m.model_sha256) == (2, 2048, 2.0, "ab" * 32)
     assert m.data_path == Path("/d") and m.meta["checksums"]
     assert list_milestones(tmp_path) == [milestone]
-    (milestone / runs.META).write_text("{}")
+    (milestone / META).write_text("{}")
     with pytest.raises(ValueError, match="not a checkpoint meta"):
         runs.Milestone.read(milestone)
     with pytest.raises(ValueError, match="no meta.json"):
@@ -189,8 +190,7 @@ def test_the_loader_says_how_often_a_run_reads_each_source(ci_data):
 
 # ------------------------------------------------------------------------------ probes
 def test_probe_spec_is_parsed_once_and_reads_like_its_yaml():
-    from labkit.analysis.probe_tasks import ProbeSpec
-    from labkit.study import load_probe_spec
+    from labkit.analysis.probe_tasks import ProbeSpec, load_probe_spec
 
     spec = load_probe_spec("digit", max_documents=7)
     assert isinstance(spec, ProbeSpec) and spec.source["documents"] == 7

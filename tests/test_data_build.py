@@ -292,22 +292,22 @@ def test_prose_eval_split_is_about_its_fraction(ci_data):
 
 
 def _readme_blocks(marker: str) -> list[str]:
-    """The ```text blocks between `<!-- marker ... -->` and `<!-- /marker -->` in the README."""
-    readme = (ROOT / "README.md").read_text()
+    """The ```text blocks between `<!-- marker ... -->` and `<!-- /marker -->` of docs/data.md."""
+    readme = (ROOT / "docs" / "data.md").read_text()
     start = readme.index(f"<!-- {marker}")
     section = readme[start : readme.index(f"<!-- /{marker} -->", start)]
     return [block.split("```", 1)[0] for block in section.split("```text\n")[1:]]
 
 
-def test_readme_numbers_and_samples_are_the_ci_builds(ci_data):
-    """The README's measures and sample documents are the card's output on this very build: a
+def test_data_page_numbers_and_samples_are_the_ci_builds(ci_data):
+    """The data page's measures and sample documents are the card's output on this very build: a
     changed generator that forgets to regenerate them fails here."""
     from labkit.data.build import sample_documents
 
     card_lines = set(dataset_card(ci_data).splitlines())
     (measures,) = _readme_blocks("ci-measures")
     missing = [line for line in measures.splitlines() if line not in card_lines]
-    assert not missing, f"README ci-measures lines not on the card: {missing}"
+    assert not missing, f"docs/data.md ci-measures lines not on the card: {missing}"
     samples = sample_documents(ci_data)
     blocks = _readme_blocks("ci-samples")
     assert len(blocks) == 3

@@ -13,13 +13,13 @@ from conftest import CI
 from lm_eval.api.instance import Instance
 from scipy import stats as sps
 
-from labkit.checkpoint import list_milestones, load
 from labkit.cli import main
 from labkit.eval.adapter import LabkitLM
 from labkit.eval.metrics import exact_match, f1
 from labkit.eval.report import analyse, read_registry
 from labkit.eval.stats import baseline_checks, mean_ci, paired_ttest, power_law_fit
 from labkit.eval.tasks import TASKS, build_tasks
+from labkit.run import list_milestones, load
 from labkit.sweep import load_sweep, plan, run_sweep
 
 PAIRS = [

@@ -32,7 +32,7 @@ from labkit.figures import (  # noqa: E402
     save_figure,
     use_style,
 )
-from labkit.study import find_runs, open_run, pick_milestones  # noqa: E402
+from labkit.run import find_runs, open_run, pick_milestones  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "pretrain"))
 import paper  # noqa: E402
@@ -308,12 +308,11 @@ def _lookup(results: dict, key: str):
     return node
 
 
-def test_readme_study_numbers_are_read_from_results_json():
-    """Every number the README's study section cites as `NUMBER (`key`)` is results.json's value
-    at that key, as rounded in the text (a trailing % reads the value as a fraction)."""
+def test_study_report_numbers_are_read_from_results_json():
+    """Every number the study report (docs/study.md) cites as `NUMBER (`key`)` is results.json's
+    value at that key, as rounded in the text (a trailing % reads the value as a fraction)."""
     results = json.loads((ROOT / "figures" / "results.json").read_text())
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## The miniature study", 1)[1].split("\n## ", 1)[0]
+    section = (ROOT / "docs" / "study.md").read_text()
     cited = re.findall(r"(-?\d[\d,]*(?:\.\d+)?)( ?%)? \(`([A-Za-z0-9_.\-]+)`\)", section)
     assert len(cited) >= 10, "the study section cites too few results.json keys"
     for number, percent, key in cited:
@@ -341,3 +340,86 @@ def test_results_json_that_is_damaged_is_named_and_never_merged_over(tmp_path):
                 call()
             assert str(path) in str(err.value)
         assert path.read_text() == damaged
+
+
+@pytest.mark.slow
+def test_the_lab_in_a_real_browser_runs_a_py_notebook_against_a_ci_run(study_runs, tmp_path):
+    """`make lab RUNS=...` started headless; Debian's chromium (with its chromedriver) opens
+    notebooks/01_training.py, which jupytext serves as a notebook; Run All against a CI run shows
+    the figures under their cells and writes them into that run's figures/, never into the
+    committed figures/ nor into the notebook files (autosave is off for this lab)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    for binary in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
+        assert Path(binary).exists(), f"{binary} missing: apt-get install chromium chromium-driver"
+    run_dir = study_runs / "mla-dense"
+    watched = [
+        *sorted((ROOT / "notebooks").glob("01_training.*")),
+        ROOT / "figures" / "01_loss.png",
+    ]
+    before = {p: p.read_bytes() for p in watched}
+    settings = tmp_path / "settings" / "@jupyterlab" / "docmanager-extension"
+    settings.mkdir(parents=True)
+    (settings / "plugin.jupyterlab-settings").write_text('{"autosave": false}')
+    port, token = _free_port(), "labkit-browser-test"
+    lab_args = (f"--no-browser --port={port} --ServerApp.ip=127.0.0.1 --allow-root "
+                f"--IdentityProvider.token={token} --LabApp.expose_app_in_browser=True")  # fmt: skip
+    env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
+               JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))  # fmt: skip
+    server = subprocess.Popen(
+        ["make", "-C", str(ROOT), "lab", f"RUNS={run_dir}", f"LAB_ARGS={lab_args}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    options = Options()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    driver = None
+    app = "window.jupyterapp.shell.currentWidget"
+
+    def wait(script: str, seconds: float):
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            value = driver.execute_script(script)
+            if value:
+                return value
+            time.sleep(0.5)
+        raise AssertionError(f"timed out after {seconds} s waiting for: {script}")
+
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None, "make lab exited"
+                time.sleep(0.5)
+        driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+        driver.get(f"http://127.0.0.1:{port}/lab/tree/notebooks/01_training.py?token={token}")
+        wait(f"return {app} && {app}.context && {app}.context.path", 120)
+        assert driver.execute_script(f"return !!{app}.content.model.cells"), "not a notebook"
+        status = f"const k = {app}.sessionContext.session && {app}.sessionContext.session.kernel"
+        wait(f"{status}; return k && k.status === 'idle'", 180)
+        driver.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        cells = (f"const cs = {app}.content.model.cells; const out = [];"
+                 "for (let i = 0; i < cs.length; i++) out.push(cs.get(i).toJSON()); return out")  # fmt: skip
+        done = (f"{status}; const cs = {app}.content.model.cells; let last = null;"
+                "for (let i = 0; i < cs.length; i++) { const c = cs.get(i).toJSON();"
+                " if (c.cell_type === 'code') last = c; }"
+                "return k && k.status === 'idle' && last && last.execution_count")  # fmt: skip
+        wait(done, 300)
+        outputs = [o for c in driver.execute_script(cells) for o in c.get("outputs", [])]
+        assert not [o for o in outputs if o["output_type"] == "error"], outputs
+        images = [o for o in outputs if "image/png" in o.get("data", {})]
+        assert len(images) >= 4, [o["output_type"] for o in outputs]  # 01_training's figures
+        assert driver.find_elements("css selector", ".jp-OutputArea-output img")
+    finally:
+        if driver is not None:
+            driver.quit()
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+    assert (run_dir / "figures" / "01_loss.png").exists()
+    assert {p: p.read_bytes() for p in watched} == before

@@ -148,13 +148,13 @@ def test_labmodel_fused_paths_match_eager(attention):
             )
 
 
-def test_cached_decoding_with_triton_matches_full_forward(monkeypatch):
+def test_cached_decoding_with_triton_matches_full_forward():
     cfg = odd_config("mla", n_layers=2, max_seq_len=40)
     model = LabModel(cfg).eval()
     toks = torch.randint(0, cfg.vocab_size, (2, 14))
     with torch.no_grad():
         full = model(toks)
-        monkeypatch.setenv("LABKIT_ATTN", "triton")  # MLA decode runs mla_decode on the latent
+        model.set_attn_impl("triton")  # MLA decode runs mla_decode on the latent
         cache = KVCache(cfg, 2, 14)
         parts = [model(toks[:, :9], cache=cache)] + [
             model(toks[:, i : i + 1], cache=cache) for i in range(9, 14)
@@ -174,15 +174,17 @@ def test_dispatch_decision(monkeypatch):
     from labkit.model import attention_impl
 
     cfg = odd_config("mla")
-    monkeypatch.delenv("LABKIT_ATTN", raising=False)
+    monkeypatch.setenv("LABKIT_ATTN", "eager")  # no environment variable overrides the config
     assert attention_impl(cfg, torch.device("cuda")) == "triton"  # auto: the kernels on CUDA
     assert attention_impl(cfg, torch.device("cpu")) == "sdpa"
     assert attention_impl(cfg.replace(attn_impl="sdpa"), torch.device("cuda")) == "sdpa"
-    monkeypatch.setenv("LABKIT_ATTN", "triton")
-    assert attention_impl(cfg.replace(attn_impl="sdpa"), torch.device("cpu")) == "triton"
-    monkeypatch.setenv("LABKIT_ATTN", "flash")
-    with pytest.raises(ValueError, match="LABKIT_ATTN must be"):
-        attention_impl(cfg, torch.device("cpu"))
+    assert attention_impl(cfg.replace(attn_impl="triton"), torch.device("cpu")) == "triton"
+    model = LabModel(cfg)
+    model.set_attn_impl("eager")  # one config, read by every block
+    assert all(b.attn.cfg is model.cfg for b in model.blocks)
+    assert all(b.attn.needs_eager() for b in model.blocks)
+    with pytest.raises(ValueError, match="attn_impl must be one of"):
+        model.set_attn_impl("flash")
 
 
 # --------------------------------------------------------------------------- compile-time report

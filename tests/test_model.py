@@ -8,7 +8,7 @@ from labkit.model import KVCache, LabModel
 
 
 def expected_hooks(cfg: ModelConfig, b: int, t: int) -> dict[str, tuple]:
-    """DESIGN.md's hook table, spelled out."""
+    """The hook table of labkit/model.py, spelled out."""
     d, h = cfg.d_model, cfg.n_heads
     shapes = {"hook_embed": (b, t, d), "ln_final.hook_normalized": (b, t, d)}
     shapes["ln_final.hook_scale"] = (b, t, 1)

@@ -52,8 +52,8 @@ def test_nnsight_reads_the_pattern_in_eager_mode():
     torch.testing.assert_close(pattern, cache["blocks.0.attn.hook_pattern"])
 
 
-def test_readme_example_patches_c_kv_across_prompts_and_measures_the_logit_change():
-    """The README's nnsight example, verbatim in spirit: c_kv of prompt B into prompt A."""
+def test_analysis_page_example_patches_c_kv_across_prompts_and_measures_the_logit_change():
+    """The nnsight example of docs/analysis.md, verbatim in spirit: c_kv of prompt B into prompt A."""
     model = LabModel(odd_config("mla")).eval()
     g = torch.Generator().manual_seed(7)
     prompt_a = torch.randint(0, model.cfg.vocab_size, (1, 12), generator=g)

@@ -1,4 +1,4 @@
-"""Your own corpus end to end (issue 18): real prose shipped with Python, brought as a jsonl with a
+"""Your own corpus end to end: real prose shipped with Python, brought as a jsonl with a
 label field, built with every built-in source disabled; curation reports (and warns about) what it
 removes; a short run trains on it; a `label_field` probe, a perplexity eval on its own split and a
 `labkit export` folder that a transformers pipeline generates from."""
@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import run
+from conftest import ROOT, run
 
 from labkit.cli import figures_out, main, milestone_label
 from labkit.config import CurationSection, DataConfig
@@ -191,10 +191,18 @@ def test_own_prose_end_to_end(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- newcomer friction
-def test_figures_write_into_figures_only_for_the_committed_study():
-    assert figures_out(["runs/paper-mini"], None) == "figures"
+def test_figures_write_into_figures_only_for_the_committed_study(monkeypatch):
+    from labkit.figures import notebook_inputs
+
+    assert figures_out([str(ROOT / "runs/paper-mini")], None) == str(ROOT / "figures")
     assert figures_out(["runs/mine"], None) == str(Path("runs/mine/figures"))
     assert figures_out(["runs/mine"], "out") == "out"
+    # a notebook's parameters: None reads $LABKIT_RUNS (`make lab RUNS=...`), else the study
+    monkeypatch.delenv("LABKIT_RUNS", raising=False)
+    assert notebook_inputs(None, None) == ([str(ROOT / "runs/paper-mini")], str(ROOT / "figures"))
+    monkeypatch.setenv("LABKIT_RUNS", "/r/a:/r/b")
+    assert notebook_inputs(None, None) == (["/r/a", "/r/b"], "/r/a/figures")
+    assert notebook_inputs(["/x"], "/out") == (["/x"], "/out")
 
 
 def test_help_shows_defaults_and_probe_targets(capsys):
@@ -254,7 +262,7 @@ def test_bad_span_offsets_name_the_document(tmp_path):
 
 
 def test_milestones_first_last_best(tmp_path):
-    from labkit.study import select_milestones
+    from labkit.run import select_milestones
 
     for name, val in (("tokens_000000001024", 7.0), ("tokens_000000002048", 5.0),
                       ("tokens_000000004096", 6.0)):  # fmt: skip

@@ -320,23 +320,16 @@ def test_probes_against_baselines_on_the_ci_run(reference):
     """The study layer on a real run: every baseline filled in, the init baseline reported
     missing (never invented) without a step-0 milestone, the digit-count baseline for
     number_value, and the same numbers twice."""
-    from labkit.study import (
-        init_milestone,
-        load_probe_spec,
-        open_run,
-        probe_against_baselines,
-        probe_set,
-        run_data_dir,
-        trained_milestones,
-    )
+    from labkit.analysis.probe_tasks import load_probe_spec
+    from labkit.analysis.probing import probe_set
+    from labkit.run import open_run
+    from labkit.study import probe_against_baselines
 
     run = open_run(reference)
-    final = trained_milestones(run.milestones)[-1]
-    assert init_milestone(run.milestones) is None  # the CI run has no step-0 milestone
+    final = run.trained[-1]
+    assert run.init is None  # the CI run has no step-0 milestone
     sets = {
-        t: probe_set(
-            load_probe_spec(t, max_documents=40), run_data_dir(final), run.model.max_seq_len
-        )  # fmt: skip
+        t: probe_set(load_probe_spec(t, max_documents=40), final.data_path, run.model.max_seq_len)
         for t in ("domain", "number_value")
     }
     res = probe_against_baselines(final, None, sets, n_null=2)

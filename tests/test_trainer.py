@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import CI, ROOT, RUN, TORCHRUN, run
 
-from labkit import checkpoint as ckpt
+from labkit import run as ckpt
+from labkit.run.checkpoint import write_sums
 
 
 def losses(run_dir):
@@ -44,13 +45,14 @@ def test_ci_run_writes_metrics_and_loadable_milestones(reference):
     assert len(milestones) >= 3
     steps = []
     for path in milestones:
-        model, meta = ckpt.load(path)
+        model, milestone = ckpt.load(path)
+        meta = milestone.meta
         assert meta["git_commit"] is None or len(meta["git_commit"]) == 40
         assert meta["data_manifest_sha256"] and meta["tokens"] == meta["step"] * 1024
         steps.append(meta["step"])
     assert steps[:4] == [1, 2, 4, 8] and steps[-1] == 24  # log-spaced, then every 8k tokens, final
-    best, meta = ckpt.load(reference / "checkpoints" / "best")
-    assert all(meta["guards"].values())
+    best, milestone = ckpt.load(reference / "checkpoints" / "best")
+    assert all(milestone.meta["guards"].values())
     index = [json.loads(x) for x in (reference.parent / "index.jsonl").read_text().splitlines()]
     assert any(r["experiment_id"] == "reference" and r["final"]["step"] == 24 for r in index)
 
@@ -113,8 +115,8 @@ def test_fsdp_strategy_trains_and_resumes(ci_data, tmp_path):
     common = ["--run-dir", str(run_dir), "--set", "parallel.strategy='fsdp'"]
     run(common + ["--set", "train.tokens=12288"], ci_data)
     first = losses(run_dir)
-    model, meta = ckpt.load(ckpt.list_milestones(run_dir)[-1])
-    assert meta["step"] == 12 and sum(p.numel() for p in model.parameters()) > 0
+    model, milestone = ckpt.load(ckpt.list_milestones(run_dir)[-1])
+    assert milestone.step == 12 and sum(p.numel() for p in model.parameters()) > 0
     assert first[12][0] < first[1][0]
 
 
@@ -153,7 +155,7 @@ def rewrite_meta(milestone, meta):
     """Stage a scenario (a moved data set, an older checkpoint): meta.json is covered by
     SHA256SUMS, so the sums are written again, as the writer of such a checkpoint would have."""
     (milestone / "meta.json").write_text(json.dumps(meta))
-    ckpt.write_sums(milestone)
+    write_sums(milestone)
 
 
 def test_a_milestone_copied_alone_loads_and_tokenizes(reference, ci_data, tmp_path, capsys):
@@ -220,7 +222,9 @@ def test_non_finite_losses_stop_cleanly(ci_data, tmp_path):
     states = sorted((stop_dir / "resume").glob("step_*"))
     assert states[-1].name == "step_00000008"
     ckpt.verify(states[-1])
-    assert all(ckpt.verify(p)["step"] <= 9 for p in ckpt.list_milestones(stop_dir))
+    for m in ckpt.list_milestones(stop_dir):
+        m.verify()
+        assert m.step <= 9
 
 
 def test_curriculum_stages_switch_at_token_counts(reference):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-# Short site names -> hook name templates (TransformerLens names, DESIGN.md's table).
+# Short site names -> hook name templates (TransformerLens's names; the table in labkit/model.py).
 SITES = {
     "resid_pre": "blocks.{i}.hook_resid_pre",
     "resid_mid": "blocks.{i}.hook_resid_mid",

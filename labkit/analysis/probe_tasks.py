@@ -115,6 +115,29 @@ class ProbeSpec:
         return self.raw.get(key, default)
 
 
+def probe_targets(probes_dir: str | Path | None = None) -> list[str]:
+    """The names of the probe specs in `probes_dir` (default: the shipped probes/)."""
+    from labkit.resources import probes_dir as shipped_probes
+
+    return sorted(p.stem for p in Path(probes_dir or shipped_probes()).glob("*.yaml"))
+
+
+def load_probe_spec(
+    target: str, probes_dir: str | Path | None = None, max_documents: int | None = None
+) -> ProbeSpec:
+    """The probe spec `target` of `probes_dir` (default: the shipped probes/), parsed once."""
+    import yaml
+
+    from labkit.resources import probes_dir as shipped_probes
+
+    probes_dir = Path(probes_dir or shipped_probes())
+    path = probes_dir / f"{target}.yaml"
+    if not path.exists():
+        raise ValueError(f"unknown target {target!r}; targets in {probes_dir}: "
+                         f"{probe_targets(probes_dir)}")  # fmt: skip
+    return ProbeSpec.parse(yaml.safe_load(path.read_text()), max_documents)
+
+
 def _documents(spec: dict, manifest: dict, data_dir: Path | None, world) -> list[dict]:
     from labkit.data.documents import generate_documents
     from labkit.data.retrieval import generate_retrieval

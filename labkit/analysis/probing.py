@@ -13,9 +13,11 @@ honest statistics.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -217,7 +219,7 @@ def probe_model(
 
 
 # ------------------------------------------------------------------------- probes with baselines
-# The study's probe protocol (issue 13): split by document into train / validation / test; choose
+# The study's probe protocol: split by document into train / validation / test; choose
 # the layer (and the regularisation strength) on validation only; report on test with a bootstrap
 # CI over test documents; and compare with baselines that each rule out one cheap explanation.
 # C (logistic) / alpha (ridge) tried on validation. Standardised activations need one C (fits
@@ -548,6 +550,144 @@ def layer_scores(
     return {
         layer: fit_and_test({layer: X}, y, split, task, seed)[2] for layer, X in features.items()
     }
+
+
+# ------------------------------------------------------------------ a target's data, built once
+@dataclass
+class ProbeSet:
+    """A probe target's data, built once per data set: the ProbeData, its split by document, its
+    bag-of-tokens features and (number_value) the digit count of each number."""
+
+    data: Any
+    level: str  # "document" (permutation null) or "token" (Hewitt-Liang control)
+    split: Any
+    bow: Any
+    digit_counts: np.ndarray | None
+    vocab_size: int
+
+
+def _cap_positions(data, per_document: int, seed: int):
+    """At most `per_document` probed positions per sequence (a deterministic sample): token-level
+    targets read every token, and a few per document carry the signal at a fraction of the cost."""
+    if data.document_mean or all(len(p) <= per_document for p in data.positions):
+        return data
+    from labkit.analysis.probe_tasks import ProbeData
+
+    rng = np.random.default_rng(seed)
+    positions, keep, start = [], [], 0
+    for pos in data.positions:
+        picked = np.sort(rng.choice(len(pos), min(per_document, len(pos)), replace=False))
+        positions.append([pos[i] for i in picked])
+        keep += (start + picked).tolist()
+        start += len(pos)
+    keep = np.asarray(keep)
+    return ProbeData(data.sequences, positions, data.labels[keep], data.types[keep],
+                     data.groups[keep], data.task, data.document_mean)  # fmt: skip
+
+
+def _digit_counts(data, tokenizer) -> np.ndarray:
+    """Digits of the number each example reads (its last token): digits are single tokens, so
+    count the digit tokens that end at the position, through '.' and ',' inside the number."""
+    counts = []
+    for seq, pos in zip(data.sequences, data.positions, strict=True):
+        for p in pos:
+            n, i = 0, p
+            while i >= 0:
+                piece = tokenizer.id_to_token(seq[i]).lstrip("Ġ")
+                if piece.isdigit():
+                    n += len(piece)
+                elif piece not in (".", ",") or n == 0:
+                    break
+                i -= 1
+            counts.append(n)
+    return np.asarray(counts)
+
+
+def probe_set(
+    spec: dict[str, Any],
+    data_dir: str | Path,
+    max_len: int,
+    positions_per_document: int = 4,
+    seed: int = 0,
+) -> ProbeSet:
+    """Build a target's probe data, split and baseline features from a data set."""
+    data_dir = Path(data_dir)
+    from labkit.analysis.probe_tasks import build_probe_data, unseen_text_warning
+    from labkit.data.build import load_manifest
+    from labkit.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(data_dir / "tokenizer.json")
+    manifest = load_manifest(data_dir)
+    warning = unseen_text_warning(spec, manifest)
+    if warning:
+        print(warning, file=sys.stderr)
+    data = build_probe_data(spec, tok, manifest, data_dir, max_len)
+    data = _cap_positions(data, positions_per_document, seed)
+    token_level = spec["positions"]["kind"] == "span" or spec["label"]["kind"] == "token_is_digit"
+    groups = np.unique(data.groups) if data.document_mean else data.groups
+    vocab = tok.get_vocab_size()
+    return ProbeSet(
+        data=data,
+        level="token" if token_level else "document",
+        split=split_by_document(groups, seed=seed),
+        bow=bag_of_tokens(data.sequences, data.positions, vocab, data.document_mean),
+        digit_counts=_digit_counts(data, tok) if spec["label"]["kind"] == "number_value" else None,
+        vocab_size=vocab,
+    )
+
+
+INIT_MISSING = ("the run has no step-0 milestone (train with `--set checkpoint.save_init=true`): "
+                "no init baseline")  # fmt: skip
+
+
+def targets_with_baselines(
+    features: dict[str, tuple[dict[int, np.ndarray], np.ndarray]],
+    probe_sets: dict[str, ProbeSet],
+    init_features: dict[str, tuple[dict[int, np.ndarray], np.ndarray]] | None,
+    n_null: int = 5,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """`probe_with_baselines` for every target of `probe_sets`, given each target's features
+    (and `keep`) at a milestone and, when the run has a step-0 milestone, at step 0 (None: the
+    init baseline is None and `init_missing` says why -- never invented)."""
+    results = {}
+    for name, probes in probe_sets.items():
+        (X, keep), data = features[name], probes.data
+        out = probe_with_baselines(
+            X,
+            data.labels[keep],
+            data.groups[keep],
+            data.task,
+            probes.level,
+            types=data.types[keep],
+            init_features=init_features[name][0] if init_features is not None else None,
+            bow=probes.bow,
+            digit_counts=probes.digit_counts,
+            split=probes.split,
+            n_null=n_null,
+            seed=seed,
+        )
+        if init_features is None:
+            out["init_missing"] = INIT_MISSING
+        results[name] = out
+    return results
+
+
+def layer_profile(
+    features: dict[str, tuple[dict[int, np.ndarray], np.ndarray]],
+    probe_sets: dict[str, ProbeSet],
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Per target at one milestone: the test score of every layer (strength chosen on
+    validation per layer) and the layer validation picks (the one a reported number uses)."""
+    out = {}
+    for name, probes in probe_sets.items():
+        (X, keep), data = features[name], probes.data
+        y = data.labels[keep]
+        chosen = fit_and_test(X, y, probes.split, data.task, seed)[0]
+        out[name] = {"chosen_layer": chosen.layer,
+                     "scores": layer_scores(X, y, probes.split, data.task, seed)}  # fmt: skip
+    return out
 
 
 def pivot(

@@ -7,7 +7,7 @@ FlashAttention reports them): GQA with head dim 64 and 128 (16 query heads, 4 KV
 DeepSeek's 192/128 and seed 000's 128/128 (16 heads), T from 512 to 8192, bf16. Decoding:
 `mla_decode` over the latent cache against the naive path that expands the cache to per-head K/V,
 batch 1-64 and cache 1k-32k: time, and bytes moved against the memory-bandwidth floor. Training:
-MFU of `pretrain/run.py` with the kernel and with SDPA (LABKIT_ATTN) for the small presets and
+MFU of `pretrain/run.py` with the kernel and with SDPA (`--set model.attn_impl=...`) for the small presets and
 the 1.3B configs at sequence length 2048.
 
 Without CUDA the Triton kernels cannot run at speed (the interpreter is for tests); the benchmark
@@ -196,7 +196,7 @@ def bench_training_mfu(presets: list[str], steps: int) -> list[str]:
                         f"train.batch_tokens={4 * 2048 * 4}", f"train.tokens={steps * 4 * 2048 * 4}", "log.every_steps=5",
                         f"eval.every_steps={steps}", "eval.tokens_per_split=4096", f"checkpoint.resume_every_steps={steps}",
                         "checkpoint.log_spaced_until_step=0", f"checkpoint.every_tokens={10**15}", "log.tensorboard=false"]  # fmt: skip
-                records = run_trainer(run_dir, sets, env={"LABKIT_ATTN": impl})
+                records = run_trainer(run_dir, [*sets, f"model.attn_impl='{impl}'"])
                 lines = [r for r in records if "mfu" in r]
                 last = lines[-1]
                 rows.append(

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from labkit.resources import checkout, configs_dir
-from labkit.runs import METRICS, trainer_command
+from labkit.run import trainer_command
+from labkit.run.layout import METRICS
 
 # Benchmarks record into a checkout's benchmarks/RESULTS.md (from a wheel: under the cwd).
 ROOT = checkout() or Path.cwd()

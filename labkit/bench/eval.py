@@ -49,10 +49,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     from lm_eval.models.huggingface import HFLM
 
-    from labkit.checkpoint import list_milestones
     from labkit.eval.adapter import LabkitLM, checkpoint_tokenizer
     from labkit.eval.tasks import build_tasks
     from labkit.export import to_hf
+    from labkit.run import list_milestones
 
     print(f"machine: {machine()}")
     tmp = Path(tempfile.mkdtemp(prefix="labkit-bench-eval-"))
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
         found = list_milestones(demo[0]) if demo else []
         if not found:
             raise SystemExit("no checkpoint: pass --checkpoint or run `make paper` first")
-        checkpoint = found[-1]
+        checkpoint = found[-1].path
     tasks_dir = build_tasks(args.data, tmp / "tasks")
     requests = _requests(tasks_dir, args.requests)
     ours = LabkitLM(checkpoint=str(checkpoint), batch_size=args.batch_size)

@@ -143,7 +143,8 @@ def layer_slice(steps_per_run: int = 10) -> list[str]:
                     f"checkpoint.every_tokens={10**15}",
                     "log.tensorboard=false",
                 ]
-                records = run_trainer(Path(tmp) / f"{preset}-{impl}", sets, {"LABKIT_ATTN": impl})
+                sets.append(f"model.attn_impl='{impl}'")
+                records = run_trainer(Path(tmp) / f"{preset}-{impl}", sets)
                 last = [r for r in records if "mfu" in r][-1]
                 rows.append(
                     f"| {preset} | {impl} | {last['tokens_per_s']:,.0f} | "

@@ -6,7 +6,7 @@ hook points.
 For each preset: tokens/s of forward + backward + AdamW for (a) LabModel, (b) the same weights
 exported and loaded as `transformers`' LlamaForCausalLM / DeepseekV3ForCausalLM (SDPA attention),
 (c) LabModel with hook points compiled out. On the CPU all run under bf16 autocast with fp32 master
-weights (DESIGN.md: this CPU multiplies bf16 ~5.5x faster). Targets: LabModel >= 1.0x
+weights (a 2-core CPU of this project multiplies bf16 ~5.5x faster than fp32). Targets: LabModel >= 1.0x
 transformers; idle-hook overhead <= 3 %.
 """
 

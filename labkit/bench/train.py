@@ -23,14 +23,13 @@ from pathlib import Path
 import torch
 
 from labkit.bench.common import machine, record, run_trainer
-from labkit.checkpoint import list_milestones
 from labkit.config import DataConfig, ModelConfig
 from labkit.data.build import build
 from labkit.data.loader import Loader, MixedData
 from labkit.export import to_hf
 from labkit.model import LabModel
 from labkit.resources import configs_dir
-from labkit.runs import Milestone
+from labkit.run import list_milestones
 
 
 def trainer_run(
@@ -56,7 +55,7 @@ def trainer_run(
     elif mode == "eval":
         sets += ["eval.every_steps=10", "eval.tokens_per_split=16384"]
     run_trainer(run_dir, sets)
-    last = Milestone.read(list_milestones(run_dir)[-1])
+    last = list_milestones(run_dir)[-1]
     return last.tokens / last.meta["wall_time_s"]
 
 

@@ -544,7 +544,7 @@ def dataset_card(data_dir: str | Path) -> str:
 
 
 def _measure_lines(m: dict[str, Any]) -> list[str]:
-    """The corpus measures next to their targets (issue 12), from the manifest."""
+    """The corpus measures next to their targets, from the manifest."""
     if "measures" not in m:
         return ["## Measures: not in this manifest (built by an older labkit; rebuild it)"]
     ms = m["measures"]

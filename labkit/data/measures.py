@@ -1,5 +1,5 @@
 """Corpus measures with their targets: what `labkit data card` and the manifest report, and what
-the tests assert on the ci build (issue 12). Pure functions over lists of document dicts.
+the tests assert on the ci build. Pure functions over lists of document dicts.
 
 - `leaks`: documents whose text carries internal markup (a `kind|id|` mention mark, the control
   bytes the renderer uses, an unrendered `{slot}`).
@@ -33,7 +33,7 @@ ENTITY_TYPES = ("city", "person", "organisation", "element", "species", "event")
 SENTENCE_MIN_WORDS = 4
 RARE_DOCS = 2  # "occurs in at most 2 training documents"
 
-# Targets on the ci build (issue 12, points 2-4); the card prints each measure next to its target.
+# Targets on the ci build; the card prints each measure next to its target.
 TARGETS: dict[str, tuple[str, float]] = {
     "leaks": ("==", 0),
     "duplicate_sentence_share.synthetic": ("<=", 0.15),

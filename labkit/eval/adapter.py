@@ -27,20 +27,20 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
-from labkit.checkpoint import load, tokenizer_path
 from labkit.data.tokenizer import EOT, load_tokenizer
 from labkit.eval.metrics import register_lm_eval_metrics
 from labkit.model import KVCache
-from labkit.runs import META
+from labkit.run import Milestone
+from labkit.run.layout import META
 
 register_lm_eval_metrics()  # task YAMLs name labkit's metrics; they never carry code
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def checkpoint_tokenizer(checkpoint: Path) -> Path:
+def checkpoint_tokenizer(checkpoint: str | Path | Milestone) -> Path:
     """The tokenizer.json a checkpoint carries (or, for older ones, its data set's)."""
-    path = tokenizer_path(checkpoint)
+    path = Milestone.read(checkpoint).tokenizer_path
     if path is None:
         raise FileNotFoundError(
             f"no tokenizer for {checkpoint}: neither the checkpoint nor its data set has a "
@@ -52,7 +52,7 @@ def checkpoint_tokenizer(checkpoint: Path) -> Path:
 
 @register_model("labkit")
 class LabkitLM(TemplateLM):
-    """A labkit milestone (or any `labkit.checkpoint` directory) as an lm-eval model."""
+    """A labkit milestone (or any checkpoint directory of a run) as an lm-eval model."""
 
     def __init__(
         self,
@@ -68,13 +68,13 @@ class LabkitLM(TemplateLM):
         path = Path(checkpoint)
         if not (path / META).exists():
             raise FileNotFoundError(
-                f"checkpoint={checkpoint} is not a labkit checkpoint directory (no meta.json); "
+                f"checkpoint={checkpoint} is not a labkit checkpoint directory (no {META}); "
                 "pass a milestone such as runs/<id>/checkpoints/tokens_000000016384"
             )
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r}: allowed values are {', '.join(DTYPES)}")
-        self.model, self.meta = load(path, device=device)
-        self.model.eval()
+        self.milestone = Milestone.read(path)
+        self.model = self.milestone.load(device)
         self.checkpoint = path
         self._device = torch.device(device)
         self.dtype = DTYPES[dtype]

@@ -12,19 +12,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from labkit.checkpoint import list_milestones
 from labkit.eval.runner import evaluate_checkpoint, load_tasks, main_metric, tasks_dir_for
 from labkit.eval.stats import baseline_checks
 from labkit.eval.tasks import SUITE, random_baselines
 from labkit.resources import configs_dir
-from labkit.runs import FINAL, INDEX, trainer_command
+from labkit.run import Milestone, list_milestones, trainer_command
+from labkit.run.layout import FINAL, INDEX
 
 DEMO_CONFIG = configs_dir() / "demo.toml"
 
 
 def train_short_run(
     run_dir: Path, config: Path, preset: str, seed: int, steps: int, overrides: Sequence[str] = ()
-) -> Path:
+) -> Milestone:
     """Train (or resume, or reuse when finished) `steps` optimizer steps; the last milestone."""
     if not (run_dir / FINAL).exists():
         from labkit.config import TrainConfig

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from labkit.data.build import load_manifest
 from labkit.data.shards import iter_documents
+from labkit.run import Milestone
 
 
 def split_documents(data_dir: str | Path, split: str, documents: int | None = None) -> list:
@@ -78,19 +79,17 @@ def perplexity(model: torch.nn.Module, documents: Sequence[np.ndarray], batch: i
 
 
 def perplexity_over_milestones(
-    milestones: Sequence[Path], split: str, documents: int | None = None, batch: int = 8
+    milestones: Sequence[Milestone], split: str, documents: int | None = None, batch: int = 8
 ) -> list[dict[str, Any]]:
     """One row per milestone: its tokens seen and the split's loss and perplexity."""
-    from labkit.checkpoint import load
-    from labkit.study import run_data_dir
+    from labkit.study import over_milestones
 
-    rows = []
-    for path in milestones:
-        model, meta = load(path)
-        docs = split_documents(run_data_dir(path), split, documents)
-        rows.append({"milestone": path.name, "tokens_seen": meta["tokens"], "split": split,
-                     **perplexity(model, docs, batch)})  # fmt: skip
-    return rows
+    def measure(at) -> dict[str, Any]:
+        docs = split_documents(at.milestone.data_path, split, documents)
+        return {"tokens_seen": at.milestone.tokens, "split": split,
+                **perplexity(at.model, docs, batch)}  # fmt: skip
+
+    return over_milestones(milestones, measure)  # "tokens": the predicted tokens counted
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:

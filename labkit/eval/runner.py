@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 from labkit.errors import DataError
 from labkit.eval.metrics import register_lm_eval_metrics
 from labkit.eval.tasks import SUITE, TASKS, build_tasks, check_tasks_are_data
-from labkit.runs import EVALS, INDEX, Milestone
-from labkit.study import select_milestones
+from labkit.run import Milestone, select_milestones
+from labkit.run.layout import EVALS, INDEX
 
 # The number each task is ranked by (lm-eval reports several).
 MAIN_METRIC = {
@@ -35,13 +35,13 @@ def main_metric(task: str) -> str:
     return MAIN_METRIC.get(task, DEFAULT_METRIC)
 
 
-def tasks_dir_for(checkpoint: Path, rebuild: bool = False, tasks: Sequence[str] = (SUITE,)) -> Path:
+def tasks_dir_for(
+    checkpoint: Milestone | Path, rebuild: bool = False, tasks: Sequence[str] = (SUITE,)
+) -> Path:
     """The suite of the data set a checkpoint trained on (DATA/tasks), built on first use: only
     the suite tasks named in `tasks` (all of them for the `labkit_suite` group); a later request
     for others adds them."""
-    from labkit.study import run_data_dir
-
-    data_dir = run_data_dir(checkpoint)
+    data_dir = Milestone.read(checkpoint).data_path
     if not (data_dir / "manifest.json").exists():
         raise FileNotFoundError(
             f"the data set {data_dir} that {checkpoint} trained on is gone: the offline suite is "
@@ -110,7 +110,7 @@ def load_tasks(tasks: Sequence[str], tasks_dir: str | Path) -> dict:
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Milestone,
     tasks: Sequence[str] = (SUITE,),
     tasks_dir: str | Path | None = None,
     limit: int | None = None,
@@ -129,10 +129,11 @@ def evaluate_checkpoint(
 
     from labkit.eval.adapter import LabkitLM
 
-    checkpoint = Path(checkpoint)
+    checkpoint = Milestone.read(checkpoint)
     if loaded is None:
         loaded = load_tasks(tasks, tasks_dir or tasks_dir_for(checkpoint, tasks=tasks))
-    lm = LabkitLM(checkpoint=str(checkpoint), batch_size=batch_size, device=device, dtype=dtype)
+    lm = LabkitLM(checkpoint=str(checkpoint.path), batch_size=batch_size, device=device,
+                  dtype=dtype)  # fmt: skip
     random.seed(0)  # the bootstrap of standard errors draws from these
     np.random.seed(0)
     torch.manual_seed(0)
@@ -166,14 +167,13 @@ def evaluate_run(
     registry = Path(registry) if registry else run_dir.parent / INDEX
     (run_dir / EVALS).mkdir(exist_ok=True)
     records = []
-    for path in tqdm(chosen, desc=f"eval {run_dir.name}", disable=not progress):
-        m = Milestone.read(path)
-        scores = evaluate_checkpoint(path, tasks, None, limit, batch_size, device, loaded=loaded)
+    for m in tqdm(chosen, desc=f"eval {run_dir.name}", disable=not progress):
+        scores = evaluate_checkpoint(m, tasks, None, limit, batch_size, device, loaded=loaded)
         record = {
             "kind": "eval",
             "experiment_id": run_dir.name,
             "run_dir": str(run_dir.resolve()),
-            "milestone": path.name,
+            "milestone": m.name,
             "step": m.step,
             "tokens": m.tokens,
             "model_sha256": m.model_sha256,
@@ -183,7 +183,7 @@ def evaluate_run(
             "timestamp": dt.datetime.now().isoformat(timespec="seconds"),
             "scores": scores,
         }
-        (run_dir / EVALS / f"{path.name}.json").write_text(json.dumps(record, indent=2) + "\n")
+        (run_dir / EVALS / f"{m.name}.json").write_text(json.dumps(record, indent=2) + "\n")
         with registry.open("a") as f:
             f.write(json.dumps(record) + "\n")
         records.append(record)
@@ -192,7 +192,7 @@ def evaluate_run(
 
 def milestone_scores(
     run_dir: str | Path,
-    milestones: Sequence[Path],
+    milestones: Sequence[Milestone],
     limit: int | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import re
 import subprocess
@@ -30,8 +29,7 @@ import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 # Limits per compute capability, from the CUDA C++ Programming Guide, "Compute Capabilities",
 # table "Technical Specifications per Compute Capability" (CUDA 12/13): maximum shared memory per
@@ -372,61 +370,3 @@ def markdown(rows: Sequence[Row], command: str) -> str:
         + table(rows)
         + "\n\n</details>"
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m labkit.kernels.report` (also `labkit kernels report`)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="labkit kernels report", description=__doc__.split("\n\n")[0]
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return report_command(args)
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument(
-        "--arch",
-        action="append",
-        help="sm_80, sm_86, sm_89 or sm_90; repeat for several (default: all four)",
-    )
-    parser.add_argument("--json", help="write the rows here (a JSON list)")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="bf16 at head dims 64/128/192-128/256 and one-token MLA decode (what CI runs)",
-    )
-    parser.add_argument("--all-rows", action="store_true", help="print every row, not the summary")
-    parser.add_argument("--workers", type=int, help="parallel compiler processes (default: cores)")
-    parser.add_argument(
-        "--record", action="store_true", help="append the tables to benchmarks/RESULTS.md"
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def report_command(args) -> int:
-    archs = [parse_arch(a) for a in args.arch] if args.arch else list(ARCHS)
-    import triton
-
-    rows = run(archs, quick=args.quick, workers=args.workers, progress=not args.quiet)
-    print(f"Triton {triton.__version__}; {len(rows)} kernel configurations compiled")
-    print(table(rows) if args.all_rows else summary(rows))
-    bad = [r for r in rows if not r.fits]
-    for r in bad:
-        print(f"DOES NOT FIT: {r.kernel} {r.arch} {r.config}: {r.problems}")
-    if args.record:
-        from labkit.bench.common import record
-
-        command = "labkit kernels report" + (" --quick" if args.quick else "")
-        record("labkit kernels report (compile-time resources, no GPU)", markdown(rows, command))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
-        print(f"wrote {args.json}")
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

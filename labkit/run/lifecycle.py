@@ -1,22 +1,10 @@
-"""Runs have one owner: the run directory's layout and lifecycle, the `Milestone` record every
-reader uses, and the one function that builds a trainer command.
+"""A run directory's lifecycle: opened under a lock by one trainer, its config pinned, its
+history and metrics kept crash-consistent.
 
-A run directory: one run per directory, its config pinned, its logs crash-consistent.
-
-    runs/<id>/.lock           held (fcntl.flock) by the trainer for its whole life; the kernel
-                              releases it when the process dies, however it dies
-    runs/<id>/config.json     the run's config, pinned when the run is created
-    runs/<id>/history.jsonl   one line per start: fresh, resumed, which keys changed, by whom
-    runs/<id>/metrics.jsonl   appended and flushed per record; repaired on resume
-    runs/<id>/tensorboard/    TensorBoard events
-    runs/<id>/checkpoints/<milestone>/   model.safetensors, config.json, meta.json, tokenizer.json
-    runs/<id>/resume/step_<N>/           a milestone's files plus optimizer.pt and trainer.json
-    runs/<id>/final.json      the marker of a finished run (also appended to runs/index.jsonl)
-
-`RunDir.open(path, resume=...)` takes the lock and checks the directory is the run asked for;
+`RunWriter.open(path, resume=...)` takes the lock and checks the directory is the run asked for;
 `resolve_config` gives the config a (re)start must use: the pinned one on `--resume`, with only
-keys declared safe (`SAFE_TO_CHANGE`) allowed to differ. The trainer (pretrain/run.py) calls these;
-it decides nothing about the directory itself.
+keys declared safe (`SAFE_TO_CHANGE`) allowed to differ. The trainer calls these; it decides
+nothing about the directory itself.
 """
 
 from __future__ import annotations
@@ -25,122 +13,18 @@ import contextlib
 import datetime as dt
 import fcntl
 import json
-import math
 import os
 import shutil
-import signal
 import socket
-import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from labkit.config import TrainConfig
 from labkit.errors import RunDirError
 from labkit.fileio import atomic_write_bytes, fsync_dir
-
-# The layout's names, spelled here only.
-LOCK = ".lock"
-CONFIG = "config.json"
-HISTORY = "history.jsonl"
-METRICS = "metrics.jsonl"
-TENSORBOARD = "tensorboard"
-CHECKPOINTS = "checkpoints"
-RESUME = "resume"
-FINAL = "final.json"
-INDEX = "index.jsonl"  # in the runs root: one record per finished run (and evaluation)
-EVALS = "evals"  # evals/<milestone>.json: `labkit eval` results
-META = "meta.json"  # in a checkpoint directory
-BEST = "best"  # the checkpoint kept by the GOLD guards
-
-
-def milestone_name(tokens: int) -> str:
-    return f"tokens_{tokens:012d}"
-
-
-def resume_name(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-@dataclass(frozen=True)
-class Milestone:
-    """A checkpoint's meta.json, parsed once: what every reader of milestones needs."""
-
-    path: Path
-    tokens: int
-    step: int | None = None
-    kind: str = "milestone"
-    train_loss: float | None = None
-    val: dict[str, float] = field(default_factory=dict)
-    data_dir: str | None = None
-    run: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def read(cls, path: str | Path) -> Milestone:
-        """The record of checkpoint directory `path` (no checksum check: `checkpoint.load` does
-        that before any weight is used)."""
-        path = Path(path)
-        try:
-            meta = json.loads((path / META).read_text())
-            return cls(
-                path=path,
-                tokens=int(meta["tokens"]),  # orders a run's milestones
-                step=int(meta["step"]) if meta.get("step") is not None else None,
-                kind=meta.get("kind", "milestone"),
-                train_loss=meta.get("train_loss"),
-                val=dict(meta.get("val") or {}),
-                data_dir=meta.get("data_dir"),
-                run=meta.get("run"),
-                meta=meta,
-            )
-        except FileNotFoundError:
-            raise RunDirError(f"{path} is not a checkpoint (no {META})") from None
-        except (ValueError, KeyError, TypeError) as err:
-            raise RunDirError(f"{path / META} is not a checkpoint meta ({err})") from None
-
-    @property
-    def model_sha256(self) -> str | None:
-        """The SHA-256 of the weights, as recorded (and verified on load) in meta.json."""
-        return (self.meta.get("checksums") or {}).get("model.safetensors")
-
-    @property
-    def data_path(self) -> Path | None:
-        """The data set the checkpoint was trained on (the trainer records it absolute)."""
-        return Path(self.data_dir) if self.data_dir else None
-
-    @property
-    def val_mean(self) -> float:
-        """Mean validation loss over the eval splits; inf when it was not evaluated."""
-        return sum(self.val.values()) / len(self.val) if self.val else math.inf
-
-
-def trainer_command(
-    config: str | Path,
-    run_dir: str | Path,
-    sets: Sequence[str] = (),
-    *,
-    resume: bool = True,
-    nproc: int = 1,
-    launcher: Sequence[str] = ("torchrun",),
-    trainer: str | Path | None = None,
-) -> list[str]:
-    """The command line that trains (or, with `resume`, continues) `run_dir` under `config` with
-    `--set` overrides: `python pretrain/run.py ...`, or `LAUNCHER --nproc_per_node=N
-    pretrain/run.py ...` for several processes. The one place a trainer command is spelled
-    (sweeps, baselines, benchmarks, `make paper`); the trainer is the shipped one by default."""
-    from labkit.resources import trainer_script
-
-    args = [str(trainer or trainer_script()), "--config", str(config), "--run-dir", str(run_dir)]
-    args += ["--resume"] if resume else []
-    for s in sets:
-        args += ["--set", s]
-    if nproc > 1:
-        return [*launcher, f"--nproc_per_node={nproc}", *args]
-    return [sys.executable, *args]
-
+from labkit.run.checkpoint import latest_resume_state
+from labkit.run.layout import CHECKPOINTS, CONFIG, HISTORY, LOCK, METRICS, RESUME
 
 # Keys a resumed run may change: they alter what is logged or how often state is saved, never the
 # model, the data, the optimisation or the schedule, so the run's numbers stay one run's numbers.
@@ -177,8 +61,9 @@ def is_safe_change(key: str) -> bool:
     return any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_TO_CHANGE)
 
 
-class RunDir:
-    """One run directory, locked by this process for as long as the object lives."""
+class RunWriter:
+    """The one process allowed to write a run directory: it holds the directory's lock for as
+    long as the object lives."""
 
     def __init__(self, path: Path, lock_fd: int):
         self.path = path
@@ -186,7 +71,7 @@ class RunDir:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: str | Path, resume: bool, lock_wait_s: float = 0.0) -> RunDir:
+    def open(cls, path: str | Path, resume: bool, lock_wait_s: float = 0.0) -> RunWriter:
         """Create or reopen `path` under an exclusive lock. Without `resume`, the directory must
         be new or empty; with it, it must be empty or hold a run (config.json)."""
         path = Path(path)
@@ -277,16 +162,7 @@ class RunDir:
     def latest_resume_state(self) -> Path | None:
         """The newest resume state that passes its checksums; None when there is none yet. If
         states exist but every one is corrupted, that is an error, never a silent restart."""
-        from labkit.checkpoint import CheckpointError, latest_resume_state
-
-        found = latest_resume_state(self.path)
-        states = sorted((self.path / RESUME).glob("step_*"))
-        if found is None and states:
-            raise CheckpointError(
-                f"every resume state in {self.path / RESUME} ({len(states)}) fails its "
-                "checksums: nothing to resume from; start a new run dir, or restore a state"
-            )
-        return found
+        return latest_resume_state(self.path)
 
     # ------------------------------------------------------------------ repair on (re)start
     def clean_stale_temp_dirs(self) -> list[str]:
@@ -344,21 +220,6 @@ class RunDir:
         return warnings
 
 
-class StopSignals:
-    """SIGINT/SIGTERM ask the loop to finish its step, save a resume state and exit 130/143; a
-    second Ctrl-C interrupts at once."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame) -> None:
-        if self.signum and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-
 def resolve_config(
     run_path: Path | None, config_path: str | None, overrides: list[str], default_config: str | Path
 ) -> tuple[TrainConfig, dict[str, tuple]]:
@@ -407,25 +268,8 @@ def _apply(pinned: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
 
 
 __all__ = [
-    "BEST",
-    "CHECKPOINTS",
-    "CONFIG",
-    "EVALS",
-    "FINAL",
-    "HISTORY",
-    "INDEX",
-    "LOCK",
-    "META",
-    "METRICS",
-    "RESUME",
-    "TENSORBOARD",
-    "Milestone",
-    "milestone_name",
-    "resume_name",
-    "trainer_command",
     "SAFE_TO_CHANGE",
-    "RunDir",
-    "StopSignals",
+    "RunWriter",
     "config_changes",
     "is_safe_change",
     "resolve_config",
