@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.13.0
 # Exact pin: committed figures are byte-identical only under the same matplotlib (and its fonts).
 MPL_PIN := matplotlib==3.11.2
 
-.PHONY: demo paper figures lab test test-slow test-gpu gpu-check lint format bench clean-venv
+.PHONY: demo paper figures lab docs test test-slow test-gpu gpu-check lint format bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,21 +34,36 @@ figures: $(STAMP)
 	$(VENV)/bin/labkit figures --runs $(RUNS)
 
 # JupyterLab with jupytext: notebooks/*.py open as notebooks and stay paired with their .ipynb.
-# Extra flags through LAB_ARGS, e.g. `make lab LAB_ARGS="--allow-root --port 8890 --no-browser"`.
+# `make lab RUNS=runs/mine` points every notebook at other runs (their figures go to
+# runs/mine/figures). Extra flags through LAB_ARGS, e.g.
+# `make lab LAB_ARGS="--allow-root --port 8890 --no-browser"`.
 LAB_ARGS ?=
-lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) $(LAB_ARGS)
+empty :=
+space := $(empty) $(empty)
+# Jupytext opens .py files as notebooks by default (a setting of this .venv's JupyterLab only).
+LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
+$(LAB_OVERRIDES): $(STAMP)
+	mkdir -p $(dir $@)
+	echo '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}' > $@
+lab: $(STAMP) $(LAB_OVERRIDES)
+	LABKIT_RUNS="$(subst $(space),:,$(abspath $(RUNS)))" \
+	    $(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) $(LAB_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
+
+# The documentation site (docs/, mkdocs-material) into site/; broken links fail the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
 # pytest exits 5 when it collects nothing; that is not a failure of the suite.
-test: lint
+test: lint docs
 	$(PY) -m pytest -q -m "not slow and not gpu"; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 
 test-slow: $(STAMP)
