@@ -80,7 +80,8 @@ def _describe_type(hint: Any) -> str:
     """How a reference page and an error name a field's type."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe_type(a) for a in args if a is not type(None)) + " (or none)"
+        named = " or ".join(_describe_type(a) for a in args if a is not type(None))
+        return named + (" (or none)" if type(None) in args else "")
     if origin is list:
         return f"list of {_describe_type(args[0])}" if args else "list"
     if origin is dict:
@@ -116,7 +117,15 @@ def check_type(key: str, value: Any, hint: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (hint,) = [a for a in args if a is not type(None)]
+        arms = [a for a in args if a is not type(None)]
+        if len(arms) > 1:  # e.g. `bool | str`: the first arm the value fits
+            for arm in arms:
+                try:
+                    return check_type(key, value, arm)
+                except ValueError:
+                    continue
+            raise ValueError(f"{key} must be {_describe_type(hint)}, got {value!r}")
+        (hint,) = arms
         origin = typing.get_origin(hint)
     if hint is bool:
         if not isinstance(value, bool):
@@ -887,7 +896,11 @@ class TrainSection:
     precision: str = setting(
         "bf16", choices=PRECISIONS, doc="bf16 autocast (fp32 master weights) or fp32"
     )
-    compile: bool = setting(False, doc="torch.compile the training step")
+    compile: bool | str = setting(
+        "auto",
+        choices=(True, False, "auto"),
+        doc="torch.compile the training step; auto: on CUDA, and on the CPU under bf16",
+    )
     max_bad_steps: int = setting(5, min=1, doc="non-finite steps in a row that stop the run")
     seq_len_schedule: list = setting(
         factory=list, doc="[[tokens, seq_len], ...]: the sequence-length curriculum"

@@ -5,8 +5,8 @@
     ddp      DistributedDataParallel: gradients all-reduced on the last micro-batch
     fsdp     FSDP2 (`fully_shard` per block, then the model): parameters sharded across ranks
 
-The trainer asks a `Parallel` for the module to call, the gradient-sync context of a micro-batch
-and the state dicts; it never branches on the strategy itself.
+The trainer asks a `Parallel` for the module to call (compiled or not), the gradient-sync context
+of a micro-batch and the state dicts; it never branches on the strategy itself.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,6 +72,32 @@ class Dist:
             dist.destroy_process_group()
 
 
+def compile_wanted(setting: bool | str, device: torch.device, precision: str) -> bool:
+    """`train.compile`: true, false, or "auto" -- on CUDA, and on the CPU under bf16 autocast,
+    where the compiled step measured faster (benchmarks/RESULTS.md); fp32 on the CPU gains less
+    than a short run's compile time."""
+    if setting == "auto":
+        return device.type == "cuda" or precision == "bf16"
+    return bool(setting)
+
+
+def keep_compile_cache() -> Path:
+    """Where torch.compile keeps its compiled graphs between runs: $TORCHINDUCTOR_CACHE_DIR, by
+    default ~/.cache/labkit/torch-compile (a second run of the same shapes then starts in
+    seconds instead of recompiling)."""
+    default = Path.home() / ".cache" / "labkit" / "torch-compile"
+    return Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default)))
+
+
+def hooks_attached(model: torch.nn.Module) -> bool:
+    """Whether any module of `model` has a forward or backward hook (TransformerLens hooks
+    included): a compiled graph would not see hooks attached after it was traced."""
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+        for m in model.modules()
+    )
+
+
 def choose_strategy(requested: str, num_params: int, world: int, optimizer: str) -> str:
     """The strategy for `parallel.strategy` (auto/ddp/fsdp) on `world` processes."""
     if world == 1:
@@ -92,7 +119,9 @@ class Parallel:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
         self.model, self.strategy, self.dist = model, strategy, d
-        self.module: torch.nn.Module = model  # what the training step calls
+        self.module: torch.nn.Module = model  # the wrapped model (DDP, FSDP2 or itself)
+        self.compiled: torch.nn.Module | None = None
+        self._said_eager = False
         if strategy == "ddp":
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -105,12 +134,28 @@ class Parallel:
                 fully_shard(block)
             fully_shard(model)
         if compile:
-            self.module = torch.compile(self.module)
+            keep_compile_cache()
+            # one graph per sequence length (a stage of the curriculum recompiles once), never a
+            # dynamic-shape graph that is slower at every length
+            self.compiled = torch.compile(self.module, dynamic=False)
+
+    @property
+    def step_module(self) -> torch.nn.Module:
+        """What a training step calls: the compiled module, unless hooks are attached to the
+        model (then the eager one, said once)."""
+        if self.compiled is None:
+            return self.module
+        if hooks_attached(self.model):
+            if not self._said_eager and self.dist.main:
+                print("hooks are attached to the model: the training step runs eager")
+            self._said_eager = True
+            return self.module
+        return self.compiled
 
     def micro_batch(self, last: bool) -> AbstractContextManager:
         """Gradient sync only on the last micro-batch of an accumulation."""
         if self.strategy == "ddp" and not last:
-            return self.module.no_sync()
+            return self.module.no_sync()  # the DDP module the compiled one wraps
         if self.strategy == "fsdp":
             self.model.set_requires_gradient_sync(last)
         return nullcontext()
@@ -161,4 +206,12 @@ class Parallel:
             opt.load_state_dict(state)
 
 
-__all__ = ["STRATEGIES", "Dist", "Parallel", "choose_strategy"]
+__all__ = [
+    "STRATEGIES",
+    "Dist",
+    "Parallel",
+    "choose_strategy",
+    "compile_wanted",
+    "hooks_attached",
+    "keep_compile_cache",
+]

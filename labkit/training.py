@@ -371,6 +371,14 @@ class TrainingSession:
         )
 
     # ------------------------------------------------------------------ during the loop
+    def compiled(self, seq_len: int, seconds: float) -> None:
+        """The compiled step was built for `seq_len`: its cost (the first step at this length,
+        tracing and compiling included) is printed and kept in history.jsonl."""
+        if self.d.main:
+            tqdm.write(f"compiled the training step for sequence length {seq_len} in "
+                       f"{seconds:.1f} s")  # fmt: skip
+            self.dir.record("compile", seq_len=seq_len, seconds=round(seconds, 2))
+
     def debug_kill(self, step: int) -> None:
         """`debug.kill_at_step`: the last rank dies as a node would (first attempt only)."""
         d = self.d

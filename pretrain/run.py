@@ -49,7 +49,7 @@ from labkit.config import TrainConfig  # noqa: E402
 from labkit.data.loader import Loader, MixedData, eval_windows, passes_report  # noqa: E402
 from labkit.errors import one_line_errors  # noqa: E402
 from labkit.model import LabModel, attention_impl  # noqa: E402
-from labkit.parallel import Dist, Parallel, choose_strategy  # noqa: E402
+from labkit.parallel import Dist, Parallel, choose_strategy, compile_wanted  # noqa: E402
 from labkit.resources import configs_dir  # noqa: E402
 from labkit.run import StopSignals, resolve_config  # noqa: E402
 from labkit.training import (  # noqa: E402
@@ -142,7 +142,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = LabModel(mcfg).to(d.device)
         strategy = choose_strategy(cfg.parallel.strategy, mcfg.num_params(), d.world, t.optimizer)
-        self.par = Parallel(self.model, strategy, d, compile=t.compile)
+        compiled = compile_wanted(t.compile, d.device, t.precision)
+        self.par = Parallel(self.model, strategy, d, compile=compiled)
         self.opts = build_optimizers(cfg, self.model)
         total_steps = math.ceil(t.tokens / t.batch_tokens)  # computed once, from the token target
         self.session = TrainingSession(claimed, d, par=self.par, optimizers=self.opts,
@@ -160,7 +161,7 @@ class Trainer:
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         """The training objective of one micro-batch [b, seq + 1] (under autocast): next-token
         cross-entropy. Override this to add a term; the loop averages and logs what it returns."""
-        return self.par.module(batch[:, :-1], targets=batch[:, 1:], return_type="loss")
+        return self.par.step_module(batch[:, :-1], targets=batch[:, 1:], return_type="loss")
 
     def seq_len_at(self, tokens: int) -> int:
         return [s for start, s in self.cfg.seq_lens() if tokens >= start][-1]
@@ -197,7 +198,9 @@ class Trainer:
             print(
                 f"{mcfg.name}: {mcfg.num_params():,} parameters, {mcfg.attention.upper()} "
                 f"attention through {attention_impl(mcfg, d.device)}, {self.par.strategy} on "
-                f"{d.world} x {d.device.type}; {state.total_steps} steps of {accum} x "
+                f"{d.world} x {d.device.type}, "
+                f"{'compiled' if self.par.compiled is not None else 'eager'} step; "
+                f"{state.total_steps} steps of {accum} x "
                 f"{t.micro_batch} x {seq} x {d.world} = {accum * t.micro_batch * seq * d.world:,}"
                 f" tokens (target {t.batch_tokens:,}); run dir {self.session.path}"
             )
@@ -220,6 +223,7 @@ class Trainer:
         bar = tqdm(total=state.total_steps, initial=state.step, desc="train",
                    disable=not d.main, dynamic_ncols=True)  # fmt: skip
         window_t, window_tokens, stopping = time.time(), 0, False
+        compiled_for: set[int] = set()  # sequence lengths the compiled step has been built for
         run.initial_milestone(state)
         self.model.train()
         while state.step < state.total_steps:
@@ -229,6 +233,8 @@ class Trainer:
             seq = self.seq_len_at(state.tokens)
             accum = self.accum_for(seq)
             state.lr = self.set_lr(state.step, state.total_steps)
+            compiling = self.par.compiled is not None and seq not in compiled_for
+            step_t = time.time()
 
             loss_sum = torch.zeros((), device=d.device)
             for micro in range(accum):
@@ -251,6 +257,9 @@ class Trainer:
             grad_norm = float(
                 grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
             )
+            if compiling:  # the first step at this length traced and compiled the model
+                compiled_for.add(seq)
+                run.compiled(seq, time.time() - step_t)
             tokens_before = state.tokens
             state.tokens += step_tokens
             state.step += 1
