@@ -32,6 +32,7 @@ from labkit.analysis.probe_tasks import ProbeSpec
 from labkit.analysis.probing import ProbeSet
 from labkit.model import LabModel
 from labkit.run import Milestone, Run, load
+from labkit.run.cache import MilestoneCache
 
 
 # ----------------------------------------------------------------------------------- text inputs
@@ -60,12 +61,35 @@ def eval_sequences(data_dir: str | Path, split: str, n_docs: int, max_len: int) 
 # ----------------------------------------------------------------------------- the one loop
 @dataclass
 class LoadedMilestone:
-    """What a measure receives: the milestone, its model (eval mode, tokenizer attached) and the
-    held-out text asked for (None when no text was asked for)."""
+    """What a measure receives: the milestone, its model (eval mode, tokenizer attached), the
+    held-out text asked for (None when no text was asked for) and the milestone's cache."""
 
     milestone: Milestone
     model: LabModel
     text: list[list[int]] | None
+
+    @property
+    def cache(self) -> MilestoneCache:
+        if "_cache" not in self.__dict__:
+            self.__dict__["_cache"] = MilestoneCache(self.milestone)
+        return self.__dict__["_cache"]
+
+    def activations(
+        self, sequences: Sequence[Sequence[int]], sites: Sequence[str], layers: Sequence[int],
+        autocast: torch.dtype | None = None,
+    ) -> dict[tuple[str, int], np.ndarray]:  # fmt: skip
+        """Every token's activation at `sites` x `layers` on `sequences` (one forward pass), kept
+        beside the milestone: a later analysis, or a rebuild of the figures, of the same weights
+        and tokens reads them from disk."""
+        from labkit.analysis.activations import collect
+
+        def compute() -> dict[str, np.ndarray]:
+            acts = collect(self.model, sequences, sites, layers, progress=False, autocast=autocast)
+            return {f"{s}.{i}": np.asarray(acts[s, i]) for s in sites for i in layers}
+
+        inputs = (list(map(list, sequences)), list(sites), list(layers), str(autocast))
+        arrays = self.cache.arrays("activations", inputs, compute)
+        return {(s, i): arrays[f"{s}.{i}"] for s in sites for i in layers}
 
 
 Measure = Callable[[LoadedMilestone], "dict[str, Any] | list[dict[str, Any]]"]
@@ -240,12 +264,11 @@ def attention_on_repeat(milestone: Milestone, seq_len: int = 16, seed: int = 0) 
 def activations_measure(
     at: LoadedMilestone, sequences: Sequence[Sequence[int]], site: str = "resid_post"
 ) -> dict[str, Any]:
-    """{"acts": one [tokens, width] array per layer at `site`} on `sequences`."""
-    from labkit.analysis.activations import collect
-
+    """{"acts": one [tokens, width] array per layer at `site`} on `sequences` (fp32: CKA and RSA
+    compare small differences)."""
     layers = list(range(at.model.cfg.n_layers))
-    acts = collect(at.model, sequences, [site], layers, progress=False)
-    return {"acts": [np.asarray(acts[site, i]) for i in layers]}
+    acts = at.activations(sequences, [site], layers)
+    return {"acts": [acts[site, i] for i in layers]}
 
 
 def layer_activations(
@@ -312,7 +335,6 @@ LATENT_RANKS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 def latent_measure(at: LoadedMilestone) -> list[dict[str, Any]]:
     """Per layer of an MLA model: the c_kv spectrum, k/v variance carried by the top latent
     directions, the loss when c_kv is truncated to rank k, and single-direction ablations."""
-    from labkit.analysis.activations import collect
     from labkit.analysis.latent import (
         direction_ablation_loss,
         kv_variance_explained,
@@ -326,7 +348,7 @@ def latent_measure(at: LoadedMilestone) -> list[dict[str, Any]]:
         raise ValueError(f"{at.milestone.path} is a {model.cfg.attention.upper()} model: c_kv "
                          "needs MLA")  # fmt: skip
     layers = list(range(model.cfg.n_layers))
-    acts = collect(model, seqs, ["kv_latent"], layers, progress=False)
+    acts = at.activations(seqs, ["kv_latent"], layers)  # fp32: spectra of small directions
     width = min(len(s) for s in seqs)
     tokens = torch.tensor([s[:width] for s in seqs])
     r = model.cfg.kv_lora_rank
@@ -483,23 +505,36 @@ def probe_features_measure(
     at: LoadedMilestone, probe_sets: dict[str, ProbeSet], site: str, autocast=torch.bfloat16
 ) -> dict[str, Any]:
     """{"features": each target's probe features (and `keep`)} at one milestone, with one forward
-    pass per distinct set of documents (targets of one `stream` share it). bf16 autocast, as the
-    models were trained."""
+    pass per distinct set of documents (targets of one `stream` share it), under bf16 autocast as
+    the models were trained (a probe's accuracy is robust to it). Each target's features are kept
+    beside the milestone (labkit.run.cache): a rebuild reads them instead of running the model."""
     from labkit.analysis.probing import all_token_activations, probe_features
 
     model = at.model
     layers = list(range(model.cfg.n_layers))
     keys = {name: hash(tuple(map(tuple, p.data.sequences))) for name, p in probe_sets.items()}
-    out, cache = {}, {}
-    # targets grouped by their documents: each stream's forward pass once, one in memory at a time
-    for name in sorted(probe_sets, key=lambda n: (keys[n], n)):
-        probes = probe_sets[name]
-        if keys[name] not in cache:
-            cache.clear()
-            cache[keys[name]] = all_token_activations(
-                model, probes.data.sequences, site, layers, autocast=autocast
+    out, streams = {}, {}
+
+    def stream(name: str) -> dict[int, np.ndarray]:
+        # targets grouped by their documents: each stream's forward pass once, one in memory
+        if keys[name] not in streams:
+            streams.clear()
+            streams[keys[name]] = all_token_activations(
+                model, probe_sets[name].data.sequences, site, layers, autocast=autocast
             )
-        out[name] = probe_features(model, probes.data, site, layers, acts=cache[keys[name]])
+        return streams[keys[name]]
+
+    for name in sorted(probe_sets, key=lambda n: (keys[n], n)):
+        data = probe_sets[name].data
+
+        def compute(name=name, data=data) -> dict[str, np.ndarray]:
+            feats, keep = probe_features(model, data, site, layers, acts=stream(name))
+            return {"keep": keep, **{f"layer{i}": x for i, x in feats.items()}}
+
+        inputs = (data.sequences, [list(map(int, p)) for p in data.positions], data.document_mean,
+                  site, layers, str(autocast))  # fmt: skip
+        arrays = at.cache.arrays("probe_features", inputs, compute)
+        out[name] = ({i: arrays[f"layer{i}"] for i in layers}, arrays["keep"])
     return {"features": {name: out[name] for name in probe_sets}}
 
 

@@ -282,3 +282,44 @@ def test_the_wheel_probes_outside_the_checkout(reference, tmp_path):
         print(TrainConfig.load("pretrain/configs/ci.toml").name)""")],
         cwd=work, env=env, capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert cfg.strip() == "ci"
+
+
+# ------------------------------------------------------------------------ the activation cache
+def test_activations_are_kept_beside_the_milestone_and_recomputed_when_inputs_change(
+    reference, monkeypatch
+):
+    """One forward pass per milestone and text: a second analysis of the same weights and tokens
+    reads them from runs/<id>/cache/ (equal to a fresh collection, bit for bit); other tokens or
+    other weights compute again, and an entry of weights the milestone no longer has is removed."""
+    import dataclasses
+
+    import labkit.analysis.activations as activations
+    from labkit.study import LoadedMilestone, over_milestones
+
+    calls = []
+    real = activations.collect
+    monkeypatch.setattr(activations, "collect", lambda *a, **k: calls.append(1) or real(*a, **k))
+    milestone = list_milestones(reference)[-1]
+    seqs = [[5, 17, 99, 3, 3, 250, 8], [41, 42, 43, 44]]
+    sites, layers = ["resid_post", "kv_latent"], [0, 1]
+
+    def measure(at):
+        return {"acts": at.activations(seqs, sites, layers)}
+
+    first = over_milestones([milestone], measure)[0]["acts"]
+    again = over_milestones([milestone], measure)[0]["acts"]
+    assert len(calls) == 1 and all((first[k] == again[k]).all() for k in first)
+    model, _ = load(milestone)
+    fresh = real(model, seqs, sites, layers, progress=False)
+    assert all((np.asarray(fresh[k]) == first[k]).all() for k in first)
+    entries = list((reference / "cache" / milestone.name / "activations").iterdir())
+    assert len(entries) == 1 and entries[0].name.startswith(milestone.model_sha256[:16])
+    over_milestones([milestone], lambda at: {"acts": at.activations(seqs[:1], sites, layers)})
+    assert len(calls) == 2  # other tokens: computed
+    other = dataclasses.replace(
+        milestone, meta=milestone.meta | {"checksums": {"model.safetensors": "f" * 64}}
+    )
+    LoadedMilestone(other, model, None).activations(seqs, sites, layers)
+    assert len(calls) == 3  # other weights: computed, and the entries of the old ones removed
+    left = list((reference / "cache" / milestone.name / "activations").iterdir())
+    assert [e.name[:16] for e in left] == ["f" * 16]
