@@ -39,15 +39,20 @@ from labkit.run.cache import MilestoneCache
 @dataclass(frozen=True)
 class HeldOut:
     """The first `documents` documents of a held-out split of the data set a milestone trained
-    on, each cut to `max_len` tokens (None: the model's context); shorter than 4 tokens dropped."""
+    on, each cut to `max_len` tokens (None: the model's context); shorter than 4 tokens dropped.
+    A model trained with a first token (`bos_token_id`) gets it before every document, within
+    `max_len`."""
 
     split: str = "general"
     documents: int = 32
     max_len: int | None = None
 
 
-def eval_sequences(data_dir: str | Path, split: str, n_docs: int, max_len: int) -> list[list[int]]:
-    """Token sequences of the first documents of a held-out split of a built data set."""
+def eval_sequences(
+    data_dir: str | Path, split: str, n_docs: int, max_len: int, bos: int | None = None
+) -> list[list[int]]:
+    """Token sequences of the first documents of a held-out split of a built data set (each
+    after `bos` when given, `max_len` tokens at most)."""
     from labkit.data.tokenizer import load_tokenizer
 
     path = Path(data_dir) / "text" / f"eval_{split}.jsonl"
@@ -55,7 +60,9 @@ def eval_sequences(data_dir: str | Path, split: str, n_docs: int, max_len: int) 
         raise FileNotFoundError(f"{path} not found: is {data_dir} a built data set?")
     tok = load_tokenizer(Path(data_dir) / "tokenizer.json")
     docs = [json.loads(line)["text"] for line in path.read_text().splitlines()[:n_docs]]
-    return [ids[:max_len] for ids in (e.ids for e in tok.encode_batch(docs)) if len(ids) >= 4]
+    start = [] if bos is None else [bos]
+    encoded = (start + e.ids for e in tok.encode_batch(docs))
+    return [ids[:max_len] for ids in encoded if len(ids) - len(start) >= 4]
 
 
 # ----------------------------------------------------------------------------- the one loop
@@ -114,10 +121,10 @@ def over_milestones(
         model, m = load(m)
         seqs = None
         if text is not None:
-            max_len = text.max_len or model.cfg.max_seq_len
-            key = (str(m.data_path), text.split, text.documents, max_len)
+            max_len, bos = text.max_len or model.cfg.max_seq_len, model.cfg.bos_token_id
+            key = (str(m.data_path), text.split, text.documents, max_len, bos)
             if key not in texts:
-                texts[key] = eval_sequences(m.data_path, text.split, text.documents, max_len)
+                texts[key] = eval_sequences(m.data_path, text.split, text.documents, max_len, bos)
             seqs = texts[key]
         loaded = LoadedMilestone(m, model, seqs)
         for name, fn in measures.items():
@@ -138,9 +145,10 @@ def induction_measure(at: LoadedMilestone, seq_len: int = 32, batch: int = 8) ->
         repeated_tokens_test,
     )
 
-    model = at.model
-    n = min(seq_len, (model.cfg.max_seq_len - 1) // 2)
-    rep = repeated_tokens_test(model, repeated_random_tokens(model.cfg.vocab_size, n, batch), n)
+    model, bos = at.model, at.model.cfg.bos_token_id
+    n = min(seq_len, (model.cfg.max_seq_len - (bos is not None)) // 2)
+    tokens = repeated_random_tokens(model.cfg.vocab_size, n, batch, bos=bos)
+    rep = repeated_tokens_test(model, tokens, n)
     text = torch.tensor(at.text[0])
     return {
         "seq_len": n,
@@ -252,7 +260,8 @@ def attention_on_repeat(milestone: Milestone, seq_len: int = 16, seed: int = 0) 
     )
 
     model, milestone = load(milestone)
-    tokens = repeated_random_tokens(model.cfg.vocab_size, seq_len, batch=1, seed=seed)
+    bos = model.cfg.bos_token_id
+    tokens = repeated_random_tokens(model.cfg.vocab_size, seq_len, batch=1, seed=seed, bos=bos)
     with torch.no_grad():
         patterns = attention_patterns(model, tokens)[0].float()
     scores = repeated_tokens_test(model, tokens, seq_len).induction_score
@@ -427,7 +436,8 @@ def kv_patching(
     if model.cfg.attention != "mla":
         raise ValueError(f"{milestone.path} is a {model.cfg.attention.upper()} model: c_kv "
                          "needs MLA")  # fmt: skip
-    seqs = eval_sequences(milestone.data_path, split, 2 * documents, length)
+    seqs = eval_sequences(milestone.data_path, split, 2 * documents, length,
+                          model.cfg.bos_token_id)  # fmt: skip
     seqs = [s for s in seqs if len(s) == length]
     if len(seqs) < 2:
         raise ValueError(f"fewer than two {split} documents of {length} tokens")
@@ -484,7 +494,7 @@ def probe_over_milestones(
     of the first milestone unless given; rows keep the layer-first order of each milestone."""
     import sys
 
-    from labkit.analysis.probe_tasks import build_probe_data, unseen_text_warning
+    from labkit.analysis.probe_tasks import build_probe_data, unseen_text_warning, with_bos
     from labkit.data.build import load_manifest
     from labkit.data.tokenizer import load_tokenizer
 
@@ -494,8 +504,10 @@ def probe_over_milestones(
     warning = unseen_text_warning(spec, manifest)
     if warning:
         print(warning, file=sys.stderr)
-    context = milestones[0].model_config.max_seq_len
-    data = build_probe_data(spec, load_tokenizer(root / "tokenizer.json"), manifest, root, context)
+    model_cfg = milestones[0].model_config
+    bos, context = model_cfg.bos_token_id, model_cfg.max_seq_len
+    tok = load_tokenizer(root / "tokenizer.json")
+    data = with_bos(build_probe_data(spec, tok, manifest, root, context - (bos is not None)), bos)
     measure = functools.partial(probe_measure, spec=spec, data=data, site=site, layers=layers,
                                 kind=kind)  # fmt: skip
     return over_milestones(milestones, measure, progress=progress and f"probe {spec.name}")

@@ -101,7 +101,11 @@ class LabkitLM(TemplateLM):
     def tok_encode(
         self, string: str, add_special_tokens: bool | None = None, **_: Any
     ) -> list[int]:
-        return self.tokenizer.encode(string, add_special_tokens=False).ids
+        """Token ids of `string`, after the model's first token (`bos_token_id`) when it was
+        trained with one, unless `add_special_tokens=False` (lm-eval's way to ask for none)."""
+        ids = self.tokenizer.encode(string, add_special_tokens=False).ids
+        bos = self.model.cfg.bos_token_id
+        return ids if bos is None or add_special_tokens is False else [bos, *ids]
 
     def tok_decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=False)
@@ -208,7 +212,7 @@ class LabkitLM(TemplateLM):
             for ctx, cont in map(
                 make_disjoint_window,
                 get_rolling_token_windows(
-                    token_list=self.tok_encode(text),
+                    token_list=self.tok_encode(text, add_special_tokens=False),
                     prefix_token=self.prefix_token_id,
                     max_seq_len=self.max_length,
                     context_len=1,
