@@ -140,6 +140,40 @@ def test_bag_of_tokens_recovers_a_label_of_token_identity():
     assert row[3] == 2 and row[4] == 1 and row[9] == 0 and row[vocab + 3] == 1
 
 
+def test_context_labels_depend_on_what_came_before():
+    """The same token gets different labels in different places: seen before or not, how far
+    back it last occurred, inside a string or not, how many brackets are open."""
+    from labkit.analysis.probe_tasks import context_labels
+
+    ids = [5, 6, 5, 7, 6, 5]
+    assert context_labels("seen_before", ids, [], "") == [(0, 0), (1, 0), (2, 1), (3, 0),
+                                                          (4, 1), (5, 1)]  # fmt: skip
+    far = [1] + [2 + i for i in range(40)] + [1]  # token 1 again 41 tokens later
+    assert context_labels("since_last", [5, 5, 6, 5], [], "") == [(1, 0), (3, 0)]
+    assert context_labels("since_last", far, [], "") == [(41, 2)]
+    code = 'x = f(a, "(b")\ny = [c]\n'
+    words = [(0, 1), (4, 5), (5, 6), (6, 7), (9, 13), (13, 14), (15, 16), (19, 20), (20, 21)]
+    # tokens: x, f, (, a, "(b", ), y, [, c
+    strings = dict(context_labels("in_string", [0] * len(words), words, code))
+    depth = dict(context_labels("bracket_depth", [0] * len(words), words, code))
+    assert [strings[i] for i in range(9)] == [0, 0, 0, 0, 1, 0, 0, 0, 0]
+    assert [depth[i] for i in range(9)] == [0, 0, 0, 1, 1, 0, 0, 0, 1]  # "(" in a string is text
+    cut = dict(context_labels("in_string", [0, 0], [(0, 1), (4, 9)], 'x = """never closed'))
+    assert cut == {0: 0}  # past where Python's tokenizer stops, no label is made up
+
+
+def test_context_labels_need_the_positions_they_are_read_at():
+    from labkit.analysis.probe_tasks import validate_spec
+
+    spec = {"name": "t", "source": {"kind": "world"}, "label": {"kind": "seen_before"},
+            "positions": {"kind": "span", "type": "person"}, "control": "token_type"}  # fmt: skip
+    with pytest.raises(ValueError, match="needs positions all_tokens"):
+        validate_spec(spec)
+    spec.update(label={"kind": "repeat_mention"}, positions={"kind": "all_tokens"})
+    with pytest.raises(ValueError, match="needs span positions"):
+        validate_spec(spec)
+
+
 def test_beats_all_needs_the_ci_above_every_bar():
     assert beats_all(0.8, {"null": 0.5, "init": 0.7, "bow": 0.79, "majority": 0.6})
     assert not beats_all(0.8, {"null": 0.5, "init": 0.7, "bow": 0.8})  # not beyond
@@ -277,10 +311,9 @@ def test_induction_cka_and_latent_commands_on_the_ci_run(reference, tmp_path, ca
     result = json.loads(ind.read_text())
     assert len(result["milestones"]) >= 3 and "phase_change" in result
     first = result["milestones"][0]
-    assert np.array(first["induction"]).shape == (2, 4) and np.array(first["copying"]).shape == (
-        2,
-        4,
-    )
+    assert np.array(first["second_copy"]).shape == (2, 4) and np.array(first["tl"]).shape == (2, 4)
+    assert np.array(first["copying"]).shape == (2, 4)
+    assert 0 < result["uniform_tl_score"] < result["uniform_score"] < 1
     assert (
         main(
             ["cka", "--runs", str(reference), str(reference), "--documents", "8", "--json", str(ck)]
@@ -342,6 +375,10 @@ def test_probes_against_baselines_on_the_ci_run(reference):
     )
     assert res["number_value"]["null_kind"] == "control_task"
     assert res["number_value"]["digit_count_baseline"] is not None
+    token = res["number_value"]  # a token target: a position baseline and a selectivity
+    assert token["position_baseline"] is not None and "position" in token["beats"]
+    assert token["selectivity"] == pytest.approx(token["accuracy"] - token["null"])
+    assert "position_baseline" not in res["domain"] and "selectivity" not in res["domain"]
     # an earlier milestone standing in for step 0 exercises the init path
     again = probe_against_baselines(final, run.milestones[0], {"domain": sets["domain"]}, n_null=2)
     assert again["domain"]["init_milestone"] == run.milestones[0].name

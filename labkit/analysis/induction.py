@@ -8,8 +8,9 @@ a TransformerBridge over an exported checkpoint.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -140,12 +141,18 @@ def repeated_segments(
 
 @dataclass
 class RepeatedTokensResult:
-    induction_score: (
-        torch.Tensor
-    )  # [layers, heads]: mean attention to the token after the earlier copy
+    # [layers, heads]: the second-copy score (Olsson et al. 2022, ARENA): the mean over
+    # second-copy queries of the attention to the token after that token's first occurrence;
+    # at most 1
+    second_copy_score: torch.Tensor
+    # [layers, heads]: TransformerLens's detect_head("induction_head") on the same sequences: the
+    # attention mass on those keys over the mass of every query's row, first copy included (at
+    # most about 0.5 on [r, r])
+    tl_score: torch.Tensor
     loss_first: float  # mean next-token loss over the first copy
     loss_second: float  # over the second copy: low when the model copies in context
     loss_per_position: torch.Tensor  # [2 * seq_len - 1 (+1)]
+    copy_loss_drop_per_sequence: torch.Tensor  # [batch]: first-copy minus second-copy loss
 
 
 @torch.no_grad()
@@ -156,17 +163,28 @@ def repeated_tokens_test(
     token of the second copy attends to the token right after that token's first occurrence; a model
     with induction predicts the second copy far better than the first."""
     offset = tokens.shape[1] - 2 * seq_len  # 1 with a BOS
-    patterns = attention_patterns(model, tokens)  # [b, L, H, q, k]
+    patterns = attention_patterns(model, tokens).float().cpu()  # [b, L, H, q, k]
     q = torch.arange(offset + seq_len, tokens.shape[1])
     k = q - seq_len + 1
-    induction = patterns[:, :, :, q, k].mean(dim=(0, 3))
-    logits = model(tokens)
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    nll = -logp.gather(-1, tokens[:, 1:, None])[..., 0]  # position i predicts token i + 1
+    second_copy = patterns[:, :, :, q, k].mean(dim=(0, 3))
+    detections = torch.stack([detection_pattern("induction", row) for row in tokens.cpu()])
+    tl = (patterns * detections[:, None, None]).sum((-1, -2)) / patterns.sum((-1, -2))
+    nll = copy_losses(model, tokens)
+    first_rows, second_rows = nll[:, offset : offset + seq_len - 1], nll[:, offset + seq_len :]
     per_pos = nll.mean(0)
-    first = per_pos[offset : offset + seq_len - 1].mean().item()
-    second = per_pos[offset + seq_len :].mean().item()
-    return RepeatedTokensResult(induction.cpu(), first, second, per_pos.cpu())
+    drop = first_rows.mean(1) - second_rows.mean(1)
+    return RepeatedTokensResult(second_copy, tl.mean(0), first_rows.mean().item(),
+                                second_rows.mean().item(), per_pos, drop)  # fmt: skip
+
+
+def copy_losses(model: torch.nn.Module, tokens: torch.Tensor, fwd_hooks=()) -> torch.Tensor:
+    """[batch, pos - 1] next-token losses (position i predicts token i + 1), under `fwd_hooks`."""
+    with torch.no_grad():
+        logits = (
+            model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks)) if fwd_hooks else model(tokens)
+        )
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return -logp.gather(-1, tokens[:, 1:, None])[..., 0].cpu()
 
 
 @torch.no_grad()
@@ -175,20 +193,110 @@ def in_context_learning_score(
 ) -> float:
     """Olsson et al.'s ICL score: loss at the `late`-th token minus loss at the `early`-th token,
     averaged over the batch [batch, pos > late]. Negative: later tokens are predicted better."""
-    if tokens.shape[1] <= late:
-        raise ValueError(f"sequences need more than {late} tokens, got {tokens.shape[1]}")
-    logits = model(tokens[:, : late + 1])
+    curve = in_context_learning_curve(model, tokens, early, [late], n_bootstrap=0)
+    return curve["scores"][0]
+
+
+@torch.no_grad()
+def in_context_learning_curve(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    early: int,
+    positions: Sequence[int],
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The ICL score (loss at the token at position p minus at position `early`) for every p of
+    `positions` on documents [n, pos > max(positions)], with 95 % bootstrap intervals over the
+    documents (none for `n_bootstrap=0`)."""
+    last = max(positions)
+    if tokens.shape[1] <= last:
+        raise ValueError(f"sequences need more than {last} tokens, got {tokens.shape[1]}")
+    logits = model(tokens[:, : last + 1])
     logp = torch.log_softmax(logits.float(), dim=-1)
-    loss_at = lambda i: -logp[:, i - 1].gather(-1, tokens[:, i, None])[:, 0].mean().item()  # noqa: E731
-    return loss_at(late) - loss_at(early)
+    loss_at = lambda i: -logp[:, i - 1].gather(-1, tokens[:, i, None])[:, 0].cpu()  # noqa: E731
+    diffs = torch.stack([loss_at(p) - loss_at(early) for p in positions])  # [positions, docs]
+    out: dict[str, Any] = {"positions": list(positions),
+                           "scores": diffs.mean(1).tolist()}  # fmt: skip
+    if n_bootstrap:
+        rng = np.random.default_rng(seed)
+        draws = torch.stack([diffs[:, rng.integers(0, diffs.shape[1], diffs.shape[1])].mean(1)
+                             for _ in range(n_bootstrap)])  # fmt: skip
+        out["ci"] = [[float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))]
+                     for d in draws.T.numpy()]  # fmt: skip
+    return out
 
 
-def uniform_induction_score(seq_len: int, offset: int = 0) -> float:
-    """The induction score of a head attending uniformly over its causal window on
+def uniform_second_copy_score(seq_len: int, offset: int = 0) -> float:
+    """The second-copy score of a head attending uniformly over its causal window on
     [offset tokens, r, r] with |r| = seq_len: the mean of 1 / (q + 1) over second-copy queries q.
     A score must clear this (and the 0.3 threshold) before it means anything."""
     q = np.arange(offset + seq_len, offset + 2 * seq_len)
     return float(np.mean(1.0 / (q + 1)))
+
+
+def uniform_tl_score(seq_len: int, offset: int = 0) -> float:
+    """TransformerLens's induction score (detect_head, "mul") of a head attending uniformly: the
+    same stripe's mass divided by every query's row (offset + 2 seq_len rows of mass 1)."""
+    return uniform_second_copy_score(seq_len, offset) * seq_len / (offset + 2 * seq_len)
+
+
+def head_mean_ablation(layer: int, head: int, z_mean: torch.Tensor) -> tuple[str, Any]:
+    """A forward hook replacing one head's hook_z by its mean `z_mean` [d_head] (mean-ablation,
+    as Olsson et al. use to test a head's role)."""
+
+    def hook(z: torch.Tensor, hook: Any) -> torch.Tensor:
+        z = z.clone()
+        z[:, :, head] = z_mean.to(z.dtype)
+        return z
+
+    return f"blocks.{layer}.attn.hook_z", hook
+
+
+def induction_mechanism(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    seq_len: int,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Olsson et al.'s argument for one model on held-out repeated random tokens [b, (1+) 2n]:
+    the induction head (best second-copy score in a layer >= 1), the previous-token head feeding
+    it (the head of an earlier layer attending most to the position before each query), and the
+    share of the copy-loss drop (first-copy minus second-copy loss) that mean-ablating the
+    induction head's hook_z removes, with a bootstrap interval over sequences."""
+    rep = repeated_tokens_test(model, tokens, seq_len)
+    scores = rep.second_copy_score
+    if scores.shape[0] < 2:
+        raise ValueError("a mechanism needs two layers: an induction head reads an earlier one")
+    later = scores[1:]
+    layer, head = divmod(int(later.argmax()), later.shape[1])
+    layer += 1
+    patterns = attention_patterns(model, tokens).float()  # [b, L, H, q, k]
+    q = torch.arange(1, tokens.shape[1])
+    previous = patterns[:, :layer, :, q, q - 1].mean(dim=(0, 3))  # [layers before, heads]
+    prev_layer, prev_head = divmod(int(previous.argmax()), previous.shape[1])
+    _, cache = model.run_with_cache(tokens, names_filter=f"blocks.{layer}.attn.hook_z")
+    z_mean = cache[f"blocks.{layer}.attn.hook_z"][:, :, head].float().mean(dim=(0, 1))
+    nll = copy_losses(model, tokens, [head_mean_ablation(layer, head, z_mean)])
+    offset = tokens.shape[1] - 2 * seq_len
+    ablated = nll[:, offset : offset + seq_len - 1].mean(1) - nll[:, offset + seq_len :].mean(1)
+    clean = rep.copy_loss_drop_per_sequence
+    fraction = lambda rows: float(1 - ablated[rows].mean() / clean[rows].mean())  # noqa: E731
+    rng = np.random.default_rng(seed)
+    draws = [fraction(torch.as_tensor(rng.integers(0, len(clean), len(clean))))
+             for _ in range(n_bootstrap)]  # fmt: skip
+    return {
+        "head": [layer, head],
+        "second_copy_score": float(scores[layer, head]),
+        "prev_token_head": [prev_layer, prev_head],
+        "prev_token_score": float(previous[prev_layer, prev_head]),
+        "copy_loss_drop": float(clean.mean()),
+        "copy_loss_drop_ablated": float(ablated.mean()),
+        "ablation_fraction": fraction(torch.arange(len(clean))),
+        "ablation_ci": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))],
+        "sequences": len(clean),
+    }
 
 
 def phase_change(

@@ -147,20 +147,37 @@ def direction_ablation_loss(
 ) -> dict[int, float]:
     """Loss when single principal directions of c_kv are mean-ablated (the latent's component along
     the direction is replaced by the mean's)."""
-    mean = torch.from_numpy(spec.mean).float()
     dirs = torch.from_numpy(spec.directions).float()
-    name = f"blocks.{layer}.attn.hook_kv_latent"
-    out = {}
-    for j in directions:
-        v = dirs[:, j]
+    return {j: _direction_ablated_loss(model, tokens, layer, spec, dirs[:, j]) for j in directions}
 
-        def hook(x, hook, v=v):
-            v_, m = v.to(x.device), mean.to(x.device)
-            coef = (x.float() - m) @ v_
-            return (x.float() - coef[..., None] * v_).to(x.dtype)
 
-        out[j] = _loss(model, tokens, [(name, hook)])
-    return out
+def random_direction_ablation_loss(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    layer: int,
+    spec: Spectrum,
+    n: int = 8,
+    seed: int = 0,
+) -> list[float]:
+    """The control for `direction_ablation_loss`: the loss when `n` random unit directions of the
+    latent space (uniform on the sphere) are mean-ablated the same way, one at a time."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(spec.directions.shape[0], n, generator=g)
+    dirs = dirs / dirs.norm(dim=0, keepdim=True)
+    return [_direction_ablated_loss(model, tokens, layer, spec, dirs[:, j]) for j in range(n)]
+
+
+def _direction_ablated_loss(
+    model: torch.nn.Module, tokens: torch.Tensor, layer: int, spec: Spectrum, v: torch.Tensor
+) -> float:
+    mean = torch.from_numpy(spec.mean).float()
+
+    def hook(x, hook):
+        v_, m = v.to(x.device), mean.to(x.device)
+        coef = (x.float() - m) @ v_
+        return (x.float() - coef[..., None] * v_).to(x.dtype)
+
+    return _loss(model, tokens, [(f"blocks.{layer}.attn.hook_kv_latent", hook)])
 
 
 @torch.no_grad()

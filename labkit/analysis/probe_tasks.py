@@ -9,6 +9,9 @@ which token positions, which label.
     label: {kind: entity_attr, entity: people, attr: occupation}
                                               # token_is_digit | doc_label | entity_attr |
                                               # number_value | answerable |
+                                              # context labels (all_tokens): seen_before |
+                                              # since_last | in_string | bracket_depth;
+                                              # repeat_mention (span) |
                                               # label_field (any field of your own data:
                                               # {kind: label_field, field: topic})
     task: classification                      # or regression
@@ -33,7 +36,13 @@ import numpy as np
 POSITION_KINDS = ("all_tokens", "span", "last_token", "document_mean", "question_end")
 LABEL_KINDS = (
     "token_is_digit", "doc_label", "label_field", "entity_attr", "number_value", "answerable",
+    "seen_before", "since_last", "in_string", "bracket_depth", "repeat_mention",
 )  # fmt: skip
+# Token labels that depend on the context before the token, not on the token itself: a probe
+# that reads them shows what the model carries from context (its own bag of tokens cannot).
+CONTEXT_LABELS = ("seen_before", "since_last", "in_string", "bracket_depth")
+SINCE_LAST_BUCKETS = (8, 32, 128)  # distance to the previous occurrence: <=8, <=32, <=128, more
+MAX_BRACKET_DEPTH = 3  # depth 0, 1, 2, 3 or more
 SPAN_TYPES = {"people": "person", "cities": "city", "organisations": "organisation",
               "elements": "element", "species": "species", "events": "event"}  # fmt: skip
 
@@ -84,6 +93,18 @@ def validate_spec(spec: dict[str, Any]) -> None:
         raise ValueError(f"probe {spec['name']}: control 'entity' needs span positions")
     if spec.get("task", "classification") not in ("classification", "regression"):
         raise ValueError(f"probe {spec['name']}: task must be classification or regression")
+    label, positions = spec["label"]["kind"], spec["positions"]["kind"]
+    if label in CONTEXT_LABELS and positions != "all_tokens":
+        raise ValueError(f"probe {spec['name']}: label kind {label!r} needs positions all_tokens")
+    if label == "repeat_mention" and positions != "span":
+        raise ValueError(f"probe {spec['name']}: label kind 'repeat_mention' needs span positions")
+
+
+def token_level(spec: dict[str, Any]) -> bool:
+    """Whether a target labels single tokens (its null is the Hewitt-Liang control task and it
+    has a position baseline) rather than whole documents (a permutation null)."""
+    label = spec["label"]["kind"]
+    return spec["positions"]["kind"] == "span" or label in (*CONTEXT_LABELS, "token_is_digit")
 
 
 @dataclass(frozen=True)
@@ -236,6 +257,8 @@ def build_probe_data(
             picked = [
                 (i, int(tokenizer.id_to_token(t).lstrip("Ġ").isdigit())) for i, t in enumerate(ids)
             ]
+        elif label_spec["kind"] in CONTEXT_LABELS:
+            picked = context_labels(label_spec["kind"], ids, offsets, doc["text"])
         elif kind in ("document_mean", "last_token"):
             value = _doc_label(doc, label_spec, spec["name"])
             picked = (
@@ -249,8 +272,8 @@ def build_probe_data(
             if last is not None:
                 picked = [(last, _doc_label(doc, label_spec, spec["name"]))]
         elif kind == "span":
-            ids_of_spans = {}
-            for span in doc.get("spans", []):
+            ids_of_spans, mentioned = {}, set()
+            for span in sorted(doc.get("spans", []), key=lambda sp: sp["start"]):
                 if span["type"] != pos_spec["type"]:
                     continue
                 toks = [
@@ -258,11 +281,15 @@ def build_probe_data(
                 ]
                 if not toks:
                     continue
-                value = _span_label(span, label_spec, world, spec["name"], doc.get("cast", {}))
+                # entity identity for the control task: its id, else (own spans) its text
+                key = span.get("id", doc["text"][span["start"] : span["end"]])
+                if label_spec["kind"] == "repeat_mention":  # mentioned earlier in this text?
+                    value = int(key in mentioned)
+                    mentioned.add(key)
+                else:
+                    value = _span_label(span, label_spec, world, spec["name"], doc.get("cast", {}))
                 if value is not None:
                     picked.append((toks[-1], value))  # read at the mention's last token
-                    # entity identity for the control task: its id, else (own spans) its text
-                    key = span.get("id", doc["text"][span["start"] : span["end"]])
                     ids_of_spans[toks[-1]] = f"{span['type']}:{key}"
         elif kind == "all_tokens":
             value = _doc_label(doc, label_spec, spec["name"])
@@ -325,3 +352,64 @@ def _span_label(span: dict, label: dict, world, name: str, cast: dict | None = N
     if label["kind"] == "label_field":  # a key of the user's own span ({start, end, type, KEY})
         return span.get(label.get("field"))
     raise ValueError(f"probe {name}: label kind {label['kind']!r} does not fit span positions")
+
+
+def context_labels(
+    kind: str, ids: list[int], offsets: list[tuple[int, int]], text: str
+) -> list[tuple[int, int]]:
+    """(position, label) for the tokens of one text under a context label:
+
+    - seen_before: 1 when the token's id occurred earlier in the text (within the window);
+    - since_last: for tokens seen before, the distance to the previous occurrence, bucketed by
+      SINCE_LAST_BUCKETS (0: <= 8 tokens back ... 3: further);
+    - in_string: 1 when the token lies inside a Python string literal (the text is code; read by
+      Python's own tokenizer, up to the first point it cannot read);
+    - bracket_depth: how many (, [ or { are open where the token starts (code; a closing
+      bracket is at the depth it returns to), capped at MAX_BRACKET_DEPTH."""
+    if kind in ("seen_before", "since_last"):
+        last: dict[int, int] = {}
+        out = []
+        for i, t in enumerate(ids):
+            if kind == "seen_before":
+                out.append((i, int(t in last)))
+            elif t in last:
+                out.append((i, int(np.searchsorted(SINCE_LAST_BUCKETS, i - last[t]))))
+            last[t] = i
+        return out
+    in_string, depth, readable = _code_char_labels(text)
+    out = []
+    for i, (start, end) in enumerate(offsets):
+        if end > readable or end <= start:
+            continue
+        if kind == "in_string":
+            out.append((i, int(in_string[end - 1])))
+        else:
+            out.append((i, int(min(depth[start], MAX_BRACKET_DEPTH))))
+    return out
+
+
+def _code_char_labels(text: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per character of Python source: inside a string literal, the bracket depth before it; and
+    how many characters Python's tokenizer could read (a file cut short ends early)."""
+    import io
+    import tokenize
+
+    line_starts = np.concatenate([[0], np.cumsum([len(x) for x in text.splitlines(True)])])
+    at = lambda row_col: int(line_starts[row_col[0] - 1] + row_col[1])  # noqa: E731
+    in_string = np.zeros(len(text) + 1, dtype=bool)
+    change = np.zeros(len(text) + 2, dtype=np.int64)
+    readable = 0
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            start, end = at(tok.start), at(tok.end)
+            if tok.type == tokenize.STRING:
+                in_string[start:end] = True
+            elif tok.type == tokenize.OP and tok.string in "([{":
+                change[end] += 1
+            elif tok.type == tokenize.OP and tok.string in ")]}":
+                change[start] -= 1
+            readable = end
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        pass  # labels up to where the tokenizer stopped
+    depth = np.maximum(np.cumsum(change)[: len(text) + 1], 0)
+    return in_string, depth, readable

@@ -445,6 +445,17 @@ def bag_of_tokens(
     )
 
 
+def position_features(positions: list[list[int]], max_len: int):
+    """One-hot of each example's token position (one row per example, in the probe's order), as
+    a scipy CSR matrix: the position-only baseline of a token target."""
+    from scipy import sparse
+
+    flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in positions])
+    flat = np.minimum(flat, max_len - 1)
+    ones = np.ones(len(flat), np.float32)
+    return sparse.csr_matrix((ones, (np.arange(len(flat)), flat)), shape=(len(flat), max_len))
+
+
 def digit_count_features(counts: np.ndarray, max_digits: int = 12) -> np.ndarray:
     """A number's digit count as regression features: the count and a one-hot of it."""
     counts = np.asarray(counts, dtype=np.int64)
@@ -476,6 +487,7 @@ def probe_with_baselines(
     types: np.ndarray | None = None,
     init_features: dict[int, np.ndarray] | None = None,
     bow: Any = None,
+    positions: Any = None,
     digit_counts: np.ndarray | None = None,
     split: DocumentSplit | None = None,
     n_null: int = 5,
@@ -489,11 +501,14 @@ def probe_with_baselines(
       `"token"`: the Hewitt-Liang control task on `types` (`control_null`); mean and spread;
     - init_baseline: the same procedure on the step-0 model's `init_features` (None if absent);
     - bow_baseline: logistic (ridge) regression on `bow`, the token counts the probe sees;
+    - position_baseline (when `positions`): the same on a one-hot of each token's position;
     - majority_baseline: the training majority class (R^2 of the training mean);
     - digit_count_baseline (when `digit_counts`): ridge on the number's digit count.
 
-    `beats_all_baselines` applies `beats_all` with bars: the null's largest repeat, the CI high of
-    the init, bag-of-tokens and digit-count baselines, and the majority's point value."""
+    Token targets also get `selectivity` (Hewitt & Liang): the accuracy minus the control
+    task's. `beats_all_baselines` applies `beats_all` with bars: the null's largest repeat, the
+    CI high of the init, bag-of-tokens, position and digit-count baselines, and the majority's
+    point value."""
     y, groups = np.asarray(y), np.asarray(groups)
     split = split or split_by_document(groups, seed=seed)
     test_groups = groups[split.test]
@@ -524,8 +539,12 @@ def probe_with_baselines(
         "n_test_examples": len(split.test),
         "task": task,
     }
+    if level == "token":
+        out["selectivity"] = accuracy - out["null"] if null else None
     bars = {"null": out["null_max"], "majority": out["majority_baseline"]}
     baselines = {"init": init_features, "bow": {"bow": bow} if bow is not None else None}
+    if positions is not None:
+        baselines["position"] = {"position": positions}
     if digit_counts is not None:
         baselines["digit_count"] = {"digits": digit_count_features(digit_counts)}
     for name, feats in baselines.items():
@@ -564,6 +583,7 @@ class ProbeSet:
     bow: Any
     digit_counts: np.ndarray | None
     vocab_size: int
+    positions: Any = None  # token targets: one-hot of each example's position (position baseline)
 
 
 def _cap_positions(data, per_document: int, seed: int):
@@ -611,11 +631,18 @@ def probe_set(
     seed: int = 0,
     bos: int | None = None,
 ) -> ProbeSet:
-    """Build a target's probe data, split and baseline features from a data set. `bos`: the
+    """Build a target's probe data, split and baseline features from a data set, reading at most
+    `positions_per_document` positions of a text (a spec's `positions.per_document` overrides
+    it). `bos`: the
     token the model was trained to see first (its `bos_token_id`), put before every sequence
     (within `max_len`; the probed positions move with their tokens)."""
     data_dir = Path(data_dir)
-    from labkit.analysis.probe_tasks import build_probe_data, unseen_text_warning, with_bos
+    from labkit.analysis.probe_tasks import (
+        build_probe_data,
+        token_level,
+        unseen_text_warning,
+        with_bos,
+    )
     from labkit.data.build import load_manifest
     from labkit.data.tokenizer import load_tokenizer
 
@@ -625,17 +652,19 @@ def probe_set(
     if warning:
         print(warning, file=sys.stderr)
     data = build_probe_data(spec, tok, manifest, data_dir, max_len - (bos is not None))
-    data = _cap_positions(with_bos(data, bos), positions_per_document, seed)
-    token_level = spec["positions"]["kind"] == "span" or spec["label"]["kind"] == "token_is_digit"
+    per_document = spec["positions"].get("per_document", positions_per_document)
+    data = _cap_positions(with_bos(data, bos), per_document, seed)
+    level = "token" if token_level(spec) else "document"
     groups = np.unique(data.groups) if data.document_mean else data.groups
     vocab = tok.get_vocab_size()
     return ProbeSet(
         data=data,
-        level="token" if token_level else "document",
+        level=level,
         split=split_by_document(groups, seed=seed),
         bow=bag_of_tokens(data.sequences, data.positions, vocab, data.document_mean),
         digit_counts=_digit_counts(data, tok) if spec["label"]["kind"] == "number_value" else None,
         vocab_size=vocab,
+        positions=position_features(data.positions, max_len) if level == "token" else None,
     )
 
 
@@ -665,6 +694,7 @@ def targets_with_baselines(
             types=data.types[keep],
             init_features=init_features[name][0] if init_features is not None else None,
             bow=probes.bow,
+            positions=probes.positions,
             digit_counts=probes.digit_counts,
             split=probes.split,
             n_null=n_null,

@@ -175,6 +175,57 @@ def layer_identification(matrix: Array) -> dict[str, Any]:
     }
 
 
+def layer_identification_ci(
+    acts_a: Sequence[Array],
+    acts_b: Sequence[Array],
+    groups: Array,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """`layer_identification` of the linear-CKA matrix between two runs' layers on the same
+    tokens, with a 95 % bootstrap interval over documents (`groups`: the document of each token
+    row; documents are resampled with replacement, their tokens with them). Each resample's CKA
+    comes from per-document sums (X^T Y, column sums, counts), so no resample touches the tokens
+    again. `bootstrap_fractions`: every resample's fraction (the same `seed` and `groups` draw
+    the same documents, so the fractions of several pairs can be averaged per resample)."""
+    groups = np.asarray(groups)
+    order = np.argsort(groups, kind="stable")
+    docs, starts = np.unique(groups[order], return_index=True)
+    bounds = np.append(starts, len(groups))
+    a = [torch.as_tensor(np.asarray(x)[order], dtype=torch.float32) for x in acts_a]
+    b = [torch.as_tensor(np.asarray(y)[order], dtype=torch.float32) for y in acts_b]
+    counts = torch.as_tensor(np.diff(bounds), dtype=torch.float64)
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(len(docs), np.full(len(docs), 1 / len(docs)), size=n_bootstrap)
+    weights = torch.as_tensor(np.vstack([np.ones(len(docs)), draws]), dtype=torch.float64)
+    n = weights @ counts  # [1 + boots]: tokens in each resample (the first: the data as is)
+    spans = list(zip(bounds[:-1], bounds[1:], strict=True))
+    sums = {
+        id(x): weights @ torch.stack([x[s:e].double().sum(0) for s, e in spans]) for x in (*a, *b)
+    }  # fmt: skip  [1 + boots, d]: column sums of each resample
+
+    def norms(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """||centred X^T Y||_F for every resample (per-document products in fp32, sums fp64)."""
+        per_doc = torch.stack([x[s:e].T @ y[s:e] for s, e in spans]).double()
+        cross = (weights @ per_doc.flatten(1)).view(-1, x.shape[1], y.shape[1])
+        cross -= torch.einsum("bi,bj->bij", sums[id(x)], sums[id(y)]) / n[:, None, None]
+        return torch.linalg.matrix_norm(cross)
+
+    self_a, self_b = [norms(x, x) for x in a], [norms(y, y) for y in b]
+    cka = torch.stack(
+        [
+            torch.stack([norms(x, y) ** 2 / (self_a[i] * self_b[j]) for j, y in enumerate(b)], -1)
+            for i, x in enumerate(a)
+        ],
+        -2,
+    )  # fmt: skip  [1 + boots, layers_a, layers_b]
+    found = layer_identification(cka[0])
+    fractions = [layer_identification(m)["fraction"] for m in cka[1:]]
+    ci = [float(np.percentile(fractions, q)) for q in (2.5, 97.5)] if fractions else None
+    return found | {"ci": ci, "documents": len(docs), "tokens": int(len(groups)),
+                    "matrix": cka[0].tolist(), "bootstrap_fractions": fractions}  # fmt: skip
+
+
 # --------------------------------------------------------------------------- RSA
 def rdm(X: Array, metric: str = "correlation") -> np.ndarray:
     """Representational dissimilarity matrix (condensed upper triangle) between the n examples:
