@@ -247,8 +247,12 @@ def cmd_induction(args: argparse.Namespace) -> int:
         _milestones(args), args.seq_len, args.batch, args.threshold, progress=True
     )
     for row in result["milestones"]:
-        print(f"{row['milestone']}: max induction {row['max_induction']:.3f}, loss on the copies "
+        print(f"{row['milestone']}: best second-copy score {row['max_second_copy']:.3f} "
+              f"(detect_head {row['max_tl']:.3f}), loss on the copies "
               f"{row['loss_first_copy']:.2f} -> {row['loss_second_copy']:.2f}")  # fmt: skip
+    if "uniform_score" in result:
+        print(f"uniform attention scores {result['uniform_score']:.3f} "
+              f"(detect_head {result['uniform_tl_score']:.3f})")  # fmt: skip
     if "phase_change" in result:
         print(f"phase change: {result['phase_change']}")
     _write_json(args.json, result)

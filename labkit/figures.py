@@ -140,9 +140,9 @@ def _show_in_notebook(png: Path) -> None:
 
 
 RESULTS = "results.json"  # the study's numbers, one top-level section per notebook
-# sections no notebook writes (`make paper`'s own cost, the calibrations of
-# pretrain/induction_budget.py and pretrain/mla_copy_ablation.py): a figure rebuild keeps them
-KEPT_SECTIONS = ("study", "induction_budget", "mla_copy_ablation", "long_control")
+# sections no notebook writes (`make paper`'s own cost, the induction calibration ladder of
+# pretrain/induction_ladder.py): a figure rebuild keeps them
+KEPT_SECTIONS = ("study", "induction_ladder")
 
 
 def _rounded(value: Any, digits: int = 6) -> Any:

@@ -136,8 +136,10 @@ def over_milestones(
 
 # ------------------------------------------------------------------------------------- induction
 def induction_measure(at: LoadedMilestone, seq_len: int = 32, batch: int = 8) -> dict[str, Any]:
-    """Induction scores on repeated random tokens, the loss on both copies, previous- and
-    duplicate-token scores on one held-out document (`at.text[0]`), and copying scores."""
+    """On repeated random tokens (after the model's first token, when it has one): each head's
+    second-copy score and TransformerLens's detect_head score, the loss on both copies; and the
+    previous- and duplicate-token scores on one held-out document (`at.text[0]`), and copying
+    scores."""
     from labkit.analysis.induction import (
         copying_scores,
         head_scores,
@@ -152,10 +154,14 @@ def induction_measure(at: LoadedMilestone, seq_len: int = 32, batch: int = 8) ->
     text = torch.tensor(at.text[0])
     return {
         "seq_len": n,
-        "induction": rep.induction_score.tolist(),
+        "offset": int(bos is not None),
+        "second_copy": rep.second_copy_score.tolist(),
+        "tl": rep.tl_score.tolist(),
+        "max_second_copy": float(rep.second_copy_score.max()),
+        "max_tl": float(rep.tl_score.max()),
         "loss_first_copy": rep.loss_first,
         "loss_second_copy": rep.loss_second,
-        "max_induction": float(rep.induction_score.max()),
+        "copy_loss_drop": rep.loss_first - rep.loss_second,
         "previous_token": head_scores(model, text, "previous_token").tolist(),
         "duplicate_token": head_scores(model, text, "duplicate_token").tolist(),
         "copying": copying_scores(model).tolist(),
@@ -169,94 +175,116 @@ def induction_over_milestones(
     threshold: float = 0.3,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """`induction_measure` at every milestone, the uniform-attention level and the phase change
-    (the first crossing of `threshold`)."""
-    from labkit.analysis.induction import phase_change, uniform_induction_score
+    """`induction_measure` at every milestone, both scores' uniform-attention levels and the
+    phase change (the first crossing of `threshold` by the best second-copy score)."""
+    from labkit.analysis.induction import (
+        phase_change,
+        uniform_second_copy_score,
+        uniform_tl_score,
+    )
 
     measure = functools.partial(induction_measure, seq_len=seq_len, batch=batch)
     rows = over_milestones(milestones, measure, HeldOut("general", 1), progress and "induction")
     result: dict[str, Any] = {"milestones": rows}
     if rows:
-        result["uniform_score"] = uniform_induction_score(rows[0]["seq_len"])
+        n, offset = rows[0]["seq_len"], rows[0]["offset"]
+        result["uniform_score"] = uniform_second_copy_score(n, offset)
+        result["uniform_tl_score"] = uniform_tl_score(n, offset)
     if len(rows) >= 2:
         result["phase_change"] = phase_change(
-            [r["tokens"] for r in rows], [r["max_induction"] for r in rows], threshold
+            [r["tokens"] for r in rows], [r["max_second_copy"] for r in rows], threshold
         )
     return result
 
 
-def induction_summary(induction: dict[str, Any], icl: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The numbers a study reports per run from `induction_over_milestones` and
-    `icl_over_milestones` over the same milestones: the best head's score, when it crossed the
-    threshold (None if never), the copy-loss drop at the last milestone, and the in-context-
-    learning score just before and at the crossing, beside its steepest improvement."""
+def induction_mechanism_at(
+    milestone: Milestone, seq_len: int = 32, batch: int = 64, seed: int = 7
+) -> dict[str, Any]:
+    """`labkit.analysis.induction.induction_mechanism` at one milestone, on `batch` held-out
+    repeated random sequences of its own (drawn with `seed`, not the scoring ones)."""
+    from labkit.analysis.induction import induction_mechanism, repeated_random_tokens
+
+    model, milestone = load(milestone)
+    bos = model.cfg.bos_token_id
+    n = min(seq_len, (model.cfg.max_seq_len - (bos is not None)) // 2)
+    tokens = repeated_random_tokens(model.cfg.vocab_size, n, batch, seed=seed, bos=bos)
+    return {"milestone": milestone.name, "tokens": milestone.tokens,
+            **induction_mechanism(model, tokens, n)}  # fmt: skip
+
+
+def induction_summary(induction: dict[str, Any]) -> dict[str, Any]:
+    """What a study reports per run from `induction_over_milestones`: the best head's
+    second-copy score and TransformerLens score (and their uniform levels), when the
+    second-copy score crossed the threshold (None if never) and whether strictly inside
+    training, and the copy-loss drop at the last milestone."""
     rows = induction["milestones"]
     change = induction.get("phase_change") or {}
-    best = max(rows, key=lambda r: r["max_induction"])
-    layer, head = np.unravel_index(int(np.argmax(best["induction"])), np.shape(best["induction"]))
-    out: dict[str, Any] = {
-        "max_score": best["max_induction"],
+    best = max(rows, key=lambda r: r["max_second_copy"])
+    grid = np.asarray(best["second_copy"])
+    layer, head = np.unravel_index(int(np.argmax(grid)), grid.shape)
+    return {
+        "max_score": best["max_second_copy"],
         "max_head": [int(layer), int(head)],
         "max_at_tokens": best["tokens"],
-        "final_score": rows[-1]["max_induction"],
+        "final_score": rows[-1]["max_second_copy"],
+        "tl_max_score": max(r["max_tl"] for r in rows),
+        "tl_final_score": rows[-1]["max_tl"],
         "threshold": change.get("threshold"),
         "uniform_score": induction.get("uniform_score"),
+        "tl_uniform_score": induction.get("uniform_tl_score"),
         "crossing_tokens": change.get("first_above_threshold"),
         "crossed_in": change.get("crossed_in"),
         "crossed_inside_training": bool(change.get("crossed_inside")),
         "milestone_tokens": [r["tokens"] for r in rows],
-        "copy_loss_drop": rows[-1]["loss_first_copy"] - rows[-1]["loss_second_copy"],
+        "copy_loss_drop": rows[-1]["copy_loss_drop"],
+        "copy_loss_drop_curve": [r["copy_loss_drop"] for r in rows],
+        "score_curve": [r["max_second_copy"] for r in rows],
+        "tl_score_curve": [r["max_tl"] for r in rows],
     }
-    by_tokens = {x["tokens"]: x["icl_score"] for x in icl}
-    scores = [by_tokens.get(r["tokens"]) for r in rows]
-    if None not in scores and len(scores) >= 2:
-        steps = np.diff(scores)
-        k = int(np.argmin(steps))  # ICL scores fall (more negative) as in-context learning grows
-        out["icl_steepest_improvement"] = [rows[k]["tokens"], rows[k + 1]["tokens"]]
-        out["icl_first"], out["icl_final"] = scores[0], scores[-1]
-        if out["crossed_in"]:
-            before, at = out["crossed_in"]
-            out["icl_before_crossing"], out["icl_at_crossing"] = by_tokens[before], by_tokens[at]
-    return out
 
 
 def icl_measure(
-    at: LoadedMilestone, split: str, documents: int, early: int, late: int
-) -> dict[str, Any]:
-    """Olsson et al.'s in-context-learning score (loss at token `late` minus at `early`) on the
-    first `documents` held-out documents longer than `late` tokens."""
-    from labkit.analysis.induction import in_context_learning_score
+    at: LoadedMilestone, split: str, documents: int, early: int, late: Sequence[int],
+    n_bootstrap: int = 1000,
+) -> dict[str, Any]:  # fmt: skip
+    """Olsson et al.'s in-context-learning score -- the loss at token position p minus the loss
+    at `early` -- at every position p of `late`, on the first `documents` held-out documents
+    longer than the last of them, with a bootstrap interval over documents."""
+    from labkit.analysis.induction import in_context_learning_curve
 
-    late = min(late, at.model.cfg.max_seq_len - 1)
-    long = [s[: late + 1] for s in at.text if len(s) > late][:documents]
+    cap = at.model.cfg.max_seq_len - 1
+    positions = sorted({min(p, cap) for p in late})
+    long = [s[: positions[-1] + 1] for s in at.text if len(s) > positions[-1]][:documents]
     if not long:
-        raise ValueError(f"no {split} document has more than {late} tokens")
-    score = in_context_learning_score(at.model, torch.tensor(long), early, late)
-    return {"icl_score": score, "documents": len(long), "early": early, "late": late}
+        raise ValueError(f"no {split} document has more than {positions[-1]} tokens")
+    curve = in_context_learning_curve(at.model, torch.tensor(long), early, positions,
+                                      n_bootstrap)  # fmt: skip
+    return {"documents": len(long), "early": early, **curve}
 
 
 def icl_over_milestones(
     milestones: Sequence[Milestone],
     split: str = "general",
-    documents: int = 32,
-    early: int = 16,
-    late: int = 200,
+    documents: int = 300,
+    early: int = 8,
+    late: Sequence[int] = (16, 32, 48, 63),
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """`icl_measure` at every milestone (documents drawn from four times as many as needed)."""
+    """`icl_measure` at every milestone (documents drawn from twice as many as needed)."""
     measure = functools.partial(icl_measure, split=split, documents=documents, early=early,
                                 late=late)  # fmt: skip
-    text = HeldOut(split, 4 * documents, late + 1)
+    text = HeldOut(split, 2 * documents, max(late) + 2)
     return over_milestones(milestones, measure, text, progress and "in-context learning")
 
 
 def attention_on_repeat(milestone: Milestone, seq_len: int = 16, seed: int = 0) -> dict[str, Any]:
     """Attention patterns [layers, heads, q, k] of one repeated random sequence, with the
-    induction scores that rank the heads."""
+    second-copy scores that rank the heads and the uniform-attention level."""
     from labkit.analysis.induction import (
         attention_patterns,
         repeated_random_tokens,
         repeated_tokens_test,
+        uniform_second_copy_score,
     )
 
     model, milestone = load(milestone)
@@ -264,28 +292,88 @@ def attention_on_repeat(milestone: Milestone, seq_len: int = 16, seed: int = 0) 
     tokens = repeated_random_tokens(model.cfg.vocab_size, seq_len, batch=1, seed=seed, bos=bos)
     with torch.no_grad():
         patterns = attention_patterns(model, tokens)[0].float()
-    scores = repeated_tokens_test(model, tokens, seq_len).induction_score
+    scores = repeated_tokens_test(model, tokens, seq_len).second_copy_score
     return {"tokens": milestone.tokens, "patterns": patterns.numpy(),
-            "induction": scores.numpy()}  # fmt: skip
+            "second_copy": scores.numpy(),
+            "uniform_score": uniform_second_copy_score(seq_len, int(bos is not None))}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ similarity
+BLOCK_OUT = "block_out"  # a block's own output, attn_out + mlp_out: what it adds to the stream
+
+
+def token_documents(sequences: Sequence[Sequence[int]], drop_first: bool = False) -> np.ndarray:
+    """The document index of every activation row of `sequences` (concatenated, as
+    `activations_measure` returns them), without each document's first token if `drop_first`."""
+    return np.concatenate(
+        [np.full(len(s) - int(drop_first), i) for i, s in enumerate(sequences)]
+    )  # fmt: skip
+
+
 def activations_measure(
-    at: LoadedMilestone, sequences: Sequence[Sequence[int]], site: str = "resid_post"
+    at: LoadedMilestone,
+    sequences: Sequence[Sequence[int]],
+    site: str = "resid_post",
+    drop_first: bool = False,
 ) -> dict[str, Any]:
     """{"acts": one [tokens, width] array per layer at `site`} on `sequences` (fp32: CKA and RSA
-    compare small differences)."""
+    compare small differences). `site` is an activation site or BLOCK_OUT (attn_out + mlp_out).
+    `drop_first`: leave out each document's first token (with a fixed first token, an attention
+    sink, its activations are the same in every document and every model, and dominate CKA)."""
     layers = list(range(at.model.cfg.n_layers))
-    acts = at.activations(sequences, [site], layers)
-    return {"acts": [acts[site, i] for i in layers]}
+    parts = ("attn_out", "mlp_out") if site == BLOCK_OUT else (site,)
+    acts = at.activations(sequences, parts, layers)
+    keep = np.ones(sum(map(len, sequences)), dtype=bool)
+    if drop_first:
+        keep[np.cumsum([0, *map(len, sequences[:-1])])] = False
+    return {"acts": [sum(acts[p, i] for p in parts)[keep] for i in layers]}
 
 
 def layer_activations(
-    milestone: Milestone, sequences: Sequence[Sequence[int]], site: str = "resid_post"
+    milestone: Milestone,
+    sequences: Sequence[Sequence[int]],
+    site: str = "resid_post",
+    drop_first: bool = False,
 ) -> list[np.ndarray]:
     """One [tokens, width] array per layer at `site` on `sequences`, at one milestone."""
-    measure = functools.partial(activations_measure, sequences=sequences, site=site)
+    measure = functools.partial(activations_measure, sequences=sequences, site=site,
+                                drop_first=drop_first)  # fmt: skip
     return over_milestones([milestone], measure)[0]["acts"]
+
+
+def seed_layer_identification(
+    runs: Sequence[Run],
+    sequences: Sequence[Sequence[int]],
+    site: str = "resid_post",
+    drop_first: bool = True,
+    n_bootstrap: int = 500,
+) -> dict[str, Any]:
+    """Kornblith et al.'s control for one cell's seeds: for every pair of runs, the share of
+    layers whose most CKA-similar layer in the other run is the same layer, at their final
+    milestones, with a 95 % bootstrap interval over documents; and the mean over pairs with its
+    interval (every pair resampled with the same documents)."""
+    from itertools import combinations
+
+    from labkit.analysis.similarity import layer_identification_ci
+
+    groups = token_documents(sequences, drop_first)
+    acts = {r.name: layer_activations(r.milestones[-1], sequences, site, drop_first) for r in runs}
+    pairs, draws = [], []
+    for a, b in combinations(runs, 2):
+        found = layer_identification_ci(acts[a.name], acts[b.name], groups, n_bootstrap)
+        draws.append(found.pop("bootstrap_fractions"))
+        pairs.append({"runs": [a.name, b.name]} | found)
+    mean = np.mean(draws, axis=0) if draws else np.array([])
+    return {
+        "site": site,
+        "fraction": float(np.mean([p["fraction"] for p in pairs])) if pairs else None,
+        "ci": [float(np.percentile(mean, 2.5)), float(np.percentile(mean, 97.5))]
+        if len(mean) else None,
+        "pairs": pairs,
+        "documents": len(sequences),
+        "tokens": int(len(groups)),
+        "first_token_dropped": drop_first,
+    }  # fmt: skip
 
 
 def cka_to_final(
@@ -293,12 +381,14 @@ def cka_to_final(
     sequences: Sequence[Sequence[int]],
     site: str = "resid_post",
     progress: bool = False,
+    drop_first: bool = False,
 ) -> dict[str, Any]:
     """CKA of each layer at each milestone to the same layer at the last milestone, and the
-    last milestone's layer x layer CKA."""
+    last milestone's layer x layer CKA (`drop_first`: as in `activations_measure`)."""
     from labkit.analysis.similarity import cka, cka_matrix
 
-    measure = functools.partial(activations_measure, sequences=sequences, site=site)
+    measure = functools.partial(activations_measure, sequences=sequences, site=site,
+                                drop_first=drop_first)  # fmt: skip
     rows = over_milestones(milestones, measure, progress=progress and "CKA to final")
     final = rows[-1]["acts"]
     return {
@@ -319,12 +409,14 @@ def compare_runs(
     sequences: Sequence[Sequence[int]],
     site: str = "resid_post",
     progress: bool = False,
+    drop_first: bool = False,
 ) -> list[dict[str, Any]]:
     """For matched milestones of two runs: layer x layer CKA (rows: first run) and RSA per layer
-    (correlation RDMs over a subsample of tokens)."""
+    (correlation RDMs over a subsample of tokens); `drop_first` as in `activations_measure`."""
     from labkit.analysis.similarity import cka_matrix, rsa
 
-    measure = functools.partial(activations_measure, sequences=sequences, site=site)
+    measure = functools.partial(activations_measure, sequences=sequences, site=site,
+                                drop_first=drop_first)  # fmt: skip
     rows = []
     for a, b in tqdm(pairs, desc="compare runs", disable=not progress, leave=False):
         acts_a, acts_b = (r["acts"] for r in over_milestones([a, b], measure))
@@ -343,10 +435,12 @@ LATENT_RANKS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 def latent_measure(at: LoadedMilestone) -> list[dict[str, Any]]:
     """Per layer of an MLA model: the c_kv spectrum, k/v variance carried by the top latent
-    directions, the loss when c_kv is truncated to rank k, and single-direction ablations."""
+    directions, the loss when c_kv is truncated to rank k, and single-direction ablations of the
+    top principal directions and, as their control, of random directions."""
     from labkit.analysis.latent import (
         direction_ablation_loss,
         kv_variance_explained,
+        random_direction_ablation_loss,
         spectrum,
         truncated_all_layers_loss,
         truncated_latent_loss,
@@ -380,6 +474,9 @@ def latent_measure(at: LoadedMilestone) -> list[dict[str, Any]]:
             "truncated_all_layers_loss": all_layers,
             "direction_ablation_loss": direction_ablation_loss(
                 model, tokens, layer, spec, list(range(min(3, r)))
+            ),
+            "random_direction_ablation_loss": random_direction_ablation_loss(
+                model, tokens, layer, spec
             ),
         })  # fmt: skip
     return rows
@@ -604,6 +701,9 @@ __all__ = [
     "eval_sequences",
     "icl_measure",
     "icl_over_milestones",
+    "induction_mechanism_at",
+    "seed_layer_identification",
+    "token_documents",
     "induction_measure",
     "induction_over_milestones",
     "induction_summary",

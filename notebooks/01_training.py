@@ -156,29 +156,50 @@ def final_val(r, split):
 
 
 frontier_splits = sorted(set.intersection(*(set(trained_on[r.name]) for r in dense_runs)))
-fig, axes = plt.subplots(
-    1, len(frontier_splits), figsize=(3.2 * len(frontier_splits), 3.3), squeeze=False
-)
+frontier = {}
+fig, axes = plt.subplots(1, len(frontier_splits), figsize=(3.2 * len(frontier_splits), 3.5),
+                         squeeze=False, layout="constrained")  # fmt: skip
 for ax, split in zip(axes[0], frontier_splits, strict=True):
+    ticks = set()
     for attention, marker in (("mla", "o"), ("gqa", "s")):
-        group = sorted((r for r in dense_runs if r.attention == attention),
-                       key=lambda r: r.model.kv_cache_bytes_per_token())  # fmt: skip
-        x = [r.model.kv_cache_bytes_per_token() for r in group]
-        y = [final_val(r, split) for r in group]
-        ax.scatter(x, y, marker=marker, color=run_style(attention, "dense")["color"], s=30,
-                   label=attention.upper())  # fmt: skip
-        for r, xi, yi in zip(group, x, y, strict=True):
+        cells = {}  # one point per configuration: the mean over its seeds, bars = min to max
+        for r in dense_runs:
+            if r.attention == attention:
+                cells.setdefault(r.model.kv_cache_bytes_per_token(), []).append(r)
+        x = sorted(cells)
+        ys = [[final_val(r, split) for r in cells[b]] for b in x]
+        mean = np.array([np.mean(y) for y in ys])
+        lo, hi = mean - [min(y) for y in ys], [max(y) for y in ys] - mean
+        color = run_style(attention, "dense")["color"]
+        ax.errorbar(x, mean, yerr=[lo, hi], marker=marker, color=color, ms=5, capsize=3, lw=1,
+                    label=attention.upper())  # fmt: skip
+        for b, y in zip(x, ys, strict=True):
+            r = cells[b][0]
             knob = f"r={r.model.kv_lora_rank}" if attention == "mla" else f"kv={r.model.n_kv_heads}"
-            ax.annotate(f"{knob} s{r.seed}", (xi, yi), fontsize=5, xytext=(3, 2),
+            seeds = f", {len(y)} seeds" if len(y) > 1 else ""
+            ax.annotate(f"{knob}{seeds}", (b, np.mean(y)), fontsize=5, xytext=(4, -8),
                         textcoords="offset points")  # fmt: skip
+            frontier.setdefault(split, {}).setdefault(attention, []).append(
+                {
+                    "kv_bytes_per_token": b,
+                    knob.split("=")[0]: int(knob.split("=")[1]),
+                    "losses": y,
+                    "runs": [c.name for c in cells[b]],
+                }  # fmt: skip
+            )
+        ticks |= set(x)
     ax.set_xscale("log")
+    ax.set_xticks(sorted(ticks), [f"{t / 1024:.2g}k" for t in sorted(ticks)], rotation=45,
+                  fontsize=6)  # fmt: skip
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.set_xlabel("KV-cache bytes / token")
     ax.set_title(f"{split}", fontsize=8)
 axes[0, 0].set_ylabel("final validation loss (nats)")
 axes[0, 0].legend(fontsize=7)
-fig.suptitle("Dense corpus: in-distribution loss against the KV cache (equal tokens)")
-fig.tight_layout()
+fig.suptitle("Dense corpus: in-distribution loss against the KV cache (equal tokens; bars: the "
+             "spread over seeds)", fontsize=9)  # fmt: skip
 save_figure(fig, "01_loss_vs_kv_cache", figures_dir, sources=[r.path for r in dense_runs])
+save_results(figures_dir, "kv_frontier", frontier)
 
 # %%
 summary = {}

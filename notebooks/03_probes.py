@@ -38,6 +38,8 @@
 # - **bag-of-tokens** — logistic (ridge) regression on the token counts of what the probe reads:
 #   the whole document for document-mean probes; for position probes, the causal context up to
 #   the position plus the identity of the token read. What lexical statistics alone give away.
+# - **position** (token targets) — the same on a one-hot of the token's position alone: where in
+#   a document a token sits gives many context labels away (later tokens are more often repeats).
 # - **majority** — the training majority class (R² of the training mean for regression).
 # - **digit count** (`number_value` only) — ridge on the number of digits of the stated number:
 #   log10(value) is mostly its digit count, a surface feature a model can copy from the text.
@@ -46,6 +48,15 @@
 # every baseline's *upper bar* — the CI high of the init, bag-of-tokens and digit-count baselines,
 # the largest permutation (or control) repeat of the null, and the majority's point value. A
 # missing baseline (no step-0 milestone) counts as not beaten.
+#
+# Two kinds of target. The **document labels** (domain, style, ... -- the generator writes them
+# into the words of the document) are lexical: a bag of the document's tokens is close to their
+# ceiling, so beating it is the only claim worth making. The **context targets** label a token by
+# what came before it -- `seen_before` (the token occurred earlier in the document), `since_last`
+# (how far back), `repeat_mention` (this person was named before), `code_in_string` and
+# `code_bracket_depth` (Python code), `number_value` (a multi-token number's value) -- so the
+# token itself and a bag of the tokens before it cannot give them away; their selectivity (the
+# accuracy minus the control task's, Hewitt & Liang 2019) is reported beside the baselines.
 #
 # What the figures can show: whether linear information about a label is present in a layer of
 # the trained model beyond what the input's tokens, random features and chance explain. What they
@@ -78,10 +89,13 @@ probe_mixes = ["dense"]
 study = [r for r in main_runs(find_runs(runs)) if r.mix in probe_mixes] or find_runs(runs)[:1]
 documents = 60 if smoke else None  # None: the spec's count (1,100 -> >= 300 test documents)
 n_null = 2 if smoke else 3  # permutations (or control-task repeats) of the null
-targets = ["domain", "digit", "number_value"] if smoke else probe_targets()
-over_training = (
-    ["domain"] if smoke else ["domain", "factual_density", "person_occupation", "number_value"]
-)
+CONTEXT_TARGETS = ["seen_before", "since_last", "repeat_mention", "code_in_string",
+                   "code_bracket_depth", "number_value"]  # fmt: skip
+targets = ["domain", "seen_before", "number_value"] if smoke else probe_targets()
+targets = [t for t in CONTEXT_TARGETS if t in targets] + [t for t in targets if t not in
+                                                          CONTEXT_TARGETS]  # fmt: skip
+over_training = ["domain", "seen_before"] if smoke else ["seen_before", "repeat_mention",
+                                                         "number_value", "domain"]  # fmt: skip
 specs = {t: load_probe_spec(t, max_documents=documents) for t in targets}
 
 # A target's documents, splits and baseline features depend on the data set (and context length)
@@ -112,7 +126,8 @@ for r in study:
     )
 
 KEYS = ["accuracy", "ci", "null", "null_sd", "null_max", "null_kind", "init_baseline", "init_ci",
-        "bow_baseline", "bow_ci", "majority_baseline", "layer", "val_accuracy", "n_test_documents",
+        "bow_baseline", "bow_ci", "position_baseline", "position_ci", "selectivity",
+        "majority_baseline", "layer", "val_accuracy", "n_test_documents",
         "n_val_documents", "n_train_documents", "n_test_examples", "beats_all_baselines", "beats",
         "task", "milestone", "tokens", "init_milestone"]  # fmt: skip
 results = {
@@ -130,18 +145,20 @@ MARKS = [  # baseline, colour, marker
     ("null", "#7f7f7f", "x"),
     ("init", "#2ca02c", "s"),
     ("bow", "#ff7f0e", "D"),
+    ("position", "#17becf", "v"),
     ("digit_count", "#9467bd", "^"),
 ]
 cols = 4
 rows_n = int(np.ceil(len(targets) / cols))
-fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 2.6 * rows_n), squeeze=False)
+fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 2.6 * rows_n + 0.6), squeeze=False,
+                         layout="constrained")  # fmt: skip
 for ax, t in zip(axes.flat, targets, strict=False):
     for k, r in enumerate(study):
         res = final[r.name][t]
         style = run_style(r.attention, r.mix)
         ax.errorbar(k - 0.24, res["accuracy"], yerr=[[res["accuracy"] - res["ci"][0]],
                     [res["ci"][1] - res["accuracy"]]], fmt="o", color=style["color"],
-                    mfc=style["color"] if r.mix == "dense" else "white", ms=5, capsize=2,
+                    ms=5, capsize=2,
                     label="probe" if k == 0 else None)  # fmt: skip
         for j, (name, color, marker) in enumerate(MARKS):
             value = res.get(f"{name}_baseline", res.get(name)) if name != "null" else res["null"]
@@ -160,7 +177,8 @@ for ax, t in zip(axes.flat, targets, strict=False):
             ax.annotate("★", (k - 0.24, res["ci"][1]), ha="center", va="bottom", fontsize=10)
     metric = "R²" if final[study[0].name][t]["task"] == "regression" else "accuracy"
     n = min(final[r.name][t]["n_test_documents"] for r in study)
-    ax.set_title(f"{t} ({metric}, n_test={n})", fontsize=8)
+    kind = "context" if t in CONTEXT_TARGETS else "document label"
+    ax.set_title(f"{t} ({kind}; {metric}, n_test={n})", fontsize=7)
     ax.set_xticks(range(len(study)), [r.name for r in study], rotation=40, ha="right", fontsize=6)
     ax.tick_params(axis="y", labelsize=6)
 for ax in list(axes.flat)[len(targets) :]:
@@ -169,10 +187,9 @@ legend = {}  # every marker once (digit count appears on number_value's panel on
 for ax in axes.flat:
     for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
         legend.setdefault(label, handle)
-fig.legend(legend.values(), legend.keys(), loc="lower right", fontsize=7, ncol=3)
+fig.legend(legend.values(), legend.keys(), loc="outside lower center", fontsize=7, ncol=7)
 fig.suptitle("Probes at the final milestone on test documents (95 % CI); ★ = CI low above every "
-             "baseline's upper bar (filled: dense corpus, open: control)", fontsize=8)  # fmt: skip
-fig.tight_layout()
+             "baseline's upper bar", fontsize=8)  # fmt: skip
 save_figure(
     fig,
     "03_probe_targets",
@@ -181,16 +198,18 @@ save_figure(
 )
 
 # %%
-print(f"{'target':<24}" + "".join(f"{r.name[-22:]:>24}" for r in study))
-print(" " * 24 + "   (test score [CI] / null / init / bow; * = beats every baseline)")
+print(f"{'target':<24}" + "".join(f"{r.name[-28:]:>30}" for r in study))
+print(" " * 24 + "   (test score / null / init / bow / position; * = beats every baseline)")
 for t in targets:
     cells = []
     for r in study:
         x = final[r.name][t]
         init = "—" if x["init_baseline"] is None else f"{x['init_baseline']:.2f}"
+        pos = "" if x.get("position_baseline") is None else f" {x['position_baseline']:.2f}"
         star = "*" if x["beats_all_baselines"] else " "
-        cells.append(f"{x['accuracy']:.2f}{star} {x['null']:.2f} {init} {x['bow_baseline']:.2f}")
-    print(f"{t:<24}" + "".join(f"{c:>24}" for c in cells))
+        cells.append(f"{x['accuracy']:.2f}{star} {x['null']:.2f} {init} {x['bow_baseline']:.2f}"
+                     f"{pos}")  # fmt: skip
+    print(f"{t:<24}" + "".join(f"{c:>30}" for c in cells))
 
 # %% [markdown]
 # ## Layer × milestone (dense runs)
@@ -206,8 +225,8 @@ for r in dense:
     chosen = pick_milestones(r.trained, 2 if smoke else 4)
     chosen = ([r.init] if r.init is not None else []) + chosen
     rows = probe_layers_over_milestones(chosen, sets_for(r, over_training))
-    fig, axes = plt.subplots(1, len(over_training), figsize=(3.2 * len(over_training), 2.8),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(1, len(over_training), figsize=(3.2 * len(over_training), 3.1),
+                             squeeze=False, layout="constrained")  # fmt: skip
     for ax, t in zip(axes[0], over_training, strict=True):
         layers = sorted(rows[t][0]["scores"])
         grid = np.array([[row["scores"][layer] for row in rows[t]] for layer in layers])

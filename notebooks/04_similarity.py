@@ -16,14 +16,20 @@
 # %% [markdown]
 # # 04 — Representational similarity
 #
-# Linear CKA (Kornblith et al. 2019) between residual streams (`resid_post`), all on the same
-# held-out documents of the `general` split. A CKA value means little alone: a trained layer and
-# an untrained one already share token identity, and two seeds of one model are not identical. So:
+# Linear CKA (Kornblith et al. 2019), all on the same held-out documents of the `general` split,
+# each document's first token left out (with a fixed first token -- the attention sink -- its
+# activations are alike in every document and every model, and would dominate the index). A CKA
+# value means little alone: a trained layer and an untrained one already share token identity,
+# and two seeds of one model are not identical. So:
 #
 # 1. **Positive control** — Kornblith et al.'s test: between two seeds of the same cell, does CKA
-#    find the corresponding layer (argmax over the other seed's layers)? A similarity index that
-#    fails it cannot be trusted to compare architectures. Reported as
-#    `cka_layer_identification.<cell>` in `results.json`.
+#    find the corresponding layer (argmax over the other seed's layers)? For every pair of seeds of
+#    the cell with the most seeds, at two sites: the residual stream after each block
+#    (`resid_post`, the layer outputs Kornblith et al. compare) and each block's own output
+#    (`attn_out + mlp_out`, what the block adds). The residual stream carries every earlier
+#    block's output forward, so adjacent layers of one model are alike there by construction;
+#    a block's own output is not. Reported as `cka_layer_identification.<cell>.<site>` with a 95 %
+#    bootstrap interval over documents.
 # 2. **Within-model** layer × layer matrices: how much each layer changes the stream.
 # 3. **MLA against GQA** per layer across training, between two references: the seed-vs-seed CKA
 #    of the same layer (how similar two runs of one architecture are) and a random-init floor (CKA
@@ -41,7 +47,7 @@ figures_dir = None  # None: ../figures for the committed study, else <first run>
 import matplotlib.pyplot as plt
 import numpy as np
 
-from labkit.analysis.similarity import cka_matrix, layer_identification
+from labkit.analysis.similarity import cka_matrix
 from labkit.figures import notebook_inputs, run_style, save_figure, save_results
 from labkit.run import (
     find_runs,
@@ -51,21 +57,30 @@ from labkit.run import (
     seed_groups,
     shared_milestones,
 )
-from labkit.study import cka_to_final, compare_runs, eval_sequences, layer_activations
+from labkit.study import (
+    BLOCK_OUT,
+    cka_to_final,
+    compare_runs,
+    eval_sequences,
+    layer_activations,
+    seed_layer_identification,
+)
 
 runs, figures_dir = notebook_inputs(runs, figures_dir)
 every_run = find_runs(runs)
 study = main_runs(every_run)
-documents, max_len = (8, 32) if smoke else (64, 128)
+documents, max_len = (8, 32) if smoke else (256, 128)  # >= 30k tokens
 sequences = eval_sequences(study[0].data_path, "general", documents, max_len)
-print(f"{len(sequences)} documents, {sum(map(len, sequences)):,} tokens")
+print(f"{len(sequences)} documents, {sum(map(len, sequences)) - len(sequences):,} tokens "
+      "(first tokens left out)")  # fmt: skip
+SITES = ("resid_post", BLOCK_OUT)
 final_acts = {}
 
 
 def acts_at(milestone):
-    """Per-layer activations of a milestone on `sequences`, computed once."""
+    """Per-layer residual-stream activations of a milestone on `sequences`, computed once."""
     if milestone not in final_acts:
-        final_acts[milestone] = layer_activations(milestone, sequences)
+        final_acts[milestone] = layer_activations(milestone, sequences, drop_first=True)
     return final_acts[milestone]
 
 
@@ -76,49 +91,49 @@ def cell_name(runs_of_cell):
 
 
 # %% [markdown]
-# ## The positive control: two seeds, corresponding layers
+# ## The positive control: seeds of one cell, corresponding layers
 #
-# Rows: seed A's layers; columns: seed B's; a ring marks each row's most similar layer. The
-# control passes when every ring sits on the diagonal.
+# One panel per site and pair of seeds. Rows: the first seed's layers; columns: the second's; a
+# ring marks each row's most similar layer. The control passes where every ring sits on the
+# diagonal; each title gives the pair's share of identified layers and its 95 % interval.
 
 # %%
 seeds = seed_groups(every_run)
-identification, seed_matrices = {}, {}
-for group in seeds.values():
-    a, b = group[0], group[1]
-    seed_matrices[cell_name(group)] = (
-        a,
-        b,
-        cka_matrix(acts_at(a.milestones[-1]), acts_at(b.milestones[-1])),
-    )
-for name, (a, b, m) in seed_matrices.items():
-    identification[name] = layer_identification(m) | {"runs": [a.name, b.name], "matrix": m}
-if seed_matrices:
-    fig, axes = plt.subplots(
-        1, len(seed_matrices), figsize=(3.2 * len(seed_matrices) + 0.8, 3.1), squeeze=False,
-        layout="constrained",
-    )  # fmt: skip
-    for ax, (name, (a, b, m)) in zip(axes[0], seed_matrices.items(), strict=True):
+identification = {
+    cell_name(group): {site: seed_layer_identification(group, sequences, site) for site in SITES}
+    for group in seeds.values()
+}
+panels = [(cell, site, pair) for cell, by_site in identification.items()
+          for site, found in by_site.items() for pair in found["pairs"]]  # fmt: skip
+if panels:
+    cols = max(len(found["pairs"]) for by_site in identification.values()
+               for found in by_site.values())  # fmt: skip
+    rows = len(panels) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.9 * cols + 0.8, 2.7 * rows + 0.5),
+                             squeeze=False, layout="constrained")  # fmt: skip
+    for ax, (cell, site, pair) in zip(axes.flat, panels, strict=True):
+        m = np.array(pair["matrix"])
         img = ax.imshow(m, vmin=0, vmax=1, origin="lower")
-        best = m.argmax(axis=1)
-        ax.scatter(best, range(len(m)), s=90, facecolors="none", edgecolors="red", lw=1.2)
-        ax.set_title(f"{name}: {identification[name]['fraction']:.0%} identified", fontsize=8)
-        ax.set_xlabel(f"layer, seed {b.seed}", fontsize=7)
-        ax.set_ylabel(f"layer, seed {a.seed}", fontsize=7)
+        ax.scatter(m.argmax(axis=1), range(len(m)), s=90, facecolors="none", edgecolors="red",
+                   lw=1.2)  # fmt: skip
+        lo, hi = pair["ci"]
+        ax.set_title(f"{cell}, {site}\n{pair['fraction']:.0%} identified [{lo:.0%}, {hi:.0%}]",
+                     fontsize=7)  # fmt: skip
+        ax.set_xlabel(f"layer, {pair['runs'][1]}", fontsize=7)
+        ax.set_ylabel(f"layer, {pair['runs'][0]}", fontsize=7)
         ax.grid(False)
-    fig.colorbar(img, ax=axes, shrink=0.8, label="linear CKA")
+    fig.colorbar(img, ax=axes, shrink=0.7, label="linear CKA")
     fig.suptitle("Seed against seed at the final milestone (ring: the most similar layer)")
-    save_figure(
-        fig,
-        "04_cka_seeds",
-        figures_dir,
-        sources=[m for g in seeds.values() for r in g[:2] for m in r.milestones[-1:]],
-    )
+    save_figure(fig, "04_cka_seeds", figures_dir,
+                sources=[r.milestones[-1] for g in seeds.values() for r in g])  # fmt: skip
 else:
     print("no cell has two seeds: the layer-identification control needs them")
-save_results(
-    figures_dir, "cka_layer_identification", {n: v["fraction"] for n, v in identification.items()}
-)
+save_results(figures_dir, "cka_layer_identification", identification)
+for cell, by_site in identification.items():
+    for site, found in by_site.items():
+        lo, hi = found["ci"]
+        print(f"{cell} {site}: {found['fraction']:.0%} of layers identified, mean over "
+              f"{len(found['pairs'])} pairs, 95 % interval [{lo:.0%}, {hi:.0%}]")  # fmt: skip
 
 # %% [markdown]
 # ## Within each model: layer × layer at the final milestone
@@ -154,12 +169,11 @@ for mix in sorted({r.mix for r in study}):
     matched = [(a, b) for a, b in shared_milestones(mla, gqa) if a != mla.init]
     keep = {p.name for p in pick_milestones([a for a, _ in matched], 3 if smoke else 6)}
     pairs[mix] = (mla, gqa, [(a, b) for a, b in matched if a.name in keep])
-    compared[mix] = compare_runs(pairs[mix][2], sequences, progress=True)
+    compared[mix] = compare_runs(pairs[mix][2], sequences, progress=True, drop_first=True)
     last_a, last_b = pairs[mix][2][-1]
     ref = {"mla_vs_gqa_final": np.diag(cka_matrix(acts_at(last_a), acts_at(last_b))).tolist()}
-    twins = [g for g in seeds.values() if g[0].cell == mla.cell]
-    if twins:
-        second = next(r for r in twins[0] if r.seed != mla.seed)
+    second = next((r for r in every_run if r.cell == mla.cell and r.seed != mla.seed), None)
+    if second:
         same = cka_matrix(acts_at(mla.milestones[-1]), acts_at(second.milestones[-1]))
         ref["seed_vs_seed_final"] = np.diag(same).tolist()
     if gqa.init:
@@ -193,8 +207,10 @@ if pairs:
         ax_c.set_ylim(0, 1.02)
         ax_c.set_xlabel("tokens (millions)")
         ax_c.set_ylabel("CKA, same layer")
-        ax_c.set_title("MLA vs GQA (solid), seed vs seed (dashed), vs untrained GQA (dotted)",
-                       fontsize=8)  # fmt: skip
+        drawn = ["MLA vs GQA (solid)"]
+        drawn += ["MLA seed vs seed (dashed)"] if "seed_vs_seed_final" in ref else []
+        drawn += ["MLA vs untrained GQA (dotted)"] if "random_init_floor_final" in ref else []
+        ax_c.set_title(", ".join(drawn), fontsize=8)
         ax_c.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     sources = [m for _, _, p in pairs.values() for pair in p for m in pair]
@@ -202,8 +218,8 @@ if pairs:
 save_results(
     figures_dir,
     "cka",
-    {"layer_identification": identification, "mla_vs_gqa": reference, "site": "resid_post",
-     "documents": len(sequences), "tokens": int(sum(map(len, sequences)))},
+    {"mla_vs_gqa": reference, "site": "resid_post", "first_token_dropped": True,
+     "documents": len(sequences), "tokens": int(sum(map(len, sequences)) - len(sequences))},
 )  # fmt: skip
 
 # %% [markdown]
@@ -213,7 +229,7 @@ save_results(
 to_final = {}
 for r in study:
     chosen = pick_milestones(r.trained, 3 if smoke else 8)
-    to_final[r.name] = (chosen, cka_to_final(chosen, sequences, progress=True))
+    to_final[r.name] = (chosen, cka_to_final(chosen, sequences, progress=True, drop_first=True))
 fig, axes = plt.subplots(1, len(study), figsize=(3 * len(study), 3), sharey=True, squeeze=False)
 for ax, r in zip(axes[0], study, strict=True):
     rows = to_final[r.name][1]["rows"]
@@ -266,8 +282,5 @@ if pairs:
     save_figure(fig, "04_rsa_mla_vs_gqa", figures_dir, sources=sources)
 
 # %%
-for name, v in identification.items():
-    print(f"{name}: seeds {v['runs']}: {v['fraction']:.0%} of layers identified, "
-          f"margins {np.round(v['margin'], 3).tolist()}")  # fmt: skip
 for mix, ref in reference.items():
     print(mix, {k: np.round(v, 3).tolist() for k, v in ref.items()})

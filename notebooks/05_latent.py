@@ -175,16 +175,20 @@ save_results(figures_dir, "latent_truncation", truncation)
 # ## Single latent directions
 #
 # The loss increase when one principal direction of a layer's `c_kv` is mean-ablated (its
-# component replaced by the mean's), for the top three directions at the final milestone: a
-# direction that carries a large share of the variance need not carry loss.
+# component replaced by the mean's), for the top three directions at the final milestone, against
+# the control: the same ablation of a random unit direction of the latent space (grey: the mean
+# over 8 random directions, with their range). A direction that carries a large share of the
+# variance need not carry loss; one that costs no more than a random one carries nothing special.
 
 # %%
-fig, axes = plt.subplots(1, len(mla_runs), figsize=(4 * len(mla_runs), 3.0), squeeze=False)
+fig, axes = plt.subplots(1, len(mla_runs), figsize=(4 * len(mla_runs), 3.0), squeeze=False,
+                         layout="constrained")  # fmt: skip
+direction_results = {}
 for ax, r in zip(axes[0], mla_runs, strict=True):
     rows = final_rows(r.name)
-    width = 0.8 / 3
+    width = 0.8 / 4
+    clean = [row["truncated_loss"][row["ranks"][-1]] for row in rows]
     for j in range(3):
-        clean = [row["truncated_loss"][row["ranks"][-1]] for row in rows]
         delta = [
             row["direction_ablation_loss"].get(j, np.nan) - c
             for row, c in zip(rows, clean, strict=True)
@@ -192,15 +196,27 @@ for ax, r in zip(axes[0], mla_runs, strict=True):
         ax.bar(
             np.arange(len(rows)) - 0.4 + width * (j + 0.5), delta, width, label=f"direction {j + 1}"
         )
+    random_delta = np.array([np.array(row["random_direction_ablation_loss"]) - c
+                             for row, c in zip(rows, clean, strict=True)])  # fmt: skip
+    mean = random_delta.mean(1)
+    ax.bar(np.arange(len(rows)) - 0.4 + width * 3.5, mean, width, color="#999999",
+           yerr=[mean - random_delta.min(1), random_delta.max(1) - mean], capsize=2,
+           label="random direction (mean, range)")  # fmt: skip
+    ax.axhline(0, color="black", lw=0.6)
     ax.set_xticks(range(len(rows)))
     ax.set_xlabel("layer")
     ax.set_title(f"{r.label}", fontsize=8)
+    direction_results[r.name] = {
+        "principal": [[row["direction_ablation_loss"].get(j, None) for j in range(3)]
+                      for row in rows],
+        "random": random_delta.tolist(), "clean": clean,
+    }  # fmt: skip
 axes[0, 0].set_ylabel("loss increase (nats)")
 axes[0, 0].legend(fontsize=6)
-fig.tight_layout()
 save_figure(
     fig, "05_direction_ablation", figures_dir, sources=[chosen[r.name][-1] for r in mla_runs]
 )
+save_results(figures_dir, "latent_directions", direction_results)
 
 # %%
 for r in mla_runs:
@@ -215,40 +231,58 @@ for r in mla_runs:
 
 # %% [markdown]
 # ## Probes on `c_kv` against the residual stream
+#
+# The same linear probe (split by document, 95 % bootstrap interval over test documents) on the
+# cached latent `c_kv` and on the residual stream entering the layer, for targets whose label
+# depends on context (and one document label), against two references drawn per panel: the
+# majority class (dotted) and the Hewitt-Liang control task's accuracy on the same features
+# (dashed; R² of the training mean for regression). The axis starts below both, so a panel shows
+# how far above its references a probe sits, not a sliver near 1.
 
 # %%
-targets = ["domain"] if smoke else ["domain", "factual_density", "person_occupation", "digit"]
+targets = ["seen_before"] if smoke else ["seen_before", "repeat_mention", "number_value", "domain"]
 rows = {}
 for target in targets:
-    spec = load_probe_spec(target, max_documents=24 if smoke else 150)
+    spec = load_probe_spec(target, max_documents=24 if smoke else 300)
     for r in mla_runs:
         for site in ("kv_latent", "resid_pre"):
             rows[target, r.name, site] = probe_over_milestones(r.milestones[-1:], spec, site)
-fig, axes = plt.subplots(1, len(targets), figsize=(3.2 * len(targets), 3.2), squeeze=False)
+fig, axes = plt.subplots(1, len(targets), figsize=(3.2 * len(targets), 3.3), squeeze=False,
+                         layout="constrained")  # fmt: skip
 for ax, target in zip(axes[0], targets, strict=True):
+    lows = []
     for r in mla_runs:
         style = run_style(r.attention, r.mix)
-        for site, marker, alpha in (("kv_latent", "o", 1.0), ("resid_pre", "s", 0.45)):
+        for site, marker, alpha, shift in (("kv_latent", "o", 1.0, -0.08),
+                                           ("resid_pre", "s", 0.45, 0.08)):  # fmt: skip
             got = rows[target, r.name, site]
-            ax.plot(
-                [x["layer"] for x in got],
-                [x["accuracy"] for x in got],
-                marker=marker,
-                alpha=alpha,
-                label=f"{r.mix}: {site}",
-                **style,
-            )
-    ax.set_title(target)
+            x = np.array([g["layer"] for g in got]) + shift
+            acc = np.array([g["accuracy"] for g in got])
+            err = [acc - [g["ci_low"] for g in got], [g["ci_high"] for g in got] - acc]
+            ax.errorbar(x, acc, yerr=err, marker=marker, alpha=alpha, capsize=2, ms=4,
+                        label=f"{r.mix}: {site}", **style)  # fmt: skip
+            control = [g["control_accuracy"] for g in got]
+            if None not in control:
+                ax.plot(x, control, ls="--", lw=0.8, alpha=alpha, color=style["color"])
+            ax.plot(x, [g["baseline"] for g in got], ls=":", lw=0.8, color="black")
+            lows += [*(g["ci_low"] for g in got), *(g["baseline"] for g in got),
+                     *(c for c in control if c is not None)]  # fmt: skip
+    ax.set_ylim(min(lows) - 0.05, 1.0)
+    ax.set_title(target, fontsize=8)
     ax.set_xlabel("layer")
     ax.set_xticks(range(n_layers))
-axes[0, 0].set_ylabel("probe accuracy / R² (held-out documents)")
+axes[0, 0].set_ylabel("probe accuracy / R² (test documents)")
 axes[0, 0].legend(fontsize=6)
-fig.suptitle(
-    "c_kv (the cached latent, circles) against the residual stream entering the layer (squares)",
-    fontsize=8,
-)
-fig.tight_layout()
+fig.suptitle("c_kv (the cached latent, circles) against the residual stream entering the layer "
+             "(squares); dashed: control task, dotted: majority", fontsize=8)  # fmt: skip
 save_figure(fig, "05_latent_probes", figures_dir, sources=[r.milestones[-1] for r in mla_runs])
+latent_probes = {}
+for (target, run, site), got in rows.items():
+    latent_probes.setdefault(run, {}).setdefault(site, {})[target] = [
+        {k: g[k] for k in ("layer", "accuracy", "ci_low", "ci_high", "control_accuracy",
+                           "baseline")} for g in got
+    ]  # fmt: skip
+save_results(figures_dir, "latent_probes", latent_probes)
 
 # %% [markdown]
 # ## TransformerLens's toolbox on MLA: the logit lens and patching `c_kv`

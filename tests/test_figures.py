@@ -196,6 +196,21 @@ def test_study_runs_are_found_and_milestones_picked(study_runs):
         find_runs([study_runs / "mla-dense" / "checkpoints"])
 
 
+def test_milestone_picks_keep_step_0_apart_and_spread_the_trained_ones_in_log_tokens():
+    """The study's layout -- step 0, then a milestone every 0.1M tokens up to 2.05M -- asked for 8
+    gives 8: step 0, the first and last trained milestones and 5 between, spaced in log(tokens)
+    (spacing step 0 as if it sat at 1 token would leave 4, with a straight line across the gap)."""
+    from types import SimpleNamespace
+
+    ms = [SimpleNamespace(tokens=t) for t in [0, *range(102_400, 2_048_001, 102_400)]]
+    picked = [m.tokens for m in pick_milestones(ms, 8)]
+    assert len(picked) == 8 and picked[:2] == [0, 102_400] and picked[-1] == 2_048_000
+    gaps = np.diff(np.log(picked[1:]))
+    assert gaps.max() < 3 * gaps.min(), picked  # evenly spread in log(tokens), not bunched
+    no_init = [m.tokens for m in pick_milestones(ms[1:], 4)]
+    assert len(no_init) == 4 and no_init[0] == 102_400 and no_init[-1] == 2_048_000
+
+
 def test_smoke_build_writes_every_declared_figure_deterministically(study_runs, tmp_path):
     """What CI checks: every notebook runs in smoke mode against the CI runs, every figure in the
     manifest exists and is a valid image, and a rebuild from the same checkpoints is identical."""

@@ -156,16 +156,25 @@ def seed_groups(runs: Sequence[Run]) -> dict[tuple, list[Run]]:
 
 
 def pick_milestones(milestones: Sequence[Milestone], n: int | None) -> list[Milestone]:
-    """At most `n` milestones spread evenly in log(tokens), always with the first and the last."""
+    """At most `n` milestones, always with the first and the last: the step-0 one (if any) and
+    `n - 1` trained ones spread evenly in log(tokens) between the first trained one and the last.
+    (Step 0 is at 0 tokens, which a log scale cannot place; spacing it as if it were at 1 token
+    would spend most picks on the empty stretch before the first trained milestone.)"""
     milestones = list(milestones)
     if n is None or len(milestones) <= n:
         return milestones
     if n < 2:
         return milestones[-1:]
-    tokens = np.log([max(1, m.tokens) for m in milestones])
-    targets = np.linspace(tokens[0], tokens[-1], n)
-    chosen = sorted({int(np.argmin(np.abs(tokens - t))) for t in targets})
-    return [milestones[i] for i in chosen]
+    init = [m for m in milestones[:1] if m.tokens == 0]
+    trained = milestones[len(init) :]
+    want = n - len(init)
+    tokens = np.log([m.tokens for m in trained])
+    chosen: set[int] = {0, len(trained) - 1} if want >= 2 else {len(trained) - 1}
+    # the others: for each evenly spaced log target, the nearest milestone not yet picked
+    for target in np.linspace(tokens[0], tokens[-1], max(want, 2))[1:-1]:
+        free = [i for i in range(len(trained)) if i not in chosen]
+        chosen.add(min(free, key=lambda i: abs(tokens[i] - target)))
+    return init + [trained[i] for i in sorted(chosen)]
 
 
 def select_milestones(
