@@ -151,9 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         state = "resuming" if (run_dir / RESUME).exists() else "training"
         print(f"[paper] {name}: {state} in {run_dir}", flush=True)
         jobs.append((name, train_command(scale, name, runs[name], run_dir), run_dir))
+    data_started = time.perf_counter()
     if jobs:
         ensure_data(scale)
+    data_minutes = (time.perf_counter() - data_started) / 60
+    training_started = time.perf_counter()
     rc, timings = train_all(jobs, parallel)
+    training_minutes = (time.perf_counter() - training_started) / 60
     if rc:
         return rc
     if timings:
@@ -163,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_figures:
         return 0
     cmd = [sys.executable, "-m", "labkit.cli", "figures", "--runs", str(runs_dir)]
+    figures_started = time.perf_counter()
     rc = subprocess.call([*cmd, "--out", args.out], cwd=REPO)
+    figures_minutes = (time.perf_counter() - figures_started) / 60
     minutes = (time.perf_counter() - started) / 60
     print(f"[paper] make paper took {minutes:.1f} min in all")
     if rc == 0 and len(timings) == len(runs) and not args.runs:
@@ -172,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
 
         save_results(args.out, "study", {
             "make_paper_minutes": round(minutes, 1), "parallel": parallel,
+            "data_minutes": round(data_minutes, 1), "training_minutes": round(training_minutes, 1),
+            "figures_minutes": round(figures_minutes, 1),
             "train_minutes": {k: round(v, 1) for k, v in timings.items()},
             "cpu_count": os.cpu_count(), "scale": args.scale,
         })  # fmt: skip

@@ -1,6 +1,5 @@
 """Induction and head-type scores: TransformerLens semantics, bridge parity, planted heads."""
 
-import math
 import sys
 from pathlib import Path
 
@@ -18,15 +17,15 @@ from labkit.analysis.induction import (
     repeated_random_tokens,
     repeated_segments,
     repeated_tokens_test,
-    uniform_induction_score,
+    uniform_second_copy_score,
+    uniform_tl_score,
 )
 from labkit.data.tokenizer import train_tokenizer
 from labkit.export import to_hf
 from labkit.model import LabModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pretrain"))
-import induction_budget  # noqa: E402
-import long_control  # noqa: E402
+import induction_ladder  # noqa: E402
 
 
 def test_detection_patterns_equal_transformerlens():
@@ -114,8 +113,10 @@ def test_planted_induction_head_is_found():
     )
     plant_induction_head(model, layer=1, head=2, seq_len=seq_len, offset=1)
     result = repeated_tokens_test(model, tokens, seq_len)
-    assert result.induction_score[1, 2].item() == pytest.approx(1.0)
-    assert result.induction_score.flatten().topk(2).values[1] < 0.5
+    assert result.second_copy_score[1, 2].item() == pytest.approx(1.0)
+    assert result.second_copy_score.flatten().topk(2).values[1] < 0.5
+    # TransformerLens divides the same mass by every row: the first copy and the sink too
+    assert result.tl_score[1, 2].item() == pytest.approx(seq_len / (1 + 2 * seq_len), rel=1e-5)
     scores = head_scores(model, tokens, "induction", exclude_bos=True)
     assert (
         scores[1, 2].item() == pytest.approx(1.0)
@@ -166,7 +167,7 @@ def test_phase_change():
     assert not phase_change(tokens, [0.1] * 5 + [0.4])["crossed_inside"]
 
 
-def test_uniform_induction_score_is_what_uniform_attention_scores():
+def test_uniform_scores_are_what_uniform_attention_scores():
     seq_len, offset = 8, 1
     tokens = torch.zeros(1, offset + 2 * seq_len, dtype=torch.long)
     q = torch.arange(tokens.shape[1])
@@ -174,7 +175,10 @@ def test_uniform_induction_score_is_what_uniform_attention_scores():
     uniform = uniform / uniform.sum(-1, keepdim=True)  # [q, k], causal and uniform
     rows = torch.arange(offset + seq_len, offset + 2 * seq_len)
     expected = uniform[rows, rows - seq_len + 1].mean().item()
-    assert uniform_induction_score(seq_len, offset) == pytest.approx(expected)
+    assert uniform_second_copy_score(seq_len, offset) == pytest.approx(expected)
+    rows_all = torch.arange(offset + 2 * seq_len)
+    tl = uniform[rows, rows - seq_len + 1].sum() / uniform[rows_all].sum()
+    assert uniform_tl_score(seq_len, offset) == pytest.approx(tl.item())
 
 
 def test_copying_score_finds_a_planted_copying_head():
@@ -223,8 +227,8 @@ def test_the_detector_sees_copying_heads_form_in_a_phase_change():
     two snapshots strictly inside training, the second copy's loss falls by more than a nat, and
     the ICL score drops at the same time. With one fixed period a head attending a fixed distance
     back satisfies all of this, so this controls the detector, not content-based induction: with
-    copy distances that vary (`repeated_segments`, pretrain/induction_budget.py) no head of this
-    model crosses within 1,000 steps."""
+    copy distances that vary (`repeated_segments`, pretrain/induction_ladder.py) this controls
+    content-based induction."""
     from labkit.config import ModelConfig
 
     torch.manual_seed(0)
@@ -239,7 +243,7 @@ def test_the_detector_sees_copying_heads_form_in_a_phase_change():
             model.eval()
             rep = repeated_tokens_test(model, probe, 48)
             steps.append(step)
-            scores.append(float(rep.induction_score.max()))
+            scores.append(float(rep.second_copy_score.max()))
             drops.append(rep.loss_first - rep.loss_second)
             icl.append(in_context_learning_score(model, probe, early=8, late=90))
             model.train()
@@ -260,156 +264,76 @@ def test_the_detector_sees_copying_heads_form_in_a_phase_change():
     assert abs(steps[k] - before) <= 50, (steps, scores, icl)
 
 
-def test_the_induction_budget_calibration_writes_a_kept_results_section(tmp_path, monkeypatch):
-    """pretrain/induction_budget.py: a few steps per grid cell for labkit's model and the GPT-2
-    reference, its section in results.json next to a notebook's, and `make figures` keeps it."""
+def test_the_mechanism_names_a_planted_circuit():
+    """A circuit planted in the patterns: head 0 of layer 0 attends to the previous token, head 1
+    of layer 1 is the induction head. The mechanism names both (the induction head in a layer
+    >= 1, the previous-token head before it), with an ablation fraction inside its interval.
+    (Whether ablating removes the copying needs weights that copy: the ladder's runs.)"""
+    from labkit.analysis.induction import induction_mechanism
+
+    model = LabModel(odd_config("gqa", n_layers=2)).eval()
+    seq_len = 10
+    bos = model.cfg.vocab_size - 1
+    tokens = repeated_random_tokens(model.cfg.vocab_size - 1, seq_len, batch=24, seed=3, bos=bos)
+    plant_induction_head(model, layer=1, head=1, seq_len=seq_len, offset=1)
+
+    def previous(pattern, hook):
+        n = pattern.shape[-1]
+        planted = torch.diag_embed(torch.ones(n - 1), offset=-1)[:n, :n]
+        planted[0, 0] = 1.0
+        pattern = pattern.clone()
+        pattern[:, 0] = planted
+        return pattern
+
+    model.add_perma_hook("blocks.0.attn.hook_pattern", previous)
+
+    found = induction_mechanism(model, tokens, seq_len, n_bootstrap=50)
+    assert found["head"] == [1, 1] and found["prev_token_head"] == [0, 0]
+    assert found["second_copy_score"] == pytest.approx(1.0)
+    assert found["prev_token_score"] == pytest.approx(1.0)
+    lo, hi = found["ablation_ci"]
+    assert lo <= found["ablation_fraction"] <= hi and found["sequences"] == 24
+    model.reset_hooks(including_permanent=True)
+    with pytest.raises(ValueError, match="two layers"):
+        induction_mechanism(LabModel(odd_config("gqa", n_layers=1)).eval(), tokens, seq_len)
+
+
+def test_the_icl_curve_has_an_interval_at_every_position():
+    from labkit.analysis.induction import in_context_learning_curve
+
+    model = LabModel(odd_config("gqa", n_layers=1, max_seq_len=64)).eval()
+    tokens = torch.randint(
+        0, model.cfg.vocab_size, (12, 40), generator=torch.Generator().manual_seed(0)
+    )
+    curve = in_context_learning_curve(
+        model, tokens, early=4, positions=[10, 20, 39], n_bootstrap=200
+    )
+    assert curve["positions"] == [10, 20, 39] and len(curve["ci"]) == 3
+    for score, (lo, hi) in zip(curve["scores"], curve["ci"], strict=True):
+        assert lo <= score <= hi
+    assert curve["scores"][1] == pytest.approx(in_context_learning_score(model, tokens, 4, 20))
+
+
+def test_the_ladder_trains_each_rung_for_both_attentions_and_keeps_its_section(ci_data, tmp_path):
+    """pretrain/induction_ladder.py at CI size: rung (a) and (b) for MLA and GQA, each scored at
+    every `--every` steps and at the end, with the mechanism; the section lands next to a
+    notebook's, `make figures` keeps it, and bad arguments are one line (exit 2)."""
     from labkit.figures import KEPT_SECTIONS, load_results, save_results
 
-    monkeypatch.setattr(induction_budget, "GRID", [(64, 16)])
-    monkeypatch.setattr(induction_budget, "REFERENCE_GRID", [(64, 16)])
+    ci = induction_ladder.REPO / "pretrain" / "configs" / "ci.toml"
     save_results(tmp_path, "induction", {"x": 1})
-    assert induction_budget.main(["--steps", "3", "--every", "2", "--figures", str(tmp_path)]) == 0
+    args = ["--train-steps", "3", "--every", "2", "--context", "16", "--figures", str(tmp_path),
+            "--data", str(ci_data), "--config", str(ci)]  # fmt: skip
+    assert induction_ladder.main(args) == 0
     results = load_results(tmp_path)
     assert results["induction"] == {"x": 1}
-    section = results["induction_budget"]
-    for kind, model in (("cells", "tiny-mla"), ("reference_cells", "transformers GPT-2")):
-        cell = section[kind]["vocab64_ctx16"]
-        assert cell["model"] == model
-        assert [c[0] for c in cell["curve"]] == [0, 2, 3]  # the last step is always scored
-        assert cell["batch"] == 2048 // 16 and 0 <= cell["max_score"] <= 1
-    assert "induction_budget" in KEPT_SECTIONS
+    for rung in ("a", "b"):
+        for attention in ("mla", "gqa"):
+            r = results["induction_ladder"][rung][attention]
+            assert [c["step"] for c in r["curve"]] == [0, 2, 3]
+            assert r["mechanism"]["head"][0] >= 1 and 0 < r["uniform_score"] < 1
+            assert ("text_loss" in r["curve"][0]) == (rung == "b")
+    assert "induction_ladder" in KEPT_SECTIONS
     with pytest.raises(SystemExit) as bad:
-        induction_budget.main(["--steps", "0"])
+        induction_ladder.main(["--train-steps", "0"])
     assert bad.value.code == 2
-
-
-def test_the_long_control_trains_two_seeds_and_reads_both_controls_at_the_study_budget(
-    ci_data, tmp_path, monkeypatch
-):
-    """pretrain/long_control.py at CI size: two seeds trained side by side through `make paper`'s
-    trainer command, then the induction summary per run and the seeds' CKA layer identification
-    at every shared milestone, the study's own budget among them; a second call finds both runs
-    finished and trains nothing; `make figures` keeps the section."""
-    from labkit.figures import KEPT_SECTIONS, load_results
-
-    monkeypatch.setattr(long_control, "STEPS", 4)
-    monkeypatch.setattr(long_control, "STUDY_STEPS", 2)
-    monkeypatch.setattr(long_control, "SCALE", {
-        "config": "pretrain/configs/ci.toml", "preset": "tiny-{attention}",
-        "set": [f"data.dir={ci_data}", "checkpoint.every_tokens=1024", "log.tensorboard=false"],
-    })  # fmt: skip
-    monkeypatch.setattr(long_control, "ICL_EARLY", 8)
-    monkeypatch.setattr(long_control, "ICL_LATE", 60)
-    monkeypatch.setattr(long_control, "CKA_DOCUMENTS", 8)
-    monkeypatch.setattr(long_control, "PROBE_TARGETS", ["domain", "number_value"])
-    monkeypatch.setattr(long_control, "PROBE_DOCUMENTS", 60)
-    monkeypatch.setattr(long_control, "PROBE_NULLS", 2)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    runs, figures = tmp_path / "runs", tmp_path / "figures"
-    figures.mkdir()
-    args = ["--runs-dir", str(runs), "--figures", str(figures)]
-    assert long_control.main(args) == 0
-    section = load_results(figures)["long_control"]
-    assert set(section["induction"]) == {"gqa-dense", "gqa-dense-seed2"}
-    for summary in section["induction"].values():
-        assert summary["milestone_tokens"][-1] == 4 * 1024
-        assert 0 <= summary["max_score"] <= 1 and "copy_loss_drop" in summary
-    assert set(section["train_minutes"]) == {"gqa-dense", "gqa-dense-seed2"}
-    cka = section["cka_layer_identification"]
-    assert 2048 in [tokens for tokens, _ in cka["curve"]]  # the study's budget is a milestone
-    assert dict(cka["curve"])[2048] == cka["at_study_budget"]
-    assert dict(cka["curve"])[4096] == cka["final"] and len(cka["final_argmax"]) == 2
-    assert cka["mean_second_half"] == pytest.approx((dict(cka["curve"])[3072] + cka["final"]) / 2)
-    probes = section["probes"]
-    assert probes["run"] == "gqa-dense"
-    for when in ("at_study_budget", "final"):
-        assert set(probes[when]["targets"]) == {"domain", "number_value"}
-        for target in probes[when]["beats_all_baselines"]:
-            assert all(probes[when]["targets"][target]["beats"].values())
-    assert "digit_count" in probes["final"]["targets"]["number_value"]["beats"]
-    seeds = [(runs / n / "config.json").read_text() for n in ("gqa-dense", "gqa-dense-seed2")]
-    assert '"seed": 2024' in seeds[1] and '"seed": 2024' not in seeds[0]
-    stamp = (runs / "gqa-dense" / "final.json").stat().st_mtime_ns
-    assert long_control.main(args) == 0  # finished runs are not trained again
-    assert (runs / "gqa-dense" / "final.json").stat().st_mtime_ns == stamp
-    assert "long_control" in KEPT_SECTIONS
-
-
-def test_the_gpt2_reference_answers_the_induction_test_like_labkits_model():
-    """The calibration's reference (transformers' GPT-2) goes through the same
-    `repeated_tokens_test` as LabModel: its patterns come back under labkit's hook names, causal
-    and normalised, and its logits score the copies."""
-    from labkit.analysis.induction import attention_patterns
-    from labkit.config import ModelConfig
-
-    cfg = ModelConfig.preset("tiny-mla").replace(vocab_size=64, n_layers=2)
-    model = induction_budget.GPT2Reference(cfg, n_ctx=24).eval()
-    tokens = repeated_random_tokens(64, 12, batch=2, seed=0)
-    patterns = attention_patterns(model, tokens)
-    assert patterns.shape == (2, 2, cfg.n_heads, 24, 24)
-    torch.testing.assert_close(patterns.sum(-1), torch.ones(2, 2, cfg.n_heads, 24))
-    assert torch.triu(patterns, diagonal=1).abs().max() == 0  # causal
-    result = repeated_tokens_test(model, tokens, 12)
-    assert result.induction_score.shape == (2, cfg.n_heads)
-    assert abs(result.loss_first - math.log(64)) < 1.0  # untrained: about uniform over 64 tokens
-
-
-def test_the_induction_budget_checks_its_output_before_training(tmp_path, monkeypatch, capsys):
-    """A damaged results.json or a missing --figures directory is one line and exit 2 before
-    any training (not a traceback after half an hour), and the damaged file is left as it was."""
-    monkeypatch.setattr(induction_budget, "copy_only_run", lambda *a, **k: pytest.fail("trained"))
-    (tmp_path / "results.json").write_text("{not json")
-    for figures, message in ((tmp_path, "is not valid JSON"), (tmp_path / "no", "no such dir")):
-        with pytest.raises(SystemExit) as bad:
-            induction_budget.main(["--figures", str(figures)])
-        assert bad.value.code == 2 and message in capsys.readouterr().err
-    assert (tmp_path / "results.json").read_text() == "{not json"
-
-
-def test_the_long_control_checks_its_output_before_training(tmp_path, monkeypatch, capsys):
-    """Like the calibration: a damaged results.json or a missing --figures directory is one line
-    and exit 2 before an hour of training, and the damaged file is left as it was."""
-    monkeypatch.setattr(long_control, "train_all", lambda *a, **k: pytest.fail("trained"))
-    (tmp_path / "results.json").write_text("[1, 2]")
-    for figures, message in ((tmp_path, "holds a JSON list"), (tmp_path / "no", "no such dir")):
-        args = ["--figures", str(figures), "--runs-dir", str(tmp_path / "runs")]
-        with pytest.raises(SystemExit) as bad:
-            long_control.main(args)
-        assert bad.value.code == 2 and message in capsys.readouterr().err
-    assert (tmp_path / "results.json").read_text() == "[1, 2]"
-
-
-def test_the_mla_ablation_variants_change_one_part_and_write_a_kept_section(tmp_path):
-    """pretrain/mla_copy_ablation.py: with every head's RoPE key set to MLA's shared one, the
-    rope-per-head variant computes MLA exactly; the latent-free variant has no c_kv and gives its
-    patterns to the induction test; a few steps of every variant land in a kept section."""
-    import mla_copy_ablation as ablation
-
-    from labkit.config import ModelConfig
-    from labkit.figures import KEPT_SECTIONS, load_results
-    from labkit.model import rope_tables
-
-    torch.manual_seed(0)
-    cfg = ModelConfig.preset("tiny-mla").replace(vocab_size=64, n_layers=1)
-    mla = LabModel(cfg).blocks[0].attn
-    per_head = ablation.MLAVariant(cfg, "rope_per_head")
-    state = dict(mla.state_dict())
-    latent, rope = mla.kv_down.weight.split([mla.rank, mla.rope])
-    state["kv_down.weight"] = torch.cat([latent] + [rope] * cfg.n_heads)
-    per_head.load_state_dict(state)
-    x = torch.randn(2, 10, cfg.d_model)
-    cos, sin = rope_tables(mla.rope, torch.arange(10), cfg.rope_theta)
-    torch.testing.assert_close(per_head(x, cos, sin), mla(x, cos, sin, None))
-
-    model = ablation.mla_variant("without_latent")(cfg)
-    assert not any("kv_up" in n or "kv_norm" in n for n, _ in model.named_parameters())
-    result = repeated_tokens_test(model, repeated_random_tokens(64, 8, batch=2, seed=0), 8)
-    assert result.induction_score.shape == (1, cfg.n_heads)
-
-    args = ["--steps", "2", "--every", "2", "--seeds", "0", "--figures", str(tmp_path)]
-    assert ablation.main(args) == 0
-    section = load_results(tmp_path)["mla_copy_ablation"]
-    assert set(section["runs"]) == set(ablation.VARIANTS) == set(section["mean_copy_loss_drop"])
-    assert [c[0] for c in section["runs"]["mla_without_latent"]["0"]["curve"]] == [0, 2]
-    assert section["runs"]["gqa"]["0"]["model"] == "tiny-gqa"
-    assert "mla_copy_ablation" in KEPT_SECTIONS
