@@ -44,7 +44,6 @@ smoke = False  # few milestones and documents (CI)
 figures_dir = None  # None: ../figures for the committed study, else <first run>/figures
 
 # %%
-import math
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -178,7 +177,7 @@ if study:
                   label=f"uniform attention ({first['uniform_score']:.3f})")  # fmt: skip
     ax_tl.axhline(first["uniform_tl_score"], color="grey", ls=":", lw=1,
                   label=f"uniform attention ({first['uniform_tl_score']:.3f})")  # fmt: skip
-    ln_v = math.log(study[0].model.vocab_size)
+    ln_v = float(np.log(study[0].model.vocab_size))
     ax_copy.axhline(ln_v, color="grey", ls=":", lw=1, label=f"ln V = {ln_v:.2f}")
     position = icl[study[0].name][0]["positions"][-1]
     ax_icl.set_title(f"in-context-learning score (loss at token {position} minus token {early};\n"
