@@ -47,12 +47,12 @@ class HeldOut:
 
 def eval_sequences(data_dir: str | Path, split: str, n_docs: int, max_len: int) -> list[list[int]]:
     """Token sequences of the first documents of a held-out split of a built data set."""
-    from labkit.data.tokenizer import load_tokenizer
+    from labkit.data.build import load_data_tokenizer
 
     path = Path(data_dir) / "text" / f"eval_{split}.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {data_dir} a built data set?")
-    tok = load_tokenizer(Path(data_dir) / "tokenizer.json")
+    tok = load_data_tokenizer(data_dir)
     docs = [json.loads(line)["text"] for line in path.read_text().splitlines()[:n_docs]]
     return [ids[:max_len] for ids in (e.ids for e in tok.encode_batch(docs)) if len(ids) >= 4]
 
@@ -463,8 +463,7 @@ def probe_over_milestones(
     import sys
 
     from labkit.analysis.probe_tasks import build_probe_data, unseen_text_warning
-    from labkit.data.build import load_manifest
-    from labkit.data.tokenizer import load_tokenizer
+    from labkit.data.build import load_data_tokenizer, load_manifest
 
     spec = ProbeSpec.parse(spec)
     root = Path(data_dir) if data_dir else milestones[0].data_path
@@ -473,7 +472,7 @@ def probe_over_milestones(
     if warning:
         print(warning, file=sys.stderr)
     context = milestones[0].model_config.max_seq_len
-    data = build_probe_data(spec, load_tokenizer(root / "tokenizer.json"), manifest, root, context)
+    data = build_probe_data(spec, load_data_tokenizer(root, manifest), manifest, root, context)
     measure = functools.partial(probe_measure, spec=spec, data=data, site=site, layers=layers,
                                 kind=kind)  # fmt: skip
     return over_milestones(milestones, measure, progress=progress and f"probe {spec.name}")

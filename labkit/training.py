@@ -220,7 +220,7 @@ def config_path(p: str, root: Path) -> Path:
 
 def prepare_data(cfg: TrainConfig, d: Dist, root: Path) -> TrainingData:
     """The config's data set, built on rank 0 first if it has no manifest (every rank waits)."""
-    from labkit.data.build import load_manifest
+    from labkit.data.build import load_manifest, tokenizer_bytes
 
     data_dir = config_path(cfg.data.dir, root)
     if not (data_dir / "manifest.json").exists():
@@ -237,11 +237,11 @@ def prepare_data(cfg: TrainConfig, d: Dist, root: Path) -> TrainingData:
             print(f"data set {data_dir} not found: building it from {data_cfg} (once)")
             build(DataConfig.load(data_cfg), data_dir)
         d.barrier()
-    load_manifest(data_dir)  # an incomplete data set: one line naming the file and the fix
+    manifest = load_manifest(data_dir)  # an incomplete data set: one line naming the file
     return TrainingData(
         path=data_dir,
         manifest_sha256=hashlib.sha256((data_dir / "manifest.json").read_bytes()).hexdigest(),
-        tokenizer_json=(data_dir / layout.TOKENIZER).read_bytes(),
+        tokenizer_json=tokenizer_bytes(data_dir, manifest),  # checked against the manifest
     )
 
 

@@ -613,11 +613,10 @@ def probe_set(
     """Build a target's probe data, split and baseline features from a data set."""
     data_dir = Path(data_dir)
     from labkit.analysis.probe_tasks import build_probe_data, unseen_text_warning
-    from labkit.data.build import load_manifest
-    from labkit.data.tokenizer import load_tokenizer
+    from labkit.data.build import load_data_tokenizer, load_manifest
 
-    tok = load_tokenizer(data_dir / "tokenizer.json")
     manifest = load_manifest(data_dir)
+    tok = load_data_tokenizer(data_dir, manifest)
     warning = unseen_text_warning(spec, manifest)
     if warning:
         print(warning, file=sys.stderr)
