@@ -29,6 +29,11 @@
 # where the best head crosses the threshold between two milestones; a run that never crosses has
 # no phase change, whatever its curve's steepest rise. The numbers go to `results.json`
 # (`induction.<run>`).
+#
+# **Your own runs:** `make lab RUNS=runs/mine`, or set `runs` in the next cell (or run it headless
+# with `LABKIT_RUNS=runs/mine jupyter nbconvert --execute`); their figures then go to
+# `runs/mine/figures`, never into the committed `figures/`, which only the study's own runs
+# (`runs/paper-mini`) rewrite.
 
 # %% tags=["parameters"]
 # Other runs: set `runs` here, or start the lab with `make lab RUNS=runs/mine`. Their figures
