@@ -364,6 +364,9 @@ def test_task_suite_is_data_only_and_code_in_a_data_dir_is_never_run(ci_data, tm
     # a data set whose tasks would import or template code is refused before lm-eval sees it
     marker = tmp_path / "pwned"
     (tasks / "utils.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    with pytest.raises(DataError, match="utils.py is code in a task directory"):
+        load_tasks(["labkit_squad"], tasks)  # a Python file is refused wherever it is
+    (tasks / "utils.py").unlink()  # each YAML case on its own
     bad = {
         "!function": "process_results: !function utils.anything\n",
         "template": "doc_to_text: \"{{ ''.__class__.__mro__ }}\"\n",
