@@ -69,6 +69,9 @@ def add_data(sub) -> None:
     b.add_argument("--out", required=True, help="output directory")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.add_argument(
+        "--workers", type=int, help="processes generating and curating sources (default: cores)"
+    )
+    b.add_argument(
         "--overwrite",
         action="store_true",
         help="replace --out even if it is not a labkit data set (default: refuse)",
@@ -89,7 +92,10 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     from labkit.data.build import build, dataset_card
 
     cfg = DataConfig.load(args.config)
-    manifest = build(cfg, args.out, quiet=args.quiet, overwrite=args.overwrite)
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    manifest = build(cfg, args.out, quiet=args.quiet, overwrite=args.overwrite,
+                     workers=args.workers)  # fmt: skip
     print(dataset_card(args.out))
     total = sum(s["tokens"] for s in manifest["sources"].values())
     print(

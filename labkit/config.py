@@ -313,9 +313,14 @@ class TransformerLensNames:
     use_split_qkv_input = False
     use_attn_in = False
     use_hook_mlp_in = False
-    default_prepend_bos = False
     tokenizer_prepends_bos = False
     n_devices = 1
+
+    @property
+    def default_prepend_bos(self) -> bool:
+        """TransformerLens's switch: a model trained with a first token (`bos_token_id`) gets it
+        prepended by `to_tokens` unless asked otherwise."""
+        return self.bos_token_id is not None
 
     @property
     def d_head(self) -> int:
@@ -419,6 +424,12 @@ class ModelConfig(TransformerLensNames):
     )
     init_std: float = setting(
         0.02, gt=0, doc="std of the normal initialisation (residual outputs / sqrt(2 n_layers))"
+    )
+    bos_token_id: int | None = setting(
+        None,
+        min=0,
+        doc="the token every training sequence started with (an attention sink); to_tokens, "
+        "evaluation, the analyses and the export prepend it. None: sequences start anywhere",
     )
     name: str = field(default="custom", compare=False, metadata={"doc": "the preset's name"})
 
@@ -885,6 +896,11 @@ class DataSection:
         "pretrain/configs/data/demo.toml", doc="built into `dir` when it has no manifest"
     )
     mix: str = setting("dense", doc="the data set's mix to read")
+    bos: bool = setting(
+        False,
+        doc="start every training window with the data set's <|endoftext|> (an attention sink; "
+        "recorded as the model's bos_token_id)",
+    )
     eval_splits: list = setting(factory=list, doc="held-out splits evaluated (empty = every split)")
 
 
@@ -1040,12 +1056,15 @@ class TrainConfig:
             schedule = [(0, self.train.seq_len)] + schedule
         return schedule
 
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        """The model: a preset with overrides; vocab from the data's tokenizer unless given, and
-        max_seq_len at least the longest sequence of the schedule."""
+    def model_config(self, vocab_size: int, eot_id: int = 0) -> ModelConfig:
+        """The model: a preset with overrides; vocab from the data's tokenizer unless given,
+        max_seq_len at least the longest sequence of the schedule, and the data set's
+        <|endoftext|> (`eot_id`) as bos_token_id when `data.bos`."""
         overrides = {k: v for k, v in self.model.items() if k != "preset"}
         base = ModelConfig.preset(self.model["preset"]) if "preset" in self.model else ModelConfig()
         overrides.setdefault("vocab_size", vocab_size)
+        if self.data.bos:
+            overrides.setdefault("bos_token_id", eot_id)
         longest = max(s for _, s in self.seq_lens())
         overrides.setdefault("max_seq_len", max(base.max_seq_len, longest))
         return base.replace(**overrides)

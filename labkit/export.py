@@ -64,7 +64,7 @@ def hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
         "attention_bias": False,
         "hidden_act": "silu",
         "initializer_range": cfg.init_std,
-        "bos_token_id": None,
+        "bos_token_id": cfg.bos_token_id,  # the first token of every training sequence, if any
         "eos_token_id": None,
         "pad_token_id": None,
         "dtype": "float32",
@@ -131,7 +131,7 @@ def to_hf(
         hf_config = hf_config_dict(cfg)
         tokenizer = tokenizer if tokenizer is not None else model.tokenizer
         if tokenizer is not None:
-            saved = _save_tokenizer(tokenizer, work, cfg.max_seq_len)
+            saved = _save_tokenizer(tokenizer, work, cfg.max_seq_len, cfg.bos_token_id)
             hf_config.update(eos_token_id=saved.eos_token_id, pad_token_id=saved.pad_token_id)
             generation = {"eos_token_id": saved.eos_token_id, "pad_token_id": saved.pad_token_id}
             (work / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
@@ -161,8 +161,10 @@ def check_finite(model: LabModel) -> None:
         )
 
 
-def _save_tokenizer(tokenizer: Any, out: Path, max_length: int) -> Any:
-    """Save a tokenizer as transformers reads it, with <|endoftext|> as eos and pad token."""
+def _save_tokenizer(tokenizer: Any, out: Path, max_length: int, bos: int | None = None) -> Any:
+    """Save a tokenizer as transformers reads it, with <|endoftext|> as eos and pad token; for a
+    model trained with a first token (`bos`), that token as bos, which encoding with special
+    tokens (transformers' default) puts before every text, as the model trained."""
     from transformers import PreTrainedTokenizerFast
 
     if isinstance(tokenizer, (str, Path)):
@@ -175,6 +177,14 @@ def _save_tokenizer(tokenizer: Any, out: Path, max_length: int) -> Any:
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.model_max_length = max_length
+    if bos is not None:
+        from tokenizers.processors import TemplateProcessing
+
+        name = tokenizer.convert_ids_to_tokens(bos)
+        tokenizer.bos_token = name
+        tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+            single=f"{name} $A", pair=f"{name} $A $B", special_tokens=[(name, bos)]
+        )
     tokenizer.save_pretrained(str(out))
     return tokenizer
 
@@ -191,6 +201,7 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     if rope.get("rope_type", "default") != "default":
         raise ValueError(f"rope_parameters.rope_type {rope['rope_type']!r} is not supported")
     common = dict(
+        bos_token_id=hf.get("bos_token_id"),
         vocab_size=hf["vocab_size"],
         d_model=hf["hidden_size"],
         n_layers=hf["num_hidden_layers"],

@@ -32,21 +32,27 @@ from labkit.analysis.probe_tasks import ProbeSpec
 from labkit.analysis.probing import ProbeSet
 from labkit.model import LabModel
 from labkit.run import Milestone, Run, load
+from labkit.run.cache import MilestoneCache
 
 
 # ----------------------------------------------------------------------------------- text inputs
 @dataclass(frozen=True)
 class HeldOut:
     """The first `documents` documents of a held-out split of the data set a milestone trained
-    on, each cut to `max_len` tokens (None: the model's context); shorter than 4 tokens dropped."""
+    on, each cut to `max_len` tokens (None: the model's context); shorter than 4 tokens dropped.
+    A model trained with a first token (`bos_token_id`) gets it before every document, within
+    `max_len`."""
 
     split: str = "general"
     documents: int = 32
     max_len: int | None = None
 
 
-def eval_sequences(data_dir: str | Path, split: str, n_docs: int, max_len: int) -> list[list[int]]:
-    """Token sequences of the first documents of a held-out split of a built data set."""
+def eval_sequences(
+    data_dir: str | Path, split: str, n_docs: int, max_len: int, bos: int | None = None
+) -> list[list[int]]:
+    """Token sequences of the first documents of a held-out split of a built data set (each
+    after `bos` when given, `max_len` tokens at most)."""
     from labkit.data.build import load_data_tokenizer
 
     path = Path(data_dir) / "text" / f"eval_{split}.jsonl"
@@ -54,18 +60,43 @@ def eval_sequences(data_dir: str | Path, split: str, n_docs: int, max_len: int) 
         raise FileNotFoundError(f"{path} not found: is {data_dir} a built data set?")
     tok = load_data_tokenizer(data_dir)
     docs = [json.loads(line)["text"] for line in path.read_text().splitlines()[:n_docs]]
-    return [ids[:max_len] for ids in (e.ids for e in tok.encode_batch(docs)) if len(ids) >= 4]
+    start = [] if bos is None else [bos]
+    encoded = (start + e.ids for e in tok.encode_batch(docs))
+    return [ids[:max_len] for ids in encoded if len(ids) - len(start) >= 4]
 
 
 # ----------------------------------------------------------------------------- the one loop
 @dataclass
 class LoadedMilestone:
-    """What a measure receives: the milestone, its model (eval mode, tokenizer attached) and the
-    held-out text asked for (None when no text was asked for)."""
+    """What a measure receives: the milestone, its model (eval mode, tokenizer attached), the
+    held-out text asked for (None when no text was asked for) and the milestone's cache."""
 
     milestone: Milestone
     model: LabModel
     text: list[list[int]] | None
+
+    @property
+    def cache(self) -> MilestoneCache:
+        if "_cache" not in self.__dict__:
+            self.__dict__["_cache"] = MilestoneCache(self.milestone)
+        return self.__dict__["_cache"]
+
+    def activations(
+        self, sequences: Sequence[Sequence[int]], sites: Sequence[str], layers: Sequence[int],
+        autocast: torch.dtype | None = None,
+    ) -> dict[tuple[str, int], np.ndarray]:  # fmt: skip
+        """Every token's activation at `sites` x `layers` on `sequences` (one forward pass), kept
+        beside the milestone: a later analysis, or a rebuild of the figures, of the same weights
+        and tokens reads them from disk."""
+        from labkit.analysis.activations import collect
+
+        def compute() -> dict[str, np.ndarray]:
+            acts = collect(self.model, sequences, sites, layers, progress=False, autocast=autocast)
+            return {f"{s}.{i}": np.asarray(acts[s, i]) for s in sites for i in layers}
+
+        inputs = (list(map(list, sequences)), list(sites), list(layers), str(autocast))
+        arrays = self.cache.arrays("activations", inputs, compute)
+        return {(s, i): arrays[f"{s}.{i}"] for s in sites for i in layers}
 
 
 Measure = Callable[[LoadedMilestone], "dict[str, Any] | list[dict[str, Any]]"]
@@ -90,10 +121,10 @@ def over_milestones(
         model, m = load(m)
         seqs = None
         if text is not None:
-            max_len = text.max_len or model.cfg.max_seq_len
-            key = (str(m.data_path), text.split, text.documents, max_len)
+            max_len, bos = text.max_len or model.cfg.max_seq_len, model.cfg.bos_token_id
+            key = (str(m.data_path), text.split, text.documents, max_len, bos)
             if key not in texts:
-                texts[key] = eval_sequences(m.data_path, text.split, text.documents, max_len)
+                texts[key] = eval_sequences(m.data_path, text.split, text.documents, max_len, bos)
             seqs = texts[key]
         loaded = LoadedMilestone(m, model, seqs)
         for name, fn in measures.items():
@@ -114,9 +145,10 @@ def induction_measure(at: LoadedMilestone, seq_len: int = 32, batch: int = 8) ->
         repeated_tokens_test,
     )
 
-    model = at.model
-    n = min(seq_len, (model.cfg.max_seq_len - 1) // 2)
-    rep = repeated_tokens_test(model, repeated_random_tokens(model.cfg.vocab_size, n, batch), n)
+    model, bos = at.model, at.model.cfg.bos_token_id
+    n = min(seq_len, (model.cfg.max_seq_len - (bos is not None)) // 2)
+    tokens = repeated_random_tokens(model.cfg.vocab_size, n, batch, bos=bos)
+    rep = repeated_tokens_test(model, tokens, n)
     text = torch.tensor(at.text[0])
     return {
         "seq_len": n,
@@ -228,7 +260,8 @@ def attention_on_repeat(milestone: Milestone, seq_len: int = 16, seed: int = 0) 
     )
 
     model, milestone = load(milestone)
-    tokens = repeated_random_tokens(model.cfg.vocab_size, seq_len, batch=1, seed=seed)
+    bos = model.cfg.bos_token_id
+    tokens = repeated_random_tokens(model.cfg.vocab_size, seq_len, batch=1, seed=seed, bos=bos)
     with torch.no_grad():
         patterns = attention_patterns(model, tokens)[0].float()
     scores = repeated_tokens_test(model, tokens, seq_len).induction_score
@@ -240,12 +273,11 @@ def attention_on_repeat(milestone: Milestone, seq_len: int = 16, seed: int = 0) 
 def activations_measure(
     at: LoadedMilestone, sequences: Sequence[Sequence[int]], site: str = "resid_post"
 ) -> dict[str, Any]:
-    """{"acts": one [tokens, width] array per layer at `site`} on `sequences`."""
-    from labkit.analysis.activations import collect
-
+    """{"acts": one [tokens, width] array per layer at `site`} on `sequences` (fp32: CKA and RSA
+    compare small differences)."""
     layers = list(range(at.model.cfg.n_layers))
-    acts = collect(at.model, sequences, [site], layers, progress=False)
-    return {"acts": [np.asarray(acts[site, i]) for i in layers]}
+    acts = at.activations(sequences, [site], layers)
+    return {"acts": [acts[site, i] for i in layers]}
 
 
 def layer_activations(
@@ -312,7 +344,6 @@ LATENT_RANKS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 def latent_measure(at: LoadedMilestone) -> list[dict[str, Any]]:
     """Per layer of an MLA model: the c_kv spectrum, k/v variance carried by the top latent
     directions, the loss when c_kv is truncated to rank k, and single-direction ablations."""
-    from labkit.analysis.activations import collect
     from labkit.analysis.latent import (
         direction_ablation_loss,
         kv_variance_explained,
@@ -326,7 +357,7 @@ def latent_measure(at: LoadedMilestone) -> list[dict[str, Any]]:
         raise ValueError(f"{at.milestone.path} is a {model.cfg.attention.upper()} model: c_kv "
                          "needs MLA")  # fmt: skip
     layers = list(range(model.cfg.n_layers))
-    acts = collect(model, seqs, ["kv_latent"], layers, progress=False)
+    acts = at.activations(seqs, ["kv_latent"], layers)  # fp32: spectra of small directions
     width = min(len(s) for s in seqs)
     tokens = torch.tensor([s[:width] for s in seqs])
     r = model.cfg.kv_lora_rank
@@ -405,7 +436,8 @@ def kv_patching(
     if model.cfg.attention != "mla":
         raise ValueError(f"{milestone.path} is a {model.cfg.attention.upper()} model: c_kv "
                          "needs MLA")  # fmt: skip
-    seqs = eval_sequences(milestone.data_path, split, 2 * documents, length)
+    seqs = eval_sequences(milestone.data_path, split, 2 * documents, length,
+                          model.cfg.bos_token_id)  # fmt: skip
     seqs = [s for s in seqs if len(s) == length]
     if len(seqs) < 2:
         raise ValueError(f"fewer than two {split} documents of {length} tokens")
@@ -462,7 +494,7 @@ def probe_over_milestones(
     of the first milestone unless given; rows keep the layer-first order of each milestone."""
     import sys
 
-    from labkit.analysis.probe_tasks import build_probe_data, unseen_text_warning
+    from labkit.analysis.probe_tasks import build_probe_data, unseen_text_warning, with_bos
     from labkit.data.build import load_data_tokenizer, load_manifest
 
     spec = ProbeSpec.parse(spec)
@@ -471,8 +503,10 @@ def probe_over_milestones(
     warning = unseen_text_warning(spec, manifest)
     if warning:
         print(warning, file=sys.stderr)
-    context = milestones[0].model_config.max_seq_len
-    data = build_probe_data(spec, load_data_tokenizer(root, manifest), manifest, root, context)
+    model_cfg = milestones[0].model_config
+    bos, context = model_cfg.bos_token_id, model_cfg.max_seq_len
+    tok = load_data_tokenizer(root, manifest)
+    data = with_bos(build_probe_data(spec, tok, manifest, root, context - (bos is not None)), bos)
     measure = functools.partial(probe_measure, spec=spec, data=data, site=site, layers=layers,
                                 kind=kind)  # fmt: skip
     return over_milestones(milestones, measure, progress=progress and f"probe {spec.name}")
@@ -482,23 +516,36 @@ def probe_features_measure(
     at: LoadedMilestone, probe_sets: dict[str, ProbeSet], site: str, autocast=torch.bfloat16
 ) -> dict[str, Any]:
     """{"features": each target's probe features (and `keep`)} at one milestone, with one forward
-    pass per distinct set of documents (targets of one `stream` share it). bf16 autocast, as the
-    models were trained."""
+    pass per distinct set of documents (targets of one `stream` share it), under bf16 autocast as
+    the models were trained (a probe's accuracy is robust to it). Each target's features are kept
+    beside the milestone (labkit.run.cache): a rebuild reads them instead of running the model."""
     from labkit.analysis.probing import all_token_activations, probe_features
 
     model = at.model
     layers = list(range(model.cfg.n_layers))
     keys = {name: hash(tuple(map(tuple, p.data.sequences))) for name, p in probe_sets.items()}
-    out, cache = {}, {}
-    # targets grouped by their documents: each stream's forward pass once, one in memory at a time
-    for name in sorted(probe_sets, key=lambda n: (keys[n], n)):
-        probes = probe_sets[name]
-        if keys[name] not in cache:
-            cache.clear()
-            cache[keys[name]] = all_token_activations(
-                model, probes.data.sequences, site, layers, autocast=autocast
+    out, streams = {}, {}
+
+    def stream(name: str) -> dict[int, np.ndarray]:
+        # targets grouped by their documents: each stream's forward pass once, one in memory
+        if keys[name] not in streams:
+            streams.clear()
+            streams[keys[name]] = all_token_activations(
+                model, probe_sets[name].data.sequences, site, layers, autocast=autocast
             )
-        out[name] = probe_features(model, probes.data, site, layers, acts=cache[keys[name]])
+        return streams[keys[name]]
+
+    for name in sorted(probe_sets, key=lambda n: (keys[n], n)):
+        data = probe_sets[name].data
+
+        def compute(name=name, data=data) -> dict[str, np.ndarray]:
+            feats, keep = probe_features(model, data, site, layers, acts=stream(name))
+            return {"keep": keep, **{f"layer{i}": x for i, x in feats.items()}}
+
+        inputs = (data.sequences, [list(map(int, p)) for p in data.positions], data.document_mean,
+                  site, layers, str(autocast))  # fmt: skip
+        arrays = at.cache.arrays("probe_features", inputs, compute)
+        out[name] = ({i: arrays[f"layer{i}"] for i in layers}, arrays["keep"])
     return {"features": {name: out[name] for name in probe_sets}}
 
 

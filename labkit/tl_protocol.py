@@ -283,7 +283,7 @@ class TransformerLensModel:
     def _need_tokenizer(self) -> Any:
         if self.tokenizer is None:
             raise ValueError(
-                "this LabModel has no tokenizer: load checkpoints with labkit.checkpoint.load "
+                "this LabModel has no tokenizer: load checkpoints with labkit.run.load "
                 "(which attaches the run's tokenizer.json) or call model.set_tokenizer(path)"
             )
         return self.tokenizer
@@ -297,16 +297,20 @@ class TransformerLensModel:
         truncate: bool = True,
     ) -> Tensor:
         """Text -> tokens [batch, pos] (a list of strings is padded with <|endoftext|> on
-        `padding_side`); token tensors pass through. `prepend_bos=True` starts every sequence
-        with <|endoftext|>, the document separator labkit trains with (default: no)."""
+        `padding_side`); token tensors pass through. `prepend_bos` starts every sequence with the
+        model's first token: by default (None) when the model was trained with one
+        (`cfg.bos_token_id`, an attention sink), as TransformerLens's `default_prepend_bos`;
+        `True` prepends it (<|endoftext|>, labkit's document separator, for a model without
+        one) and `False` never does."""
         if isinstance(input, Tensor):
             tokens = input if input.dim() == 2 else input.reshape(1, -1)
         else:
             tok = self._need_tokenizer()
             texts = [input] if isinstance(input, str) else list(input)
             ids = [tok.encode(t, add_special_tokens=False) for t in texts]
-            if prepend_bos:
-                ids = [[tok.eos_token_id, *x] for x in ids]
+            if self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos:
+                bos = self.cfg.bos_token_id
+                ids = [[tok.eos_token_id if bos is None else bos, *x] for x in ids]
             if truncate:
                 ids = [x[: self.cfg.max_seq_len] for x in ids]
             width = max(len(x) for x in ids)

@@ -95,9 +95,12 @@ _sets: dict = {}
 
 
 def sets_for(run, names):
-    key = (str(run.data_path), run.model.max_seq_len)
+    key = (str(run.data_path), run.model.max_seq_len, run.model.bos_token_id)
     if key not in _sets:
-        _sets[key] = {t: probe_set(specs[t], run.data_path, run.model.max_seq_len) for t in targets}
+        _sets[key] = {
+            t: probe_set(specs[t], run.data_path, run.model.max_seq_len, bos=run.model.bos_token_id)
+            for t in targets
+        }
     return {t: _sets[key][t] for t in names}
 
 

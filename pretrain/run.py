@@ -137,8 +137,9 @@ class Trainer:
         self.cfg = cfg = claimed.cfg
         t, data_dir = cfg.train, data_set.path
         data = MixedData(data_dir, cfg.data.mix, t.tokens, cfg.seed)
-        self.loader = Loader(data, d.rank, d.world, t.micro_batch)
-        mcfg = cfg.model_config(data.manifest["tokenizer"]["vocab_size"])
+        tokenizer = data.manifest["tokenizer"]
+        mcfg = cfg.model_config(tokenizer["vocab_size"], tokenizer["eot_id"])
+        self.loader = Loader(data, d.rank, d.world, t.micro_batch, bos=mcfg.bos_token_id)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = LabModel(mcfg).to(d.device)
         strategy = choose_strategy(cfg.parallel.strategy, mcfg.num_params(), d.world, t.optimizer)
@@ -152,7 +153,9 @@ class Trainer:
         # Evaluation sets: fixed windows of each held-out split, at the base sequence length.
         splits = cfg.data.eval_splits or sorted(data.manifest["shards"]["eval"])
         self.eval_sets = {
-            s: torch.from_numpy(eval_windows(data_dir, s, cfg.eval.tokens_per_split, t.seq_len))
+            s: torch.from_numpy(
+                eval_windows(data_dir, s, cfg.eval.tokens_per_split, t.seq_len, mcfg.bos_token_id)
+            )
             for s in splits
         }
         bf16 = t.precision == "bf16"

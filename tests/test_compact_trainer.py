@@ -282,3 +282,90 @@ def test_the_wheel_probes_outside_the_checkout(reference, tmp_path):
         print(TrainConfig.load("pretrain/configs/ci.toml").name)""")],
         cwd=work, env=env, capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert cfg.strip() == "ci"
+
+
+# ------------------------------------------------------------------------ the activation cache
+def test_activations_are_kept_beside_the_milestone_and_recomputed_when_inputs_change(
+    reference, monkeypatch
+):
+    """One forward pass per milestone and text: a second analysis of the same weights and tokens
+    reads them from runs/<id>/cache/ (equal to a fresh collection, bit for bit); other tokens or
+    other weights compute again, and an entry of weights the milestone no longer has is removed."""
+    import dataclasses
+
+    import labkit.analysis.activations as activations
+    from labkit.study import LoadedMilestone, over_milestones
+
+    calls = []
+    real = activations.collect
+    monkeypatch.setattr(activations, "collect", lambda *a, **k: calls.append(1) or real(*a, **k))
+    milestone = list_milestones(reference)[-1]
+    seqs = [[5, 17, 99, 3, 3, 250, 8], [41, 42, 43, 44]]
+    sites, layers = ["resid_post", "kv_latent"], [0, 1]
+
+    def measure(at):
+        return {"acts": at.activations(seqs, sites, layers)}
+
+    first = over_milestones([milestone], measure)[0]["acts"]
+    again = over_milestones([milestone], measure)[0]["acts"]
+    assert len(calls) == 1 and all((first[k] == again[k]).all() for k in first)
+    model, _ = load(milestone)
+    fresh = real(model, seqs, sites, layers, progress=False)
+    assert all((np.asarray(fresh[k]) == first[k]).all() for k in first)
+    entries = list((reference / "cache" / milestone.name / "activations").iterdir())
+    assert len(entries) == 1 and entries[0].name.startswith(milestone.model_sha256[:16])
+    over_milestones([milestone], lambda at: {"acts": at.activations(seqs[:1], sites, layers)})
+    assert len(calls) == 2  # other tokens: computed
+    other = dataclasses.replace(
+        milestone, meta=milestone.meta | {"checksums": {"model.safetensors": "f" * 64}}
+    )
+    LoadedMilestone(other, model, None).activations(seqs, sites, layers)
+    assert len(calls) == 3  # other weights: computed, and the entries of the old ones removed
+    left = list((reference / "cache" / milestone.name / "activations").iterdir())
+    assert [e.name[:16] for e in left] == ["f" * 16]
+
+
+# ------------------------------------------------------------------------ an attention sink
+def test_a_first_token_is_carried_from_training_to_tokens_evaluation_analysis_and_export(
+    ci_data, tmp_path
+):
+    """`data.bos = true`: every training and evaluation window starts with <|endoftext|>, the
+    model records it as bos_token_id, and to_tokens, the held-out text of the analyses, the probe
+    sequences, the lm-eval adapter, perplexity and the Hugging Face export all put it first."""
+    from transformers import AutoTokenizer
+
+    from labkit.analysis.probe_tasks import load_probe_spec
+    from labkit.analysis.probing import probe_set
+    from labkit.data.loader import Loader, MixedData, eval_windows
+    from labkit.eval.adapter import LabkitLM
+    from labkit.eval.perplexity import perplexity, split_documents
+    from labkit.export import from_hf, to_hf
+    from labkit.study import HeldOut, over_milestones
+
+    run_dir = tmp_path / "sink"
+    _train([sys.executable, RUN, "--set", "data.bos=true"], ci_data, run_dir, steps=4)
+    model, milestone = load(list_milestones(run_dir)[-1])
+    bos = json.loads((ci_data / "manifest.json").read_text())["tokenizer"]["eot_id"]
+    assert model.cfg.bos_token_id == bos and model.cfg.default_prepend_bos
+    loader = Loader(MixedData(ci_data, "dense", 8192, 0), 0, 1, 4, bos=bos)
+    assert (loader.next_batch(64, 0)[:, 0] == bos).all()
+    assert (eval_windows(ci_data, "general", 512, 64, bos)[:, 0] == bos).all()
+    tokens = model.to_tokens("Ada Lovelace was born in 1815.")
+    assert tokens[0, 0] == bos and model.to_tokens("Ada", prepend_bos=False)[0, 0] != bos
+    texts = over_milestones([milestone], lambda at: {"first": [s[0] for s in at.text]},
+                            HeldOut("general", 4, 32))[0]["first"]  # fmt: skip
+    assert texts == [bos] * len(texts)
+    spec = load_probe_spec("digit", max_documents=8)
+    probes = probe_set(spec, ci_data, model.cfg.max_seq_len, bos=bos)
+    assert all(s[0] == bos and 0 not in p for s, p in
+               zip(probes.data.sequences, probes.data.positions, strict=True))  # fmt: skip
+    lm = LabkitLM(checkpoint=str(milestone.path))
+    assert (
+        lm.tok_encode("Ada")[0] == bos and lm.tok_encode("Ada", add_special_tokens=False)[0] != bos
+    )
+    docs = split_documents(ci_data, "general", 3)
+    assert perplexity(model, docs)["tokens"] == sum(len(d) for d in docs)  # every token scored
+    out = to_hf(model, tmp_path / "hf")
+    assert json.loads((out / "config.json").read_text())["bos_token_id"] == bos
+    assert AutoTokenizer.from_pretrained(str(out))("Ada")["input_ids"][0] == bos
+    assert from_hf(out).cfg.bos_token_id == bos

@@ -188,8 +188,62 @@ def test_interrupted_build_keeps_the_previous_data_set(tmp_path, monkeypatch):
         build(small_config(seed=99), out, quiet=True)
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
+    # what the killed build keeps is its finished stages, in its own work dir, nothing else
+    work = tmp_path / "data.partial"
+    assert sorted(p.name for p in work.iterdir()) == [".labkit-partial-build", "stages"]
+    assert not [p for p in tmp_path.rglob("*.partial") if p != work]
+
+
+def test_a_parallel_build_is_byte_identical_to_a_serial_one(tmp_path):
+    cfg = small_config()
+    build(cfg, tmp_path / "serial", quiet=True, workers=1)
+    build(cfg, tmp_path / "parallel", quiet=True, workers=2)
+    files = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*")
+                   if p.is_file())  # fmt: skip
+    assert files == sorted(p.relative_to(tmp_path / "parallel")
+                           for p in (tmp_path / "parallel").rglob("*") if p.is_file())  # fmt: skip
+    for rel in files:
+        assert (tmp_path / "serial" / rel).read_bytes() == (
+            tmp_path / "parallel" / rel
+        ).read_bytes(), rel
+
+
+def test_an_interrupted_build_resumes_without_redoing_finished_sources(tmp_path, monkeypatch):
+    """Killed after every source was generated and curated (here: in tokenizer training), the
+    next build of the same config takes those stages from the work dir and gives the same bytes
+    as a build that was never interrupted; a changed config redoes them."""
+    cfg, out = small_config(), tmp_path / "data"
+    build(cfg, tmp_path / "fresh", quiet=True, workers=1)
+    real = build_mod.train_tokenizer
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_mod, "train_tokenizer", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build(cfg, out, quiet=True, workers=1)
+    kept = sorted(p.name for p in (tmp_path / "data.partial" / "stages").iterdir())
+    assert "generate-synthetic.json.gz" in kept and "curate-synthetic.json.gz" in kept
+    monkeypatch.setattr(build_mod, "train_tokenizer", real)
+    calls = []
+    real_generate, real_curate = build_mod._generate, build_mod._curate_one
+    monkeypatch.setattr(build_mod, "_generate", lambda *a: calls.append(a[1]) or real_generate(*a))
+    monkeypatch.setattr(
+        build_mod, "_curate_one", lambda *a: calls.append("curate") or real_curate(*a)
+    )
+    build(cfg, out, quiet=True, workers=1)
+    assert calls == []  # every source came from the stages the killed build finished
+    for p in (tmp_path / "fresh").rglob("*"):
+        if p.is_file():
+            assert (out / p.relative_to(tmp_path / "fresh")).read_bytes() == p.read_bytes(), p
     assert not (tmp_path / "data.partial").exists()
-    assert not list(tmp_path.rglob("*.partial"))
+    with pytest.raises(KeyboardInterrupt):  # a kept stage of another config is not reused
+        monkeypatch.setattr(build_mod, "train_tokenizer", killed)
+        build(small_config(seed=7), tmp_path / "other", quiet=True, workers=1)
+    monkeypatch.setattr(build_mod, "train_tokenizer", real)
+    calls.clear()
+    build(small_config(seed=8), tmp_path / "other", quiet=True, workers=1)
+    assert "synthetic" in calls
 
 
 def test_missing_source_and_bad_config_are_clear(tmp_path):

@@ -27,6 +27,10 @@ PAIRS = [
     ("The Chaizoustoth Institute was", " established in 1820."),
     ("", "A sentence scored from the end-of-text token."),
     ("Born in 1968, the engineer ", "works as a baker"),  # trailing space moves to the target
+    # choices of one question: the context is encoded once (a KV cache shared by the choices)
+    ("The Gyploux Guild is housed in", " Chaibru"),
+    ("The Gyploux Guild is housed in", " a small river town near Benoum"),
+    ("The Gyploux Guild is housed in", " 1519"),
 ]
 
 
@@ -91,7 +95,7 @@ def test_adapter_matches_lm_evals_hf_model_on_the_exported_checkpoint(
     ours = adapter.loglikelihood(_ll_requests(PAIRS), disable_tqdm=True)
     theirs = hf.loglikelihood(_ll_requests(PAIRS), disable_tqdm=True)
     for (a, ga), (b, gb) in zip(ours, theirs, strict=True):
-        assert a == pytest.approx(b, abs=1e-3) and ga == gb
+        assert a == pytest.approx(b, abs=1e-4) and ga == gb
     # Rolling log-likelihood: a text longer than max_seq_len spans several windows.
     text = " ".join(["The Thiozal Guild employs a surveyor born in 1904."] * 40)
     assert len(adapter.tok_encode(text)) > adapter.max_length

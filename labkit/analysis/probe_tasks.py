@@ -21,6 +21,7 @@ manifest) with a separate document stream, so entity attributes are the model's 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -56,6 +57,18 @@ class ProbeData:
         """Examples the probe is fit and scored on: one per document when positions are
         averaged over a document, else one per position."""
         return len(np.unique(self.groups)) if self.document_mean else len(self.labels)
+
+
+def with_bos(data: ProbeData, bos: int | None) -> ProbeData:
+    """`data` with `bos` (a model's first token, its `bos_token_id`) before every sequence and
+    the probed positions moved with their tokens; unchanged for None."""
+    if bos is None:
+        return data
+    return dataclasses.replace(
+        data,
+        sequences=[[bos, *s] for s in data.sequences],
+        positions=[[p + 1 for p in pos] for pos in data.positions],
+    )
 
 
 CONTROLS = ("token_type", "document", "entity")

@@ -609,10 +609,13 @@ def probe_set(
     max_len: int,
     positions_per_document: int = 4,
     seed: int = 0,
+    bos: int | None = None,
 ) -> ProbeSet:
-    """Build a target's probe data, split and baseline features from a data set."""
+    """Build a target's probe data, split and baseline features from a data set. `bos`: the
+    token the model was trained to see first (its `bos_token_id`), put before every sequence
+    (within `max_len`; the probed positions move with their tokens)."""
     data_dir = Path(data_dir)
-    from labkit.analysis.probe_tasks import build_probe_data, unseen_text_warning
+    from labkit.analysis.probe_tasks import build_probe_data, unseen_text_warning, with_bos
     from labkit.data.build import load_data_tokenizer, load_manifest
 
     manifest = load_manifest(data_dir)
@@ -620,8 +623,8 @@ def probe_set(
     warning = unseen_text_warning(spec, manifest)
     if warning:
         print(warning, file=sys.stderr)
-    data = build_probe_data(spec, tok, manifest, data_dir, max_len)
-    data = _cap_positions(data, positions_per_document, seed)
+    data = build_probe_data(spec, tok, manifest, data_dir, max_len - (bos is not None))
+    data = _cap_positions(with_bos(data, bos), positions_per_document, seed)
     token_level = spec["positions"]["kind"] == "span" or spec["label"]["kind"] == "token_is_digit"
     groups = np.unique(data.groups) if data.document_mean else data.groups
     vocab = tok.get_vocab_size()

@@ -40,6 +40,7 @@ from labkit.data.prose import generate_prose, prose_lineage
 from labkit.data.records import generate_records
 from labkit.data.retrieval import generate_retrieval
 from labkit.data.shards import write_shards
+from labkit.data.stages import STAGES, StageStore, config_digest, run_stages, workers_for
 from labkit.data.tokenizer import EOT, save_tokenizer, train_tokenizer
 from labkit.data.world import GENERATOR_VERSION, world_from_manifest
 from labkit.errors import DataError, DataNotFoundError, OutputExistsError
@@ -185,66 +186,117 @@ def _check_outputs(out: Path, overwrite: bool, cfg: DataConfig | None = None) ->
 
 
 def build(
-    cfg: DataConfig, out: str | Path, quiet: bool = False, overwrite: bool = False
+    cfg: DataConfig,
+    out: str | Path,
+    quiet: bool = False,
+    overwrite: bool = False,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Build the data set described by `cfg` into `out`; return the manifest. `out` is replaced
     only if it is missing, empty or a data set holding nothing but its build's files, unless
-    `overwrite`."""
+    `overwrite`. Sources are generated and curated in `workers` processes (default: every core);
+    the stages a killed build finished are kept in `<out>.partial/stages/` and not redone when
+    the same config builds again."""
     out = Path(out)
     _check_outputs(out, overwrite, cfg)
     work = out.with_name(out.name + ".partial")
-    if work.exists():
-        shutil.rmtree(work)  # left by a killed build (checked above)
+    kept = work.with_name(work.name + ".stages")
+    if work.exists():  # left by a killed build (checked above): keep its finished stages
+        if (work / STAGES).is_dir():
+            (work / STAGES).rename(kept)
+        shutil.rmtree(work)
     work.mkdir(parents=True)
     (work / PARTIAL_MARKER).touch()
+    if kept.exists():
+        kept.rename(work / STAGES)
     try:
-        return _build_into(cfg, out, work, quiet, overwrite)
+        return _build_into(cfg, out, work, quiet, workers, overwrite)
+    except (KeyboardInterrupt, SystemExit):
+        # `out` untouched; the work dir keeps only its finished stages (no half-written shard)
+        for p in work.iterdir():
+            if p.name not in (STAGES, PARTIAL_MARKER):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        raise
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)  # `out` still holds the previous build, untouched
         raise
 
 
-def generate_sources(cfg: DataConfig) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
-    """Every source's train documents and every held-out split, before curation."""
+def _generate(cfg: DataConfig, source: str, synthetic: dict | None = None) -> dict[str, Any]:
+    """One source's documents before curation: {"train": [...], "held": {split: [...]}} (the
+    synthetic source also hands the control corpus its held-out documents)."""
     world = world_from_manifest({"config": cfg.to_dict()})
+    seed = cfg.seed
+    if source == "synthetic":
+        train = generate_documents(world, cfg.synthetic.documents, seed, "train")
+        evals = generate_documents(world, cfg.synthetic.eval_documents, seed, "eval")
+        held = {"general": [d for d in evals if d["labels"]["domain"] != "stem"],
+                "domain": [d for d in evals if d["labels"]["domain"] == "stem"]}  # fmt: skip
+        return {"train": train, "held": held, "eval_synthetic": evals}
+    if source == "control":
+        # Over-supplied here, trimmed to the synthetic corpus's token count after tokenization.
+        train = generate_control(world, synthetic["train"], seed, "train", 1.5)
+        evals = generate_control(world, synthetic["eval_synthetic"], seed, "eval", 1.5)
+        return {"train": train, "held": {"control": evals}}
+    if source == "retrieval":
+        r = cfg.retrieval
+        train = generate_retrieval(world, r.documents, seed, "train", r.unanswerable)
+        evals = generate_retrieval(world, r.eval_documents, seed, "eval", r.unanswerable)
+        return {"train": train, "held": {"retrieval": evals}}
+    if source == "code":
+        code = generate_code(cfg.code.files + cfg.code.eval_files, cfg.code.max_chars, seed)
+        return {"train": code[: cfg.code.files], "held": {"code": code[cfg.code.files :]}}
+    if source == "records":
+        train = generate_records(world, cfg.records.documents, seed, "train")
+        evals = generate_records(world, cfg.records.eval_documents, seed, "eval")
+        return {"train": train, "held": {"records": evals}}
+    if source == "prose":
+        docs, fraction = generate_prose(cfg.prose.documents), cfg.prose.eval_fraction
+    else:
+        src = cfg.sources[source]
+        docs = load_text_source(
+            source, src.path or None, src.hub or None, src.text_field, limit=src.limit or None
+        )
+        fraction = src.eval_fraction
+    held = [d for d in docs if _hash_split(d["id"], fraction)]
+    return {
+        "train": [d for d in docs if not _hash_split(d["id"], fraction)],
+        "held": {source: held},
+    }
+
+
+def _user_inputs(cfg: DataConfig) -> dict[str, Any]:
+    """The files a user source reads, by size and mtime: a kept stage made from other contents
+    is not reused."""
+    stamps: dict[str, Any] = {}
+    for name, src in cfg.sources.items():
+        path = Path(src.path) if src.path else None
+        if path is not None and path.exists():
+            files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+            stamps[name] = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return stamps
+
+
+def generate_sources(
+    cfg: DataConfig, store: StageStore | None = None, workers: int | None = 1
+) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """Every source's train documents and every held-out split, before curation (generated in
+    `workers` processes, kept in `store` as they finish; assembled in the serial order)."""
+    names = ["synthetic"] if cfg.synthetic.enabled else []
+    names += ["retrieval"] if cfg.retrieval.enabled else []
+    names += ["control"] if cfg.control.enabled and cfg.synthetic.enabled else []
+    names += [n for n in ("code", "prose", "records") if getattr(cfg, n).enabled]
+    names += [n for n, s in cfg.sources.items() if s.enabled]
+    tasks = {
+        f"generate-{n}": (_generate, (cfg, n), ["generate-synthetic"] if n == "control" else [])
+        for n in names
+    }
+    results = run_stages(tasks, store or _NoStore(), workers_for(workers, len(tasks)))
     train: dict[str, list[dict]] = {}
     held: dict[str, list[dict]] = {}
-    eval_synth: list[dict] = []
-    if cfg.synthetic.enabled:
-        train["synthetic"] = generate_documents(world, cfg.synthetic.documents, cfg.seed, "train")
-        eval_synth = generate_documents(world, cfg.synthetic.eval_documents, cfg.seed, "eval")
-        held["general"] = [d for d in eval_synth if d["labels"]["domain"] != "stem"]
-        held["domain"] = [d for d in eval_synth if d["labels"]["domain"] == "stem"]
-    r = cfg.retrieval
-    if r.enabled:
-        train["retrieval"] = generate_retrieval(
-            world, r.documents, cfg.seed, "train", r.unanswerable
-        )
-        held["retrieval"] = generate_retrieval(
-            world, r.eval_documents, cfg.seed, "eval", r.unanswerable
-        )
-    if cfg.control.enabled and cfg.synthetic.enabled:
-        # Over-supplied here, trimmed to the synthetic corpus's token count after tokenization.
-        train["control"] = generate_control(world, train["synthetic"], cfg.seed, "train", 1.5)
-        held["control"] = generate_control(world, eval_synth, cfg.seed, "eval", 1.5)
-    if cfg.code.enabled:
-        code = generate_code(cfg.code.files + cfg.code.eval_files, cfg.code.max_chars, cfg.seed)
-        train["code"], held["code"] = code[: cfg.code.files], code[cfg.code.files :]
-    if cfg.prose.enabled:
-        docs = generate_prose(cfg.prose.documents)
-        held["prose"] = [d for d in docs if _hash_split(d["id"], cfg.prose.eval_fraction)]
-        train["prose"] = [d for d in docs if not _hash_split(d["id"], cfg.prose.eval_fraction)]
-    if cfg.records.enabled:
-        train["records"] = generate_records(world, cfg.records.documents, cfg.seed, "train")
-        held["records"] = generate_records(world, cfg.records.eval_documents, cfg.seed, "eval")
-    for name, src in cfg.sources.items():
-        if not src.enabled:
-            continue
-        docs = load_text_source(
-            name, src.path or None, src.hub or None, src.text_field, limit=src.limit or None
-        )
-        held[name] = [d for d in docs if _hash_split(d["id"], src.eval_fraction)]
-        train[name] = [d for d in docs if not _hash_split(d["id"], src.eval_fraction)]
+    for n in names:  # the serial order, whichever process finished first
+        train[n] = results[f"generate-{n}"]["train"]
+        held.update(results[f"generate-{n}"]["held"])
     for split in [s for s, docs in held.items() if not docs]:
         # e.g. eval_fraction = 0 or a source too small to hold any out: no eval_<split>
         print(f"note: eval split {split!r} is empty and is skipped", file=sys.stderr)
@@ -252,12 +304,27 @@ def generate_sources(cfg: DataConfig) -> tuple[dict[str, list[dict]], dict[str, 
     return train, held
 
 
+class _NoStore:
+    """A stage store that keeps nothing (generation outside a build's work directory)."""
+
+    def get(self, key: str) -> None:
+        return None
+
+    def put(self, key: str, value: Any) -> None:
+        pass
+
+
 BUILD_STEPS = ("generated", "curated", "tokenizer trained", "tokenized", "sharded", "mixed",
                "manifest written", "done")  # fmt: skip
 
 
 def _build_into(
-    cfg: DataConfig, out: Path, work: Path, quiet: bool, overwrite: bool = False
+    cfg: DataConfig,
+    out: Path,
+    work: Path,
+    quiet: bool,
+    workers: int | None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """The build, step by step, into `work`, which then replaces `out`."""
     progress = _progress(quiet)
@@ -267,9 +334,11 @@ def _build_into(
         steps.set_postfix_str(desc)
         steps.update(1)
 
-    train, held = generate_sources(cfg)
+    digest = config_digest({"config": cfg.to_dict(), "inputs": _user_inputs(cfg)})
+    store = StageStore(work, digest)
+    train, held = generate_sources(cfg, store, workers)
     step("generated")
-    reports, warnings = _curate_sources(cfg, train, held, progress)
+    reports, warnings = _curate_sources(cfg, train, held, progress, store, workers)
     step("curated")
     order = cfg.source_names()
     tok = train_tokenizer(
@@ -303,11 +372,24 @@ def _build_into(
     return manifest
 
 
+def _curate_one(cfg: DataConfig, docs: list[dict], references: list[str],
+                contamination: list[str], quality_sources: set[str] | None) -> dict[str, Any]:  # fmt: skip
+    """One source's (or held-out split's) curation: {"kept": documents, "reports": stages}."""
+    kept, reports = curate(docs, cfg.curation, references, contamination, quality_sources)
+    return {"kept": kept, "reports": [vars(x) for x in reports]}
+
+
 def _curate_sources(
-    cfg: DataConfig, train: dict[str, list[dict]], held: dict[str, list[dict]], progress
+    cfg: DataConfig,
+    train: dict[str, list[dict]],
+    held: dict[str, list[dict]],
+    progress,
+    store: StageStore | None = None,
+    workers: int | None = 1,
 ) -> tuple[dict[str, list[dict]], list[str]]:
-    """Curate every source in place; return the per-source stage reports and the warnings (a
-    stage removing more than 10 % of a source), which are also printed."""
+    """Curate every source in place (in `workers` processes, kept in `store`); return the
+    per-source stage reports and the warnings (a stage removing more than 10 % of a source),
+    which are also printed."""
     # Seed 003's prose heuristics target web-like text: the control corpus and user sources.
     quality_sources = {"control", "prose"} | {n for n, s in cfg.sources.items() if s.quality}
     # 13-gram contamination: eval task texts, and other sources' held-out text that is not
@@ -319,22 +401,33 @@ def _curate_sources(
         task_texts += _read_task_texts(Path(f))
     checked_splits = [s for s in held if s in ("code", "prose", *cfg.sources)]
     references = [d["text"] for docs in held.values() for d in docs]
-    reports: dict[str, list[dict]] = {}
-    warnings: list[str] = []
-    for name in list(train):
+    tasks = {}
+    for name in train:
         contamination = task_texts + [
             d["text"] for split in checked_splits if split != name for d in held[split]
         ]
-        kept, rep = curate(
-            train[name], cfg.curation, references, contamination, quality_sources, progress
+        args = (cfg, train[name], references, contamination, quality_sources)
+        tasks[f"curate-{name}"] = (_curate_one, args, [])
+    for split in held:  # eval text gets the same rewriting; dedup only within itself
+        tasks[f"curate-eval-{split}"] = (_curate_one, (cfg, held[split], [], [], set()), [])
+    bar = progress(range(len(tasks)), "curate")
+    ticks = iter(bar)
+    results = run_stages(tasks, store or _NoStore(), workers_for(workers, len(tasks)),
+                         lambda key: next(ticks, None))  # fmt: skip
+    reports: dict[str, list[dict]] = {}
+    warnings: list[str] = []
+    for name in list(train):
+        train[name], reports[name] = (
+            results[f"curate-{name}"]["kept"],
+            results[f"curate-{name}"]["reports"],
         )
-        train[name] = kept
-        reports[name] = [vars(x) for x in rep]
-        if not kept:  # else a mix with nothing to draw from fails far from the cause
-            removed = [f"{x.stage} {x.docs_in - x.docs_out}" for x in rep if x.docs_in > x.docs_out]
-            example = next((e for x in rep for e in x.examples if "reason" in e), None)
+        if not train[name]:  # else a mix with nothing to draw from fails far from the cause
+            rep = reports[name]
+            removed = [f"{x['stage']} {x['docs_in'] - x['docs_out']}" for x in rep
+                       if x["docs_in"] > x["docs_out"]]  # fmt: skip
+            example = next((e for x in rep for e in x["examples"] if "reason" in e), None)
             raise DataError(
-                f"curation removed every one of the {rep[0].docs_in} documents of source "
+                f"curation removed every one of the {rep[0]['docs_in']} documents of source "
                 f"{name!r} ({', '.join(removed)})"
                 + (f", e.g. {example['id']}: {example['reason']}" if example else "")
                 + "; see the quality settings in [curation] (e.g. min_words) or the source's text"
@@ -342,9 +435,8 @@ def _curate_sources(
         warnings += curation_warnings(name, reports[name])
     for line in warnings:
         print(line, file=sys.stderr)
-    for split in list(held):  # eval text gets the same rewriting; dedup only within itself
-        kept, _ = curate(held[split], cfg.curation, (), (), set(), progress)
-        held[split] = kept
+    for split in list(held):
+        held[split] = results[f"curate-eval-{split}"]["kept"]
     return reports, warnings
 
 

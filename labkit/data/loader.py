@@ -139,13 +139,17 @@ class MixedData:
             self._streams = {stage: TokenStream(self.sources, order)}  # keep one stage in memory
         return self._streams[stage]
 
-    def windows(self, pos: Position, first: int, count: int, seq_len: int) -> np.ndarray:
-        """Windows first .. first+count-1 of the micro-step at `pos`: [count, seq_len + 1]."""
+    def windows(
+        self, pos: Position, first: int, count: int, seq_len: int, bos: int | None = None
+    ) -> np.ndarray:
+        """Windows first .. first+count-1 of the micro-step at `pos`: [count, seq_len + 1]. With
+        `bos`, every window's first token is `bos` (an attention sink): the token it replaces is
+        still predicted, as the last target of the window before."""
         stream = self.stream(pos.stage)
         start = pos.offset + first * seq_len
         flat = stream.read(start, count * seq_len + 1)
         idx = np.arange(count)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
-        return flat[idx]
+        return with_bos(flat[idx], bos)
 
 
 def passes_report(passes: dict[str, float]) -> tuple[str, str | None]:
@@ -167,8 +171,11 @@ class Loader:
     """This rank's training batches, in order; it owns the data position (stage, offset), which
     is the same on every rank and is all a resume state needs."""
 
-    def __init__(self, data: MixedData, rank: int, world: int, micro_batch: int):
+    def __init__(
+        self, data: MixedData, rank: int, world: int, micro_batch: int, bos: int | None = None
+    ):
         self.data, self.rank, self.world, self.micro_batch = data, rank, world, micro_batch
+        self.bos = bos  # every window starts with it (the model's bos_token_id), or not
         self.position = Position()
 
     def next_batch(self, seq_len: int, tokens_seen: int) -> np.ndarray:
@@ -178,7 +185,7 @@ class Loader:
         if stage != self.position.stage:
             self.position = Position(stage, 0)
         windows = self.data.windows(
-            self.position, self.rank * self.micro_batch, self.micro_batch, seq_len
+            self.position, self.rank * self.micro_batch, self.micro_batch, seq_len, self.bos
         )
         self.position.offset += self.micro_batch * seq_len * self.world
         return windows
@@ -194,8 +201,19 @@ class Loader:
         self.position = Position(**state)
 
 
-def eval_windows(data_dir: str | Path, split: str, tokens: int, seq_len: int) -> np.ndarray:
-    """The first `tokens` tokens of an eval split as non-overlapping windows [n, seq_len + 1]."""
+def with_bos(windows: np.ndarray, bos: int | None) -> np.ndarray:
+    """`windows` [n, length] with their first token set to `bos` (unchanged for None)."""
+    if bos is not None:
+        windows = windows.copy()
+        windows[:, 0] = bos
+    return windows
+
+
+def eval_windows(
+    data_dir: str | Path, split: str, tokens: int, seq_len: int, bos: int | None = None
+) -> np.ndarray:
+    """The first `tokens` tokens of an eval split as non-overlapping windows [n, seq_len + 1],
+    each starting with `bos` when given (as the model trained)."""
     data_dir = Path(data_dir)
     manifest = load_manifest(data_dir)
     verify_shards(data_dir, manifest)
@@ -211,4 +229,4 @@ def eval_windows(data_dir: str | Path, split: str, tokens: int, seq_len: int) ->
     n = max(1, min(tokens, stream.total - 1) // seq_len)
     flat = stream.read(0, n * seq_len + 1)
     idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
-    return flat[idx]
+    return with_bos(flat[idx], bos)

@@ -17,6 +17,7 @@ Numbers are the ones lm-eval's `hf` model gives on the exported checkpoint (test
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -102,50 +103,101 @@ class LabkitLM(TemplateLM):
     def tok_encode(
         self, string: str, add_special_tokens: bool | None = None, **_: Any
     ) -> list[int]:
-        return self.tokenizer.encode(string, add_special_tokens=False).ids
+        """Token ids of `string`, after the model's first token (`bos_token_id`) when it was
+        trained with one, unless `add_special_tokens=False` (lm-eval's way to ask for none)."""
+        ids = self.tokenizer.encode(string, add_special_tokens=False).ids
+        bos = self.model.cfg.bos_token_id
+        return ids if bos is None or add_special_tokens is False else [bos, *ids]
 
     def tok_decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=False)
 
     # ------------------------------------------------------------------------- scoring
-    @torch.inference_mode()
-    def _logprobs(self, batch: torch.Tensor) -> torch.Tensor:
-        """log-softmax over the vocabulary for tokens [batch, pos] (float32)."""
+    def _amp(self):
         amp = self.dtype != torch.float32
-        with torch.autocast(self._device.type, dtype=self.dtype, enabled=amp):
-            logits = self.model(batch.to(self._device))
-        return F.log_softmax(logits.float(), dim=-1)
+        return torch.autocast(self._device.type, dtype=self.dtype, enabled=amp)
 
+    def _assign(self, idx: list[int], hidden: torch.Tensor, conts: list[list[int]], out) -> None:
+        """Score continuations from the residual stream rows that predict their tokens (before
+        ln_final; [sum of lengths, d_model], in order): the unembedding runs only there, never at
+        every position. out[i] = (sum of log p, whether greedy decoding reproduces it)."""
+        target = torch.tensor([t for c in conts for t in c])
+        with self._amp():
+            logits = self.model.unembed(self.model.ln_final(hidden)).float().cpu()
+        logp = F.log_softmax(logits, dim=-1).gather(-1, target[:, None])[:, 0]
+        hits = logits.argmax(-1) == target
+        offset = 0
+        for i, c in zip(idx, conts, strict=True):
+            n = len(c)
+            out[i] = (float(logp[offset : offset + n].sum()), bool(hits[offset : offset + n].all()))
+            offset += n
+
+    @torch.inference_mode()
     def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """(sum of log p(continuation | context), whether greedy decoding reproduces it) for each
-        (context tokens, continuation tokens) pair, in the given order."""
-        inputs = []
-        for ctx, cont in pairs:
+        (context tokens, continuation tokens) pair, in the given order. Continuations that share a
+        context (the choices of a multiple-choice question) encode it once: the context runs
+        through the model once into a KV cache, then every continuation runs on top of it."""
+        for _, cont in pairs:
             if not cont:
                 raise ValueError("a continuation encodes to no tokens")
-            whole = (ctx + cont)[-(self.max_length + 1) :][:-1]  # left-truncated like `hf`
-            inputs.append(whole)
-        order = sorted(range(len(pairs)), key=lambda i: -len(inputs[i]))
+        groups: dict[tuple[int, ...], list[int]] = {}
+        alone = []
+        for i, (ctx, cont) in enumerate(pairs):
+            if ctx and len(ctx) + len(cont) <= self.max_length + 1:
+                groups.setdefault(tuple(ctx), []).append(i)
+            else:
+                alone.append(i)  # left-truncated like `hf`, scored as one sequence
+        shared = {c: ix for c, ix in groups.items() if len(ix) > 1}
+        alone += [ix[0] for c, ix in groups.items() if len(ix) == 1]
         out: list[tuple[float, bool] | None] = [None] * len(pairs)
         bar = tqdm(total=len(pairs), desc="loglikelihood", disable=len(pairs) < 64, leave=False)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            width = len(inputs[idx[0]])
-            batch = torch.zeros(len(idx), width, dtype=torch.long)
-            for row, i in enumerate(idx):
-                batch[row, : len(inputs[i])] = torch.tensor(inputs[i])
-            logp = self._logprobs(batch).cpu()
-            for row, i in enumerate(idx):
-                cont = pairs[i][1]
-                end = len(inputs[i])
-                scores = logp[row, end - len(cont) : end]
-                target = torch.tensor(cont)
-                total = float(scores.gather(-1, target[:, None]).sum())
-                greedy = bool((scores.argmax(-1) == target).all())
-                out[i] = (total, greedy)
+        self._score_rows(pairs, alone, out, bar)
+        for ctx, idx in shared.items():
+            self._score_shared(list(ctx), [pairs[i][1] for i in idx], idx, out)
             bar.update(len(idx))
         bar.close()
         return out  # type: ignore[return-value]
+
+    def _score_rows(self, pairs, idx: list[int], out: list, bar) -> None:
+        """Each pair as its own sequence, batched longest first (a batch pads little)."""
+        inputs = {i: (pairs[i][0] + pairs[i][1])[-(self.max_length + 1) :][:-1] for i in idx}
+        order = sorted(idx, key=lambda i: -len(inputs[i]))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            batch = torch.zeros(len(rows), len(inputs[rows[0]]), dtype=torch.long)
+            for r, i in enumerate(rows):
+                batch[r, : len(inputs[i])] = torch.tensor(inputs[i])
+            with self._amp():
+                hidden = self.model(batch.to(self._device), stop_at_layer=self.model.cfg.n_layers)
+            conts = [pairs[i][1] for i in rows]
+            picks = [hidden[r, len(inputs[i]) - len(c) : len(inputs[i])]
+                     for r, (i, c) in enumerate(zip(rows, conts, strict=True))]  # fmt: skip
+            self._assign(rows, torch.cat(picks), conts, out)
+            bar.update(len(rows))
+
+    def _score_shared(self, ctx: list[int], conts: list[list[int]], idx: list[int], out) -> None:
+        """Continuations of one context: the context once into a KV cache, the continuations (all
+        but their last token) as one batch on a copy of that cache per continuation."""
+        model, k = self.model, len(conts)
+        longest = max(len(c) for c in conts)
+        cache = KVCache(model.cfg, 1, len(ctx) + longest)
+        with self._amp():
+            h_ctx = model(torch.tensor([ctx], device=self._device), cache=cache,
+                          stop_at_layer=model.cfg.n_layers)[0, -1]  # fmt: skip
+        rows = [h_ctx.expand(k, -1)]  # the context's last position predicts every first token
+        if longest > 1:
+            body = torch.zeros(k, longest - 1, dtype=torch.long)
+            for r, c in enumerate(conts):
+                body[r, : len(c) - 1] = torch.tensor(c[:-1])
+            with self._amp():
+                h_body = model(body.to(self._device), cache=_repeat_cache(cache, k),
+                               stop_at_layer=model.cfg.n_layers)  # fmt: skip
+            rows.append(h_body)
+        picks = [rows[0][r : r + 1] if len(c) == 1 else
+                 torch.cat([rows[0][r : r + 1], rows[1][r, : len(c) - 1]])
+                 for r, c in enumerate(conts)]  # fmt: skip
+        self._assign(idx, torch.cat(picks), conts, out)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **_: Any):
         results = self._score([(ctx, cont) for _, ctx, cont in requests])
@@ -162,7 +214,7 @@ class LabkitLM(TemplateLM):
             for ctx, cont in map(
                 make_disjoint_window,
                 get_rolling_token_windows(
-                    token_list=self.tok_encode(text),
+                    token_list=self.tok_encode(text, add_special_tokens=False),
                     prefix_token=self.prefix_token_id,
                     max_seq_len=self.max_length,
                     context_len=1,
@@ -218,6 +270,18 @@ class LabkitLM(TemplateLM):
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
             out.append(text)
         return out
+
+
+def _repeat_cache(cache: KVCache, k: int) -> KVCache:
+    """A copy of a one-row KV cache with `k` rows (every row the same context)."""
+    out = copy.copy(cache)
+    out.layers = []
+    for layer in cache.layers:
+        new = copy.copy(layer)
+        new.batch_size = k
+        new.buffers = [b.expand(k, *b.shape[1:]).contiguous() for b in layer.buffers]
+        out.layers.append(new)
+    return out
 
 
 def lm_eval_cli(argv: list[str]) -> int:

@@ -38,11 +38,16 @@ def split_documents(data_dir: str | Path, split: str, documents: int | None = No
 
 @torch.no_grad()
 def perplexity(model: torch.nn.Module, documents: Sequence[np.ndarray], batch: int = 8) -> dict:
-    """Mean next-token loss and perplexity of `model` over `documents` (token id arrays)."""
-    ctx = model.cfg.max_seq_len
+    """Mean next-token loss and perplexity of `model` over `documents` (token id arrays). A
+    model trained with a first token (`bos_token_id`) reads every window after it, and then
+    every token of a document is scored; otherwise every token after a document's first."""
+    ctx, bos = model.cfg.max_seq_len, model.cfg.bos_token_id
     windows = []
     for doc in documents:
         doc = np.asarray(doc, dtype=np.int64)
+        if bos is not None:
+            windows += [np.concatenate([[bos], doc[s : s + ctx]]) for s in range(0, len(doc), ctx)]
+            continue
         for start in range(0, max(1, len(doc) - 1), ctx):
             window = doc[start : start + ctx + 1]
             if len(window) >= 2:

@@ -11,6 +11,7 @@
     runs/<id>/checkpoints/best/          the milestone kept by the GOLD guards
     runs/<id>/resume/step_<N>/           a milestone's files plus optimizer.pt and trainer.json
     runs/<id>/evals/          `labkit eval` results, one JSON per milestone
+    runs/<id>/cache/<milestone>/         activations the analyses computed, by weights and inputs
     runs/<id>/final.json      the marker of a finished run (also appended to runs/index.jsonl)
 
 A milestone is named by the tokens seen when it was written (`tokens_000002048000`), so the
@@ -30,6 +31,7 @@ FINAL = "final.json"
 INDEX = "index.jsonl"  # in the runs root: one record per finished run (and evaluation)
 EVALS = "evals"
 BEST = "best"
+CACHE = "cache"  # analysis results kept beside each milestone (labkit.run.cache)
 
 # inside a checkpoint directory
 META = "meta.json"
@@ -51,6 +53,7 @@ def resume_name(step: int) -> str:
 
 __all__ = [
     "BEST",
+    "CACHE",
     "CHECKPOINTS",
     "CONFIG",
     "EVALS",
