@@ -673,7 +673,7 @@ def test_lm_eval_command_never_runs_code_from_a_task_directory(ci_data, finished
     import yaml
 
     from labkit.cli import main
-    from labkit.eval.tasks import build_tasks, harden_lm_eval
+    from labkit.eval.tasks import build_tasks
 
     tasks = build_tasks(ci_data, tmp_path / "tasks", n=5)
     marker = tmp_path / "pwned"
@@ -685,7 +685,7 @@ def test_lm_eval_command_never_runs_code_from_a_task_directory(ci_data, finished
     planted.write_text(yaml.safe_dump(task) + "process_docs: !function utils.pwn\n")
     milestone = str(ckpt.list_milestones(finished)[-1])
     base = ["lm-eval", "--model", "labkit", "--model_args", f"checkpoint={milestone}",
-            "--limit", "2"]  # fmt: skip
+            "--device", "cpu", "--limit", "2"]  # fmt: skip
     assert main([*base, "--include_path", str(tasks), "--tasks", "pwn"]) == 2
     assert "utils.py is code in a task directory" in one_line(capsys.readouterr().err)
     (tasks / "utils.py").unlink()  # the tag alone, the task named as a file
@@ -699,6 +699,8 @@ def test_lm_eval_command_never_runs_code_from_a_task_directory(ci_data, finished
     import lm_eval.utils
     from jinja2.exceptions import SecurityError
     from lm_eval.tasks._yaml_loader import load_yaml
+
+    from labkit.eval.tasks import harden_lm_eval
 
     harden_lm_eval()
     with pytest.raises(SecurityError):
@@ -717,14 +719,9 @@ def test_a_rebuild_never_deletes_files_the_build_did_not_write(ci_data, tmp_path
     """Finding 2: `labkit data build --out DIR` over an earlier build holding the user's own
     src.jsonl (the build's own source) and a NOTES.txt."""
     from labkit.cli import main
-    from labkit.data.build import foreign_files
-    from labkit.eval.tasks import build_tasks
 
     data = tmp_path / "mine"
     shutil.copytree(ci_data, data)
-    assert foreign_files(data) == []  # a build holds only what its manifest lists
-    build_tasks(data, n=5)  # ...and the task suite built from it (DATA/tasks)
-    assert foreign_files(data) == []
     rows = [
         json.dumps({"text": f"note {i}: " + "a sentence of my own text. " * 12}) for i in range(30)
     ]
@@ -744,6 +741,18 @@ def test_a_rebuild_never_deletes_files_the_build_did_not_write(ci_data, tmp_path
     assert (data / "NOTES.txt").read_text() == "years of work"
     assert (data / "src.jsonl").read_text().count("\n") == 30
     assert (data / "manifest.json").read_bytes() == (ci_data / "manifest.json").read_bytes()
+    # what may be replaced: only what the manifest lists, and a task suite built from it
+    from labkit.data.build import foreign_files
+    from labkit.eval.tasks import build_tasks
+
+    for name in ("NOTES.txt", "src.jsonl"):
+        (data / name).unlink()
+    assert foreign_files(data) == []
+    build_tasks(data, n=5)  # DATA/tasks
+    assert foreign_files(data) == []
+    (data / "tasks" / "mine.txt").write_text("x")
+    (data / "text" / "extra").mkdir()
+    assert foreign_files(data) == ["tasks/mine.txt", "text/extra/"]
 
 
 def test_resume_of_a_finished_run_says_so_and_changes_nothing(finished, copy_of, tmp_path):

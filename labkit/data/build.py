@@ -85,7 +85,7 @@ def default_mixes(sources: list[str]) -> dict[str, list[Stage]]:
 
 PARTIAL_MARKER = ".labkit-partial-build"  # marks `<out>.partial` as this builder's work dir
 TASKS_DIR = "tasks"  # where `labkit eval build-tasks` writes its suite inside a data set
-BUILD_DIRS = ("text", "train", "eval", TASKS_DIR)
+BUILD_DIRS = ("text", "train", "eval", TASKS_DIR, STAGES)
 
 
 def build_files(manifest: dict[str, Any]) -> set[str]:
@@ -133,7 +133,9 @@ def foreign_files(data_dir: str | Path) -> list[str]:
                 foreign.append(rel + "/")  # a folder of the user's, even an empty one
             continue
         in_suite = top == TASKS_DIR and suite is not None and rel.count("/") == 1
-        if rel in ours or (in_suite and rel.split("/", 1)[1] in suite):
+        # stages/: a build's kept stages, which builds before this one left in the data set
+        kept_stage = top == STAGES and rel.count("/") == 1 and rel.endswith(".json.gz")
+        if rel in ours or kept_stage or (in_suite and rel.split("/", 1)[1] in suite):
             continue
         if not _inside(rel, foreign):
             foreign.append(rel)  # (inside a folder of the user's: the folder is named)
@@ -590,8 +592,10 @@ def _manifest(
 
 
 def _swap_into_place(work: Path, out: Path) -> None:
-    """`work` becomes `out`; a previous build is moved aside first and removed last."""
+    """`work` becomes `out`; a previous build is moved aside first and removed last. The kept
+    stages serve only a build that was interrupted: a finished data set holds none."""
     (work / PARTIAL_MARKER).unlink()
+    shutil.rmtree(work / STAGES, ignore_errors=True)
     old = out.with_name(out.name + ".old")
     if old.exists():
         shutil.rmtree(old)
