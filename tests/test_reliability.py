@@ -695,6 +695,8 @@ def test_lm_eval_command_never_runs_code_from_a_task_directory(ci_data, finished
     planted.write_text(yaml.safe_dump(task | {"doc_to_text": jinja}))
     assert main([*base, f"--include_path={tasks}", "--tasks", "pwn"]) == 2
     assert "pwn.yaml: doc_to_text: a template beyond" in one_line(capsys.readouterr().err)
+    assert main([*base, "--include", str(tasks), "-tpwn"]) == 2  # argparse's abbreviation
+    assert "pwn.yaml: doc_to_text" in one_line(capsys.readouterr().err)
     # and lm-eval itself, whatever reaches it: a sandboxed template, no foreign `!function`
     import lm_eval.utils
     from jinja2.exceptions import SecurityError

@@ -416,34 +416,46 @@ def check_tasks_are_data(tasks_dir: str | Path) -> None:
             raise DataError(f"{path}: {problem} is not allowed in a data set's tasks; {rebuild}")
 
 
+_LM_EVAL_FLAGS = {"--include_path": "include_path", "--tasks": "tasks", "--config": "config"}
+_LM_EVAL_SHORT = {"-t": "tasks", "-C": "config"}
+
+
+def _lm_eval_flag(arg: str) -> tuple[str | None, str | None]:
+    """(which of include_path/tasks/config `arg` sets, its attached value) for an lm-eval
+    option: the long form, any prefix of it argparse would accept (`--include`), `--x=V`, and the
+    short forms `-t V` / `-tV`."""
+    if arg.startswith("--"):
+        name, eq, value = arg.partition("=")
+        keys = {k for flag, k in _LM_EVAL_FLAGS.items() if len(name) > 3 and flag.startswith(name)}
+        return (keys.pop(), value if eq else None) if len(keys) == 1 else (None, None)
+    if arg[:2] in _LM_EVAL_SHORT:
+        return _LM_EVAL_SHORT[arg[:2]], arg[2:].lstrip("=") or None
+    return None, None
+
+
 def lm_eval_task_paths(argv: Sequence[str]) -> list[Path]:
     """The task directories and task YAML files an lm-eval command line would load beyond
     lm-eval's own: `--include_path` (several joined by ':'), `--tasks` entries that are paths
     or globs, and the same two keys of a `--config` YAML."""
     import glob
 
-    values: dict[str, list[str]] = {"include_path": [], "tasks": []}
-    flags = {"--include_path": "include_path", "--tasks": "tasks", "-t": "tasks",
-             "--config": "config", "-C": "config"}  # fmt: skip
-    configs: list[str] = []
+    values: dict[str, list[str]] = {"include_path": [], "tasks": [], "config": []}
     key = None
     for arg in argv:
-        name, eq, inline = arg.partition("=")
-        if arg.startswith("-") and (arg in flags or (eq and name in flags)):
-            key = flags[name if eq else arg]
-            if eq:
-                (configs if key == "config" else values[key]).append(inline)
-                key = None if key == "config" else key
-            continue
-        if arg.startswith("-"):
+        flag, attached = _lm_eval_flag(arg)
+        if flag is not None:
+            key = flag
+            if attached is not None:
+                values[flag].append(attached)
+                key = "tasks" if flag == "tasks" else None  # --tasks takes several values
+        elif arg.startswith("-"):
             key = None
-        elif key == "config":
-            configs.append(arg)
-            key = None
-        elif key:
+        elif key is not None:
             values[key].append(arg)
-            key = None if key == "include_path" else key  # --tasks takes several
-    for config in configs:
+            key = "tasks" if key == "tasks" else None
+    for config in values.pop("config"):
+        if not Path(config).is_file():
+            continue  # lm-eval reports it
         try:
             table = yaml.safe_load(Path(config).read_text()) or {}
         except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
