@@ -56,6 +56,7 @@ def fresh(ci_data, run_dir, *extra):
 
 def one_line(stderr: str) -> str:
     bars = ("it/s]", "s/it]", "examples/s]")  # a progress bar running when the error came
+    stderr = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", stderr)  # a nested bar's cursor moves
     lines = [x for x in stderr.replace("\r", "\n").splitlines() if x.strip()]
     lines = [x for x in lines if not x.rstrip().endswith(bars)]
     assert len(lines) == 1, stderr
