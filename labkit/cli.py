@@ -162,35 +162,58 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from labkit.analysis.probe_tasks import load_probe_spec
-    from labkit.analysis.probing import pivot
     from labkit.study import probe_over_milestones
 
+    layers = parse_layers(args.layer)  # first: a typo costs no loading
     spec = load_probe_spec(args.target, args.probes_dir, args.max_documents)
     milestones = _milestones(args)
-    layers = None if args.layer == "all" else [int(x) for x in args.layer.split(",")]
     rows = probe_over_milestones(
         milestones, spec, args.site, layers, args.probe, args.data, progress=True
     )
     first = rows[0]
     metric = "R^2" if first["task"] == "regression" else "accuracy"
+    base = "predicting the mean" if first["task"] == "regression" else "the majority class"
     print(
         f"{args.target} ({first['task']}, {first['examples']} examples) at {args.site}: "
-        f"{metric} / control / selectivity"
+        f"{metric} / control / selectivity, one line per milestone and layer; baseline: {base}"
     )
-    layers, names, cells = pivot(rows, _probe_cell)
-    print(f"{'layer':<7}" + "".join(f"{milestone_label(n):>26}" for n in names))
-    for layer, row in zip(layers, cells, strict=True):
-        print(f"{layer:<7}" + "".join(f"{c:>26}" for c in row))
+    for line in probe_table(rows, metric):
+        print(line)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
         print(f"wrote {len(rows)} rows to {args.json}")
     return 0
 
 
-def _probe_cell(r: dict) -> str:
-    ctl = "-" if r["control_accuracy"] is None else f"{r['control_accuracy']:.2f}"
-    sel = "-" if r["selectivity"] is None else f"{r['selectivity']:+.2f}"
-    return f"{r['accuracy']:.3f} / {ctl} / {sel}"
+def parse_layers(text: str) -> list[int] | None:
+    """`--layer`: 'all' (None), a layer number or a comma list of them."""
+    if text.strip() == "all":
+        return None
+    parts = [x.strip() for x in text.split(",")]
+    bad = [x for x in parts if not x.isdigit()]
+    if bad or not parts:
+        raise ValueError(
+            f"--layer {text!r}: expected a layer number (0, 1, ...), a comma list such as 0,2 "
+            f"or 'all'; {bad[0] if bad else 'nothing'!r} is not a layer number"
+        )
+    return [int(x) for x in parts]
+
+
+def probe_table(rows: list[dict], metric: str = "accuracy") -> list[str]:
+    """The probe rows as a long table: one line per milestone and layer (a wide grid of
+    milestones does not fit a terminal), with the 95 % interval and the baseline beside."""
+    head = (f"{'milestone':<16}{'layer':>6}{metric:>10}{'95% CI':>15}{'baseline':>10}"
+            f"{'control':>9}{'selectivity':>13}")  # fmt: skip
+    lines = [head]
+    for r in rows:
+        ctl = "-" if r["control_accuracy"] is None else f"{r['control_accuracy']:.3f}"
+        sel = "-" if r["selectivity"] is None else f"{r['selectivity']:+.3f}"
+        ci = f"{r['ci_low']:.3f}-{r['ci_high']:.3f}"
+        lines.append(
+            f"{milestone_label(r['milestone']):<16}{r['layer']:>6}{r['accuracy']:>10.3f}"
+            f"{ci:>15}{r['baseline']:>10.3f}{ctl:>9}{sel:>13}"
+        )
+    return lines
 
 
 def milestone_label(name: str) -> str:
@@ -254,9 +277,26 @@ def cmd_induction(args: argparse.Namespace) -> int:
         print(f"uniform attention scores {result['uniform_score']:.3f} "
               f"(detect_head {result['uniform_tl_score']:.3f})")  # fmt: skip
     if "phase_change" in result:
-        print(f"phase change: {result['phase_change']}")
+        print(phase_change_line(result["phase_change"]))
     _write_json(args.json, result)
     return 0
+
+
+def phase_change_line(change: dict) -> str:
+    """`labkit induction`'s verdict in words, from `labkit.analysis.induction.phase_change`."""
+    from labkit.config import human
+
+    t, (a, b) = change["threshold"], change["steepest_rise"]
+    rise = f"steepest rise {change['rise']:+.3f} between {human(a)} and {human(b)} tokens"
+    if change["first_above_threshold"] is None:
+        return f"phase change: not reached (no milestone's best head scores >= {t}); {rise}"
+    if change["crossed_in"] is None:
+        return (f"phase change: already above {t} at the first milestone "
+                f"({human(change['first_above_threshold'])} tokens); {rise}")  # fmt: skip
+    lo, hi = change["crossed_in"]
+    where = "inside training" if change["crossed_inside"] else "at the last milestone"
+    return (f"phase change: the best head crossed {t} between {human(lo)} and {human(hi)} tokens "
+            f"({where}); {rise}")  # fmt: skip
 
 
 def add_cka(sub) -> None:
@@ -505,6 +545,8 @@ def add_export(sub) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from labkit.export import to_hf
     from labkit.run import load
 
@@ -515,9 +557,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             "would not load in a pipeline"
         )
     out = to_hf(model, args.out, overwrite=args.overwrite)
+    python = Path(sys.executable)  # the interpreter that has transformers: works outside the venv
+    if python.is_relative_to(Path.cwd()):
+        python = python.relative_to(Path.cwd())
     print(
         f"exported {args.checkpoint} to {out} (weights, config, tokenizer, eos/pad ids); try:\n"
-        f'  python -c "from transformers import pipeline; '
+        f'  {python} -c "from transformers import pipeline; '
         f"print(pipeline('text-generation', '{out}')('The', max_new_tokens=20))\""
     )
     return 0
@@ -702,10 +747,13 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["lm-eval"]:
-        # lm-eval parses its own arguments; labkit only registers its model first.
+        # lm-eval parses its own arguments; labkit registers its model and checks the task
+        # directories first. `--debug` is labkit's (lm-eval has none), as the error line says.
         from labkit.eval.adapter import lm_eval_cli
 
-        return one_line_errors("labkit lm-eval", lambda: lm_eval_cli(argv[1:]), False)
+        rest = [a for a in argv[1:] if a != "--debug"]
+        debug = len(rest) < len(argv) - 1
+        return one_line_errors("labkit lm-eval", lambda: lm_eval_cli(rest), debug)
     parser = build_parser()
     parser.add_argument("--debug", action="store_true", help="show tracebacks, not one line")
     parser.add_argument(

@@ -25,6 +25,8 @@ from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labkit.errors import ConfigError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -666,10 +668,24 @@ def read_toml(path: str | Path, what: str) -> dict[str, Any]:
     path = find(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} {path} not found")
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory: pass a TOML file inside it")
     try:
-        return tomllib.loads(path.read_text())
+        table = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (byte {err.start}): a config is a TOML file"
+        ) from None
     except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: invalid TOML: {err}") from err
+        raise ConfigError(f"{path}: invalid TOML: {err}") from err
+    if not table:
+        # An empty file would otherwise be a full default run (or data set) with no notice.
+        start = "data/template.toml" if what.startswith("data") else "demo.toml"
+        raise ConfigError(
+            f"{what} {path} is empty (or only comments): it sets nothing, and labkit does not "
+            f"guess; write the settings you want, e.g. from a copy of pretrain/configs/{start}"
+        )
+    return table
 
 
 # ====================================================================== data configuration

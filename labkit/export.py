@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from labkit.config import ModelConfig
-from labkit.fileio import check_output_dir, fsync_dir
+from labkit.errors import CheckpointError
+from labkit.fileio import check_output_dir, fsync_dir, load_safetensors, save_safetensors
 from labkit.model import LabModel
 
 HF_MODEL_TYPES = {"gqa": "llama", "mla": "deepseek_v3"}
@@ -113,6 +113,7 @@ def to_hf(
     `overwrite`; it is written beside and swapped in whole."""
     cfg = model.cfg
     out = Path(out_dir)
+    check_finite(model)
     check_output_dir(out, "labkit_config.json", "export", overwrite)
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()  # an empty directory (e.g. a fresh temporary one) is simply replaced
@@ -126,7 +127,7 @@ def to_hf(
         tensors = {
             hf: state[ours].detach().to("cpu").contiguous().clone() for ours, hf in names.items()
         }
-        save_file(tensors, str(work / "model.safetensors"), metadata={"format": "pt"})
+        save_safetensors(tensors, work / "model.safetensors", metadata={"format": "pt"})
         hf_config = hf_config_dict(cfg)
         tokenizer = tokenizer if tokenizer is not None else model.tokenizer
         if tokenizer is not None:
@@ -145,6 +146,19 @@ def to_hf(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def check_finite(model: LabModel) -> None:
+    """Refuse a model whose weights hold NaN or inf (a diverged run): an export of it loads
+    everywhere and generates nothing useful."""
+    bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and
+           not bool(torch.isfinite(t).all())]  # fmt: skip
+    if bad:
+        total = len(model.state_dict())
+        raise CheckpointError(
+            f"{len(bad)} of {total} weight tensors hold NaN or inf (first: {bad[0]}): the model "
+            "is broken (diverged training?) and is not exported; export an earlier milestone"
+        )
 
 
 def _save_tokenizer(tokenizer: Any, out: Path, max_length: int, bos: int | None = None) -> Any:
@@ -252,12 +266,12 @@ def from_hf(model_dir: str | Path, device: str | torch.device = "cpu") -> LabMod
 def _load_hf_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
     single = model_dir / "model.safetensors"
     if single.exists():
-        return load_file(str(single))
+        return load_safetensors(single, "export the milestone again")
     index = model_dir / "model.safetensors.index.json"
     if index.exists():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         tensors: dict[str, torch.Tensor] = {}
         for shard in shards:
-            tensors.update(load_file(str(model_dir / shard)))
+            tensors.update(load_safetensors(model_dir / shard, "export the milestone again"))
         return tensors
     raise FileNotFoundError(f"no model.safetensors(.index.json) in {model_dir}")

@@ -363,7 +363,9 @@ def build(
     from labkit.run import find_runs
 
     out = Path(out).resolve()
-    check_output_dir(out, "MANIFEST.json", "figures directory", overwrite)
+    # figures a notebook saved there itself (make lab) left their records: labkit's own files
+    marker = RECORDS if (out / RECORDS).is_dir() else "MANIFEST.json"
+    check_output_dir(out, marker, "figures directory", overwrite)
     out.mkdir(parents=True, exist_ok=True)
     found = find_runs(runs)
     for r in found:

@@ -46,6 +46,33 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def load_safetensors(path: str | Path, fix: str = "use another milestone") -> dict:
+    """The tensors of a safetensors file; a truncated or corrupted one (safetensors raises its
+    own error type, not OSError) is a `CheckpointError` naming the file and `fix`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        from labkit.errors import CheckpointError
+
+        if isinstance(err, FileNotFoundError):
+            raise
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(
+            f"{path} cannot be read as safetensors ({reason}): truncated or corrupted; {fix}"
+        ) from None
+
+
+def save_safetensors(tensors: dict, path: str | Path, metadata: dict | None = None) -> None:
+    """Write a safetensors file through Python's own file API (fsynced), so a full disk is an
+    OSError naming the file, as every other write is."""
+    from safetensors.torch import save
+
+    fsync_write(Path(path), save(tensors, metadata=metadata))
+
+
 def check_output_dir(out: Path, marker: str, kind: str, overwrite: bool = False) -> None:
     """Refuse to write a `kind` into `out` when it holds something labkit did not write.
 
@@ -54,6 +81,14 @@ def check_output_dir(out: Path, marker: str, kind: str, overwrite: bool = False)
     unless `overwrite`. A file at `out` is refused even with `overwrite`."""
     from labkit.errors import OutputExistsError
 
+    for parent in out.absolute().parents:  # e.g. --out notes.txt/data: mkdir's bare ENOTDIR
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputExistsError(
+                    f"{out} cannot be created: {parent} is a file, not a directory; choose "
+                    "another output path"
+                )
+            break
     if not out.exists() and not out.is_symlink():
         return
     if not out.is_dir():

@@ -53,12 +53,12 @@ def eval_sequences(
 ) -> list[list[int]]:
     """Token sequences of the first documents of a held-out split of a built data set (each
     after `bos` when given, `max_len` tokens at most)."""
-    from labkit.data.tokenizer import load_tokenizer
+    from labkit.data.build import load_data_tokenizer
 
     path = Path(data_dir) / "text" / f"eval_{split}.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {data_dir} a built data set?")
-    tok = load_tokenizer(Path(data_dir) / "tokenizer.json")
+    tok = load_data_tokenizer(data_dir)
     docs = [json.loads(line)["text"] for line in path.read_text().splitlines()[:n_docs]]
     start = [] if bos is None else [bos]
     encoded = (start + e.ids for e in tok.encode_batch(docs))
@@ -592,8 +592,7 @@ def probe_over_milestones(
     import sys
 
     from labkit.analysis.probe_tasks import build_probe_data, unseen_text_warning, with_bos
-    from labkit.data.build import load_manifest
-    from labkit.data.tokenizer import load_tokenizer
+    from labkit.data.build import load_data_tokenizer, load_manifest
 
     spec = ProbeSpec.parse(spec)
     root = Path(data_dir) if data_dir else milestones[0].data_path
@@ -603,7 +602,7 @@ def probe_over_milestones(
         print(warning, file=sys.stderr)
     model_cfg = milestones[0].model_config
     bos, context = model_cfg.bos_token_id, model_cfg.max_seq_len
-    tok = load_tokenizer(root / "tokenizer.json")
+    tok = load_data_tokenizer(root, manifest)
     data = with_bos(build_probe_data(spec, tok, manifest, root, context - (bos is not None)), bos)
     measure = functools.partial(probe_measure, spec=spec, data=data, site=site, layers=layers,
                                 kind=kind)  # fmt: skip

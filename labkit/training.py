@@ -43,7 +43,7 @@ from labkit.resources import checkout, find
 from labkit.run import layout
 from labkit.run.checkpoint import load_resume_state, save_checkpoint, save_resume_state
 from labkit.run.lifecycle import RunWriter, resolve_config
-from labkit.run.milestone import list_milestones
+from labkit.run.milestone import Milestone, list_milestones
 
 # Dense bf16 peak FLOP/s per device, for MFU; matched against torch.cuda.get_device_name().
 PEAK_FLOPS = {
@@ -220,7 +220,7 @@ def config_path(p: str, root: Path) -> Path:
 
 def prepare_data(cfg: TrainConfig, d: Dist, root: Path) -> TrainingData:
     """The config's data set, built on rank 0 first if it has no manifest (every rank waits)."""
-    from labkit.data.build import load_manifest
+    from labkit.data.build import load_manifest, tokenizer_bytes
 
     data_dir = config_path(cfg.data.dir, root)
     if not (data_dir / "manifest.json").exists():
@@ -237,11 +237,11 @@ def prepare_data(cfg: TrainConfig, d: Dist, root: Path) -> TrainingData:
             print(f"data set {data_dir} not found: building it from {data_cfg} (once)")
             build(DataConfig.load(data_cfg), data_dir)
         d.barrier()
-    load_manifest(data_dir)  # an incomplete data set: one line naming the file and the fix
+    manifest = load_manifest(data_dir)  # an incomplete data set: one line naming the file
     return TrainingData(
         path=data_dir,
         manifest_sha256=hashlib.sha256((data_dir / "manifest.json").read_bytes()).hexdigest(),
-        tokenizer_json=(data_dir / layout.TOKENIZER).read_bytes(),
+        tokenizer_json=tokenizer_bytes(data_dir, manifest),  # checked against the manifest
     )
 
 
@@ -255,6 +255,25 @@ class ClaimedRunDir:
     writer: RunWriter | None
     changes: dict
     resume: bool
+    finished: dict | None = None  # final.json's record when `--resume` found the run finished
+
+    def finished_line(self) -> str:
+        """What `--resume` of a finished run says: finished, and nothing was changed."""
+        f = self.finished or {}
+        what = ", ".join(
+            x
+            for x in (
+                f"step {f['step']}" if "step" in f else "",
+                f"{f['tokens']:,} tokens" if isinstance(f.get("tokens"), int) else "",
+                f"final train loss {f['loss']:.3f}" if isinstance(f.get("loss"), float) else "",
+            )
+            if x
+        )
+        return (
+            f"{self.path} is finished ({layout.FINAL}{': ' + what if what else ''}): nothing to "
+            "resume and nothing was changed; to train further, start a new --run-dir with a "
+            "larger train.tokens"
+        )
 
     def close(self) -> None:
         """Release the directory (removing it if this start never used it)."""
@@ -284,7 +303,9 @@ def claim_run_dir(cfg: TrainConfig, d: Dist, *, run_dir: str | None, resume: boo
             path = choose_dir(run_dir, resume, cfg, root / "runs")
             writer = RunWriter.open(path, resume, lock_wait)
             cfg, changes = resolve_config(path, config, sets, default_config)
-            outcome = {"path": str(path), "cfg": cfg.to_dict(), "changes": changes}
+            finished = writer.finished() if resume else None
+            outcome = {"path": str(path), "cfg": cfg.to_dict(), "changes": changes,
+                       "finished": finished}  # fmt: skip
         except (ValueError, OSError) as err:
             if writer is not None:
                 writer.discard_if_unused()
@@ -294,7 +315,7 @@ def claim_run_dir(cfg: TrainConfig, d: Dist, *, run_dir: str | None, resume: boo
     if "error" in outcome:
         raise RunDirError(outcome["error"])
     return ClaimedRunDir(TrainConfig.from_dict(outcome["cfg"]), Path(outcome["path"]), writer,
-                         outcome["changes"], resume)  # fmt: skip
+                         outcome["changes"], resume, outcome["finished"])  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the session
@@ -346,6 +367,8 @@ class TrainingSession:
             saved["skipped_steps"],
         )
         state.evals, state.best_val = saved["evals"], saved["best_val"]
+        # the last step's loss, so a run resumed at its last step finishes with a real loss
+        state.last_loss = saved.get("last_loss", Milestone.read(path).train_loss or math.nan)
         self.loader.load_state_dict(saved["position"])
         ranks = saved["rng"]
         set_rng_state(ranks[self.d.rank] if len(ranks) == self.d.world else ranks[0])
@@ -520,6 +543,7 @@ class TrainingSession:
                 "skipped_steps": state.skipped,
                 "evals": state.evals,
                 "best_val": state.best_val,
+                "last_loss": state.last_loss,
                 "rng": rngs,
                 "total_steps": state.total_steps,
                 "world_size": self.d.world,

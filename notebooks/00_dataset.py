@@ -21,6 +21,11 @@
 # training mix (the high-density `dense` mix and the low-density `control` mix), and token counts
 # and document lengths per source. Everything is read from the data set's `manifest.json` and its
 # shard indexes; `labkit data card DIR` prints the same numbers as text.
+#
+# **Your own runs:** `make lab RUNS=runs/mine`, or set `runs` in the next cell (or run it headless
+# with `LABKIT_RUNS=runs/mine jupyter nbconvert --execute`); their figures then go to
+# `runs/mine/figures`, never into the committed `figures/`, which only the study's own runs
+# (`runs/paper-mini`) rewrite.
 
 # %% tags=["parameters"]
 # Other runs: set `runs` here, or start the lab with `make lab RUNS=runs/mine`. Their figures
@@ -48,24 +53,29 @@ print(f"{len(study)} runs on {len(data_dirs)} data set(s); this notebook describ
 # ## The nine dimensions: target against realized
 
 # %%
-dims = manifest["dimension_targets"]
-fig, axes = plt.subplots(3, 3, figsize=(11, 8.5))
-for ax, (dim, targets) in zip(axes.flat, sorted(dims.items()), strict=True):
-    cats = sorted(targets)
-    realized = manifest["dimensions"][dim]
-    x = np.arange(len(cats))
-    ax.bar(x - 0.2, [targets[c] for c in cats], 0.4, label="target", color="#999999")
-    ax.bar(x + 0.2, [realized.get(c, 0.0) for c in cats], 0.4, label="realized", color="#1f77b4")
-    ax.set_xticks(x, [c.replace("_", " ") for c in cats], rotation=35, ha="right", fontsize=7)
-    ax.set_title(dim.replace("_", " "))
-    ax.set_ylabel("share of documents")
-axes.flat[0].legend()
-fig.suptitle(
-    f"Dataset dimensions (seed 000): largest |target - realized| = "
-    f"{manifest['dimension_max_abs_error_pp']:.2f} points"
-)
-fig.tight_layout()
-save_figure(fig, "00_dimensions", figures_dir, sources=[data_dir / "manifest.json"])
+dims = manifest["dimension_targets"]  # empty for a data set without the synthetic source
+if not dims:
+    print(f"{data_dir} has no synthetic source: no dataset dimensions to draw")
+else:
+    fig, axes = plt.subplots(3, 3, figsize=(11, 8.5))
+    for ax, (dim, targets) in zip(axes.flat, sorted(dims.items()), strict=True):
+        cats = sorted(targets)
+        realized = manifest["dimensions"][dim]
+        x = np.arange(len(cats))
+        ax.bar(x - 0.2, [targets[c] for c in cats], 0.4, label="target", color="#999999")
+        ax.bar(
+            x + 0.2, [realized.get(c, 0.0) for c in cats], 0.4, label="realized", color="#1f77b4"
+        )
+        ax.set_xticks(x, [c.replace("_", " ") for c in cats], rotation=35, ha="right", fontsize=7)
+        ax.set_title(dim.replace("_", " "))
+        ax.set_ylabel("share of documents")
+    axes.flat[0].legend()
+    fig.suptitle(
+        f"Dataset dimensions (seed 000): largest |target - realized| = "
+        f"{manifest['dimension_max_abs_error_pp']:.2f} points"
+    )
+    fig.tight_layout()
+    save_figure(fig, "00_dimensions", figures_dir, sources=[data_dir / "manifest.json"])
 
 # %% [markdown]
 # ## Source mix of each training mix

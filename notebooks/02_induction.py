@@ -35,6 +35,11 @@
 # learning score (Olsson et al.: the loss at a late token minus the loss at an early one) is
 # measured on >= 300 held-out documents at several positions, with bootstrap intervals. The
 # numbers go to `results.json` (`induction.<run>`, `icl.<run>`).
+#
+# **Your own runs:** `make lab RUNS=runs/mine`, or set `runs` in the next cell (or run it headless
+# with `LABKIT_RUNS=runs/mine jupyter nbconvert --execute`); their figures then go to
+# `runs/mine/figures`, never into the committed `figures/`, which only the study's own runs
+# (`runs/paper-mini`) rewrite.
 
 # %% tags=["parameters"]
 # Other runs: set `runs` here, or start the lab with `make lab RUNS=runs/mine`. Their figures

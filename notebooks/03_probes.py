@@ -63,6 +63,11 @@
 # cannot show: that the model *uses* that information (probing is correlational; causal claims
 # need interventions), anything about a target whose test set is small (n is reported), or
 # differences between runs smaller than the intervals (the CIs are per run, not paired).
+#
+# **Your own runs:** `make lab RUNS=runs/mine`, or set `runs` in the next cell (or run it headless
+# with `LABKIT_RUNS=runs/mine jupyter nbconvert --execute`); their figures then go to
+# `runs/mine/figures`, never into the committed `figures/`, which only the study's own runs
+# (`runs/paper-mini`) rewrite.
 
 # %% tags=["parameters"]
 # Other runs: set `runs` here, or start the lab with `make lab RUNS=runs/mine`. Their figures

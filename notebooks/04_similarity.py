@@ -35,6 +35,11 @@
 #    of the same layer (how similar two runs of one architecture are) and a random-init floor (CKA
 #    of the trained layer with the untrained twin's, from its step-0 milestone).
 # 4. CKA of each layer to its own final state, and RSA between MLA and GQA.
+#
+# **Your own runs:** `make lab RUNS=runs/mine`, or set `runs` in the next cell (or run it headless
+# with `LABKIT_RUNS=runs/mine jupyter nbconvert --execute`); their figures then go to
+# `runs/mine/figures`, never into the committed `figures/`, which only the study's own runs
+# (`runs/paper-mini`) rewrite.
 
 # %% tags=["parameters"]
 # Other runs: set `runs` here, or start the lab with `make lab RUNS=runs/mine`. Their figures

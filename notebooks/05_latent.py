@@ -22,6 +22,11 @@
 # training; the share of k and v variance carried by its top-r principal directions; the loss when
 # `c_kv` is projected onto them; and probes reading `c_kv` against probes reading the residual
 # stream of the same layer. GQA runs have no latent and are skipped here.
+#
+# **Your own runs:** `make lab RUNS=runs/mine`, or set `runs` in the next cell (or run it headless
+# with `LABKIT_RUNS=runs/mine jupyter nbconvert --execute`); their figures then go to
+# `runs/mine/figures`, never into the committed `figures/`, which only the study's own runs
+# (`runs/paper-mini`) rewrite.
 
 # %% tags=["parameters"]
 # Other runs: set `runs` here, or start the lab with `make lab RUNS=runs/mine`. Their figures

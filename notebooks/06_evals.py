@@ -12,6 +12,11 @@
 # There is no data-scaling fit here: a power law fitted inside one cosine run measures the
 # learning-rate schedule as much as the data, and the study trains one token budget. Fit L(D)
 # across separate runs at several budgets (`labkit sweep`, `labkit report`).
+#
+# **Your own runs:** `make lab RUNS=runs/mine`, or set `runs` in the next cell (or run it headless
+# with `LABKIT_RUNS=runs/mine jupyter nbconvert --execute`); their figures then go to
+# `runs/mine/figures`, never into the committed `figures/`, which only the study's own runs
+# (`runs/paper-mini`) rewrite.
 
 # %% tags=["parameters"]
 # Other runs: set `runs` here, or start the lab with `make lab RUNS=runs/mine`. Their figures

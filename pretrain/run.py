@@ -298,12 +298,17 @@ def train(cfg: TrainConfig, args: argparse.Namespace, trainer: type[Trainer] = T
     the loop, release the directory."""
     stop = StopSignals()
     d = Dist(cfg.parallel.backend, cfg.parallel.timeout_s)
-    data_set = prepare_data(cfg, d, REPO)
     claimed = claim_run_dir(
         cfg, d, run_dir=args.run_dir, resume=args.resume, lock_wait=args.lock_wait,
         config=args.config, sets=args.set, default_config=DEFAULT_CONFIG, root=REPO,
     )  # fmt: skip
     try:
+        if claimed.finished is not None:  # `--resume` of a finished run: say so, touch nothing
+            if d.main:
+                print(claimed.finished_line())
+            d.close()
+            return {}
+        data_set = prepare_data(claimed.cfg, d, REPO)
         return trainer(claimed, data_set, d, stop).fit()
     finally:
         claimed.close()

@@ -34,6 +34,7 @@ from labkit.errors import (
     one_line_errors,
 )
 from labkit.run import Milestone, RunWriter, resolve_config
+from labkit.run.checkpoint import write_sums
 from tests.conftest import CI, ROOT, RUN, TORCHRUN
 
 LABKIT = [sys.executable, "-m", "labkit.cli"]
@@ -54,7 +55,8 @@ def fresh(ci_data, run_dir, *extra):
 
 
 def one_line(stderr: str) -> str:
-    bars = ("it/s]", "s/it]")  # a progress bar that was running when the error came
+    bars = ("it/s]", "s/it]", "examples/s]")  # a progress bar running when the error came
+    stderr = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", stderr)  # a nested bar's cursor moves
     lines = [x for x in stderr.replace("\r", "\n").splitlines() if x.strip()]
     lines = [x for x in lines if not x.rstrip().endswith(bars)]
     assert len(lines) == 1, stderr
@@ -115,6 +117,16 @@ def copy_of(tmp_path):
         return dst
 
     return copy
+
+
+def crashed(run_dir: Path, after_step: int | None = None) -> Path:
+    """`run_dir` as a crash would have left it: no final.json (a finished run is not resumed)
+    and, with `after_step`, none of the resume states written after that step."""
+    (run_dir / "final.json").unlink()
+    for state in (run_dir / "resume").glob("step_*"):
+        if after_step is not None and Milestone.read(state).step > after_step:
+            shutil.rmtree(state)
+    return run_dir
 
 
 # ============================================================ 1. outputs never destroy user data
@@ -206,7 +218,7 @@ def test_export_refuses_a_foreign_directory_and_replaces_its_own(tmp_path):
 
 # ============================================================ 2. a run directory is one run
 def test_resume_uses_the_pinned_config_and_refuses_changes(finished, copy_of):
-    run_dir = copy_of(finished)
+    run_dir = crashed(copy_of(finished), after_step=4)  # killed after its step-4 resume state
     pinned = (run_dir / "config.json").read_bytes()
     # the hint the trainer prints: no --config, so the run's own config (not demo.toml)
     proc = trainer(["--run-dir", str(run_dir), "--resume", "--set", "log.every_steps=2"])
@@ -353,6 +365,9 @@ def test_task_suite_is_data_only_and_code_in_a_data_dir_is_never_run(ci_data, tm
     # a data set whose tasks would import or template code is refused before lm-eval sees it
     marker = tmp_path / "pwned"
     (tasks / "utils.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    with pytest.raises(DataError, match="utils.py is code in a task directory"):
+        load_tasks(["labkit_squad"], tasks)  # a Python file is refused wherever it is
+    (tasks / "utils.py").unlink()  # each YAML case on its own
     bad = {
         "!function": "process_results: !function utils.anything\n",
         "template": "doc_to_text: \"{{ ''.__class__.__mro__ }}\"\n",
@@ -418,12 +433,15 @@ def test_checkpoint_renames_are_made_durable(tmp_path, monkeypatch):
 
 # ============================================================ 6. a torn metrics line
 def test_a_torn_metrics_line_is_cut_on_resume_with_a_warning(finished, copy_of):
-    run_dir = copy_of(finished)
+    run_dir = crashed(copy_of(finished))  # power lost after the last resume state
+    loss = json.loads((finished / "final.json").read_text())["final"]["loss"]
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write('{"step": 9, "tokens": 92')  # power lost mid-append
     proc = trainer(["--run-dir", str(run_dir), "--resume"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"{run_dir / 'metrics.jsonl'}: cut a torn last line" in proc.stdout
+    # resumed at its last step, it finishes with the last step's loss, not NaN
+    assert json.loads((run_dir / "final.json").read_text())["final"]["loss"] == loss
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         json.loads(line)
     # a damaged line that is not the last one is not silently dropped
@@ -573,7 +591,7 @@ def test_a_kill_before_the_first_resume_state_leaves_no_duplicate_rows(ci_data, 
 
 
 def test_every_resume_state_corrupted_is_an_error_not_a_restart(finished, copy_of):
-    run_dir = copy_of(finished)
+    run_dir = crashed(copy_of(finished))
     for state in (run_dir / "resume").glob("step_*"):
         (state / "optimizer.pt").write_bytes(b"garbage")
     proc = trainer(["--run-dir", str(run_dir), "--resume"])
@@ -645,3 +663,353 @@ def test_resolve_config_pins_and_names_every_changed_key(finished):
     assert cfg.train.tokens == 8192 and changes == {"log.every_steps": (1, 3)}
     with pytest.raises(RunDirError, match=r"train.seq_len \(64 -> 32\)"):
         resolve_config(finished, None, ["train.seq_len=32"], CI)
+
+
+# ============================================================ 9. the third round (issue 30)
+# One test per finding: each reproduces the attack of the report and checks it now fails safely.
+def test_lm_eval_command_never_runs_code_from_a_task_directory(ci_data, finished, tmp_path,
+                                                               capsys):  # fmt: skip
+    """Finding 1: `labkit lm-eval --include_path DIR` (the command `labkit eval build-tasks`
+    prints) with a planted utils.py + `!function`, or a template reaching os.system."""
+    import yaml
+
+    from labkit.cli import main
+    from labkit.eval.tasks import build_tasks
+
+    tasks = build_tasks(ci_data, tmp_path / "tasks", n=5)
+    marker = tmp_path / "pwned"
+    (tasks / "utils.py").write_text(
+        f"def pwn(docs):\n    open({str(marker)!r}, 'w').write('x')\n    return docs\n"
+    )
+    task = yaml.safe_load((tasks / "labkit_qa.yaml").read_text()) | {"task": "pwn"}
+    planted = tasks / "pwn.yaml"
+    planted.write_text(yaml.safe_dump(task) + "process_docs: !function utils.pwn\n")
+    milestone = str(ckpt.list_milestones(finished)[-1])
+    base = ["lm-eval", "--model", "labkit", "--model_args", f"checkpoint={milestone}",
+            "--device", "cpu", "--limit", "2"]  # fmt: skip
+    assert main([*base, "--include_path", str(tasks), "--tasks", "pwn"]) == 2
+    assert "utils.py is code in a task directory" in one_line(capsys.readouterr().err)
+    (tasks / "utils.py").unlink()  # the tag alone, the task named as a file
+    assert main([*base, "--tasks", str(planted)]) == 2
+    assert "pwn.yaml is not plain YAML (a `!function` tag" in one_line(capsys.readouterr().err)
+    jinja = f"{{{{ cycler.__init__.__globals__.os.system('touch {marker}') }}}}"
+    planted.write_text(yaml.safe_dump(task | {"doc_to_text": jinja}))
+    assert main([*base, f"--include_path={tasks}", "--tasks", "pwn"]) == 2
+    assert "pwn.yaml: doc_to_text: a template beyond" in one_line(capsys.readouterr().err)
+    assert main([*base, "--include", str(tasks), "-tpwn"]) == 2  # argparse's abbreviation
+    assert "pwn.yaml: doc_to_text" in one_line(capsys.readouterr().err)
+    # and lm-eval itself, whatever reaches it: a sandboxed template, no foreign `!function`
+    import lm_eval.utils
+    from jinja2.exceptions import SecurityError
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from labkit.eval.tasks import harden_lm_eval
+
+    harden_lm_eval()
+    with pytest.raises(SecurityError):
+        lm_eval.utils.apply_template(jinja, {})
+    assert lm_eval.utils.apply_template("{{context}}", {"context": "plain"}) == "plain"
+    (tasks / "utils.py").write_text(
+        f"open({str(marker)!r}, 'w')\ndef pwn(docs):\n    return docs\n"
+    )
+    planted.write_text(yaml.safe_dump(task) + "process_docs: !function utils.pwn\n")
+    with pytest.raises(DataError, match="never runs code from a task directory"):
+        load_yaml(planted, resolve_func=True)
+    assert not marker.exists()
+
+
+def test_a_rebuild_never_deletes_files_the_build_did_not_write(ci_data, tmp_path, capsys):
+    """Finding 2: `labkit data build --out DIR` over an earlier build holding the user's own
+    src.jsonl (the build's own source) and a NOTES.txt."""
+    from labkit.cli import main
+
+    data = tmp_path / "mine"
+    shutil.copytree(ci_data, data)
+    rows = [
+        json.dumps({"text": f"note {i}: " + "a sentence of my own text. " * 12}) for i in range(30)
+    ]
+    (data / "src.jsonl").write_text("\n".join(rows) + "\n")
+    (data / "NOTES.txt").write_text("years of work")
+    config = tmp_path / "mine.toml"
+    off = "".join(f"[{s}]\nenabled = false\n" for s in ("synthetic", "retrieval", "control", "code",
+                                                          "prose"))  # fmt: skip
+    config.write_text(f'name = "mine"\n{off}[sources.mine]\npath = "{data / "src.jsonl"}"\n')
+    assert main(["data", "build", "--config", str(config), "--out", str(data), "--quiet"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "holds 2 file(s) its build did not write (NOTES.txt, src.jsonl)" in line
+    assert "nothing was touched" in line
+    # --overwrite may replace foreign files, but never the build's own input
+    assert main(["data", "build", "--config", str(config), "--out", str(data), "--overwrite"]) == 2
+    assert "would delete its own input" in one_line(capsys.readouterr().err)
+    assert (data / "NOTES.txt").read_text() == "years of work"
+    assert (data / "src.jsonl").read_text().count("\n") == 30
+    assert (data / "manifest.json").read_bytes() == (ci_data / "manifest.json").read_bytes()
+    # what may be replaced: only what the manifest lists, and a task suite built from it
+    from labkit.data.build import foreign_files
+    from labkit.eval.tasks import build_tasks
+
+    for name in ("NOTES.txt", "src.jsonl"):
+        (data / name).unlink()
+    assert foreign_files(data) == []
+    build_tasks(data, n=5)  # DATA/tasks
+    assert foreign_files(data) == []
+    (data / "tasks" / "mine.txt").write_text("x")
+    (data / "text" / "extra").mkdir()
+    assert foreign_files(data) == ["tasks/mine.txt", "text/extra/"]
+
+
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(finished, copy_of, tmp_path):
+    """Finding 3: the printed "after a crash" command on a finished run."""
+    run_dir = copy_of(finished)
+    before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*")
+              if p.is_file() and p.name != ".lock"}  # fmt: skip
+    proc = trainer(["--run-dir", str(run_dir), "--resume"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [x for x in proc.stdout.splitlines() if x.strip()]
+    assert len(lines) == 1 and "is finished" in lines[0] and "nothing was changed" in lines[0]
+    loss = json.loads(before[Path("final.json")])["final"]["loss"]
+    assert f"final train loss {loss:.3f}" in lines[0] and "nan" not in proc.stdout
+    after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*")
+             if p.is_file() and p.name != ".lock"}  # fmt: skip
+    assert after == before  # final.json, history.jsonl, metrics.jsonl: byte for byte
+    assert not (tmp_path / "index.jsonl").exists()  # no record appended to the registry
+
+
+def test_a_notebook_run_against_another_run_leaves_the_committed_figures_unchanged(finished):
+    """Finding 4: a notebook executed as a notebook (`jupyter nbconvert --execute`) against a
+    run of one's own, pointed at it the way its first cell says."""
+    committed = ROOT / "figures"
+    before = {p: p.read_bytes() for p in committed.rglob("*") if p.is_file()}
+    for path in sorted((ROOT / "notebooks").glob("0*.py")):  # each says how, at the top
+        assert "**Your own runs:** `make lab RUNS=runs/mine`" in path.read_text(), path.name
+    env = dict(os.environ, LABKIT_RUNS=str(finished), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+         "--output", str(finished / "figures" / "executed.ipynb"), "00_dataset.ipynb"],
+        capture_output=True, text=True, cwd=ROOT / "notebooks", env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {p: p.read_bytes() for p in committed.rglob("*") if p.is_file()} == before
+    assert not (committed / ".records").exists()
+    made = sorted(p.name for p in (finished / "figures").glob("00_*.png"))
+    assert made == ["00_dimensions.png", "00_lengths.png", "00_sources.png"]
+
+
+def test_a_tampered_tokenizer_is_refused_before_training_and_analysis(ci_data, finished,
+                                                                      tmp_path):  # fmt: skip
+    """Finding 5: two token ids swapped in the data set's tokenizer.json."""
+    from labkit.study import eval_sequences
+
+    data = tmp_path / "ci"
+    shutil.copytree(ci_data, data)
+    tok = json.loads((data / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    a, b = (next(t for t, i in vocab.items() if i == n) for n in (300, 301))
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # two ids swapped: the file still loads
+    (data / "tokenizer.json").write_text(json.dumps(tok))
+    proc = trainer(fresh(data, tmp_path / "run"), timeout=120)
+    assert proc.returncode == 2
+    assert "tokenizer.json does not match the SHA-256" in one_line(proc.stderr)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(DataError, match="does not match the SHA-256"):
+        eval_sequences(data, "general", 4, 32)  # what every analysis tokenizes with
+    # a milestone without its own copy (older labkits) falls back to the data set's: checked
+    old = tmp_path / "old-milestone"
+    shutil.copytree(ckpt.list_milestones(finished)[-1], old)
+    (old / "tokenizer.json").unlink()
+    meta = json.loads((old / "meta.json").read_text()) | {"data_dir": str(data)}
+    (old / "meta.json").write_text(json.dumps(meta))
+    write_sums(old)
+    with pytest.raises(DataError, match="does not match the SHA-256"):
+        ckpt.load(old)
+
+
+def test_an_empty_config_is_refused_naming_the_file(ci_data, tmp_path, capsys):
+    """Finding 6: `--config /dev/null` (or only comments) was a full default run or corpus."""
+    from labkit.cli import main
+
+    proc = trainer(["--config", "/dev/null", "--run-dir", str(tmp_path / "run")], timeout=120)
+    assert proc.returncode == 2 and "/dev/null is empty" in one_line(proc.stderr)
+    assert not (tmp_path / "run").exists()
+    comments = tmp_path / "comments.toml"
+    comments.write_text("# a data set, some day\n\n")
+    assert main(["data", "build", "--config", str(comments), "--out", str(tmp_path / "d")]) == 2
+    assert f"{comments} is empty (or only comments)" in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "d").exists()
+
+
+def test_every_traceback_of_the_report_is_one_line(ci_data, finished, copy_of, tmp_path,
+                                                   monkeypatch, capsys):  # fmt: skip
+    """Finding 7: a number as text, a full disk under export, a damaged model.safetensors with
+    --trust-unverified, a probe spec with a Python tag or bad YAML, a pickle in optimizer.pt,
+    and all-NaN weights (which exported with rc 0)."""
+    import pickle
+
+    import torch
+
+    import labkit.fileio
+    from labkit.cli import main
+
+    def last_line(code: int) -> str:
+        err = capsys.readouterr().err
+        assert code == 2, err
+        return one_line(err)
+
+    numbers = tmp_path / "numbers.jsonl"
+    numbers.write_text('{"text": "a sentence of text"}\n{"text": 12345}\n')
+    config = tmp_path / "numbers.toml"
+    config.write_text(
+        f'name = "n"\n[synthetic]\nenabled = false\n[sources.mine]\npath = "{numbers}"\n'
+    )
+    line = last_line(main(["data", "build", "--config", str(config), "--out", str(tmp_path / "n")]))
+    assert f"{numbers} line 2: 'text' is a number (12345), not a string" in line
+    milestone = ckpt.list_milestones(finished)[-1]
+
+    def disk_full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    with monkeypatch.context() as m:
+        m.setattr(labkit.fileio, "fsync_write", disk_full)
+        line = last_line(main(["export", "--checkpoint", str(milestone), "--out",
+                               str(tmp_path / "hf")]))  # fmt: skip
+    assert "no space left on the device while writing" in line and "model.safetensors" in line
+    assert not (tmp_path / "hf").exists()
+    for name, damage in {"truncated": lambda b: b[: len(b) // 2],
+                         "header": lambda b: b"\xff" * 8 + b[8:]}.items():  # fmt: skip
+        old = tmp_path / f"unverified-{name}"
+        shutil.copytree(milestone, old)
+        (old / "SHA256SUMS").unlink()  # an older checkpoint: only --trust-unverified loads it
+        (old / "model.safetensors").write_bytes(damage((old / "model.safetensors").read_bytes()))
+        line = last_line(main(["--trust-unverified", "induction", "--checkpoint", str(old)]))
+        assert "model.safetensors cannot be read as safetensors" in line, name
+    marker = tmp_path / "pwned"
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "evil.yaml").write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
+    (specs / "broken.yaml").write_text("name: broken\nsource: {kind: world\n")
+    for target, problem in (("evil", "a Python tag"), ("broken", "line 3")):
+        line = last_line(main(["probe", "--layer", "0", "--target", target, "--probes-dir",
+                               str(specs), "--checkpoint", str(milestone)]))  # fmt: skip
+        assert f"{specs / target}.yaml is not a plain YAML probe spec" in line and problem in line
+    run_dir = crashed(copy_of(finished, "pickled"), after_step=4)
+    for state in (run_dir / "resume").glob("step_*"):
+
+        class Payload:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+
+        (state / "optimizer.pt").write_bytes(pickle.dumps({"state": Payload()}))
+        write_sums(state)  # as an attacker who rewrote the sums too
+    proc = trainer(["--run-dir", str(run_dir), "--resume"])
+    assert proc.returncode == 2 and "a pickle that could run code" in one_line(proc.stderr)
+    assert "weights_only" not in proc.stderr and not marker.exists()
+    nan = tmp_path / "nan-milestone"
+    model, _ = ckpt.load(milestone)
+    state = {k: torch.full_like(v, float("nan")) for k, v in model.state_dict().items()}
+    ckpt.save_checkpoint(nan, state, model.cfg, json.loads((milestone / "meta.json").read_text()),
+                         extra={"tokenizer.json": (milestone / "tokenizer.json").read_bytes()})  # fmt: skip
+    line = last_line(main(["export", "--checkpoint", str(nan), "--out", str(tmp_path / "hf2")]))
+    assert "hold NaN or inf" in line and not (tmp_path / "hf2").exists()
+
+
+def test_the_unclear_one_liners_name_the_file_and_the_cause(ci_data, tmp_path, capsys):
+    """Finding 8: an empty jsonl, a broken line, invalid UTF-8, a source curation empties,
+    `--config DIR`, `--out` under a file, `--layer 1,x`, a garbage manifest of one's own."""
+    from labkit.cli import main
+    from labkit.data.curation import load_text_source
+
+    cases = {
+        "empty.jsonl": (b"", "is empty: it holds no documents"),
+        "broken.jsonl": (b'{"text": "one"}\n{"text": "tw\n', "line 2 is not JSON"),
+        "latin1.jsonl": (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', "line 2 is not UTF-8 text"),
+    }
+    for name, (raw, message) in cases.items():
+        (tmp_path / name).write_bytes(raw)
+        with pytest.raises(DataError, match=re.escape(f"{tmp_path / name} {message}")):
+            load_text_source("mine", str(tmp_path / name))
+    short = tmp_path / "short.jsonl"
+    short.write_text('{"text": "too short"}\n{"text": "also far too short"}\n')
+    off = "".join(f"[{s}]\nenabled = false\n" for s in ("synthetic", "retrieval", "control", "code",
+                                                          "prose"))  # fmt: skip
+    config = tmp_path / "short.toml"
+    config.write_text(f'name = "s"\n{off}[sources.mine]\npath = "{short}"\neval_fraction = 0.0\n')
+    assert main(["data", "build", "--config", str(config), "--out", str(tmp_path / "s"),
+                 "--quiet"]) == 2  # fmt: skip
+    notes = capsys.readouterr().err.splitlines()
+    line = one_line("\n".join(x for x in notes if not x.startswith("note: eval split")))
+    assert "curation removed every one of the 2 documents of source 'mine' (quality 2)" in line
+    assert main(["data", "build", "--config", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert f"{tmp_path} is a directory: pass a TOML file" in one_line(capsys.readouterr().err)
+    (tmp_path / "notes.txt").write_text("keep")
+    assert main(["data", "build", "--config", str(DATA_CI), "--out",
+                 str(tmp_path / "notes.txt" / "data")]) == 2  # fmt: skip
+    assert f"{tmp_path / 'notes.txt'} is a file" in one_line(capsys.readouterr().err)
+    assert main(["probe", "--layer", "1,x", "--target", "digit", "--checkpoint", "nowhere"]) == 2
+    assert "--layer '1,x'" in one_line(capsys.readouterr().err)
+    for name, config_hint in (("my-data", "YOUR_CONFIG.toml"), ("demo", "data/demo.toml")):
+        garbage = tmp_path / name
+        garbage.mkdir()
+        (garbage / "manifest.json").write_text("garbage")
+        with pytest.raises(DataError, match=re.escape(config_hint)):
+            load_manifest(garbage)
+
+
+def test_changes_to_the_users_text_are_on_the_card_and_short_probes_say_so(ci_data, tmp_path,
+                                                                           capsys):  # fmt: skip
+    """Finding 9: NFKC and PII redaction rewrote most of a user's documents, said only in the
+    manifest; a probe asking for 300 documents used 258 without a note. Finding 10's card
+    `--samples` now shows the user's source too."""
+    from labkit.analysis.probe_tasks import build_probe_data
+    from labkit.data.build import dataset_card, load_data_tokenizer, sample_documents
+
+    rows = []
+    for i in range(40):
+        extra = " Write to ada@example.org about the \ufb01le." if i % 4 == 0 else ""
+        body = " ".join(f"word{j} of the long note number {i}" for j in range(12))
+        rows.append(json.dumps({"text": f"Note {i}. {body}.{extra}"}))
+    (tmp_path / "mine.jsonl").write_text("\n".join(rows) + "\n")
+    cfg = DataConfig.from_dict({
+        "name": "card", "tokenizer": {"vocab_size": 300},
+        **{s: {"enabled": False} for s in ("synthetic", "retrieval", "control", "code", "prose")},
+        "sources": {"mine": {"path": str(tmp_path / "mine.jsonl"), "eval_fraction": 0.0}},
+    })  # fmt: skip
+    build(cfg, tmp_path / "card", quiet=True)
+    card = dataset_card(tmp_path / "card").splitlines()
+    assert "  normalize: changed the text of 10 of 40 documents (NFKC normalisation, control " \
+           "characters removed)" in card  # fmt: skip
+    assert "  pii: changed the text of 10 of 40 documents (10 <EMAIL>)" in card
+    example = next(x for x in card if x.startswith("    - mine-") and "<EMAIL>" in x)
+    assert "ada@example.org" in example  # before -> after, on the card
+    assert "### mine: mine-0000000" in sample_documents(tmp_path / "card")
+    capsys.readouterr()
+    spec = {"name": "few", "source": {"kind": "data", "split": "eval_general", "documents": 5000},
+            "positions": {"kind": "document_mean"}, "label": {"kind": "doc_label", "key": "format"}}  # fmt: skip
+    data = build_probe_data(spec, load_data_tokenizer(ci_data), load_manifest(ci_data), ci_data)
+    used = len(set(data.groups.tolist()))
+    assert f"note: probe few asks for 5000 documents; {used} were used (the data set holds" in (
+        capsys.readouterr().err
+    )
+
+
+def test_the_newcomers_friction_is_gone(finished, tmp_path, capsys):
+    """Finding 10: export's hint runs outside the venv, the probe table fits a terminal at 13
+    milestones with a baseline column, `labkit induction` speaks in words."""
+    from labkit.cli import main, phase_change_line, probe_table
+
+    milestone = ckpt.list_milestones(finished)[-1]
+    assert main(["export", "--checkpoint", str(milestone), "--out", str(tmp_path / "hf")]) == 0
+    hint = capsys.readouterr().out.splitlines()[-1].split(" -c ")[0].strip()
+    assert hint != "python" and Path(hint).resolve() == Path(sys.executable).resolve()
+    rows = [{"milestone": f"tokens_{2**k * 1024:012d}", "layer": layer, "accuracy": 0.81,
+             "ci_low": 0.79, "ci_high": 0.83, "baseline": 0.62, "control_accuracy": 0.7,
+             "selectivity": 0.11} for k in range(13) for layer in range(4)]  # fmt: skip
+    table = probe_table(rows)
+    assert "baseline" in table[0] and len(table) == 1 + 13 * 4
+    assert max(map(len, table)) <= 100 and "0.620" in table[1]
+    change = {"first_above_threshold": None, "crossed_in": None, "crossed_inside": False,
+              "steepest_rise": (1024, 2048), "rise": 0.02, "threshold": 0.3}  # fmt: skip
+    assert phase_change_line(change).startswith("phase change: not reached")
+    change |= {"first_above_threshold": 4096, "crossed_in": (2048, 4096), "crossed_inside": True}
+    assert "crossed 0.3 between 2.05K and 4.10K tokens (inside training)" in phase_change_line(
+        change
+    )

@@ -33,6 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from labkit.errors import ConfigError
+
+DOCUMENTS = 300  # documents a spec reads when its source names no number
+
 POSITION_KINDS = ("all_tokens", "span", "last_token", "document_mean", "question_end")
 LABEL_KINDS = (
     "token_is_digit", "doc_label", "label_field", "entity_attr", "number_value", "answerable",
@@ -83,6 +87,9 @@ def validate_spec(spec: dict[str, Any]) -> None:
     for key in ("name", "source", "positions", "label"):
         if key not in spec:
             raise ValueError(f"probe spec {spec.get('name', '?')!r} has no {key!r}")
+        if key != "name" and not isinstance(spec[key], dict):
+            raise ValueError(f"probe spec {spec['name']!r}: {key} must be a mapping, got "
+                             f"{spec[key]!r}")  # fmt: skip
     if spec["positions"].get("kind") not in POSITION_KINDS:
         raise ValueError(f"probe {spec['name']}: positions.kind must be one of {POSITION_KINDS}")
     if spec["label"].get("kind") not in LABEL_KINDS:
@@ -130,7 +137,9 @@ class ProbeSpec:
         validate_spec(spec)
         raw = json.loads(json.dumps(spec))  # a private copy
         if max_documents:
-            raw["source"]["documents"] = min(raw["source"].get("documents", 300), max_documents)
+            raw["source"]["documents"] = min(
+                raw["source"].get("documents", DOCUMENTS), max_documents
+            )
         return cls(
             name=raw["name"],
             source=raw["source"],
@@ -169,7 +178,23 @@ def load_probe_spec(
     if not path.exists():
         raise ValueError(f"unknown target {target!r}; targets in {probes_dir}: "
                          f"{probe_targets(probes_dir)}")  # fmt: skip
-    return ProbeSpec.parse(yaml.safe_load(path.read_text()), max_documents)
+    try:
+        spec = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {err.start})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        tag = " (a Python tag: specs are plain data, never objects)" if "python" in str(err) else ""
+        raise ConfigError(
+            f"{path} is not a plain YAML probe spec{where}: {problem}{tag}; see probes/*.yaml "
+            "for the format"
+        ) from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path} is not a probe spec (a YAML mapping with name, source, "
+                          "positions and label)")  # fmt: skip
+    return ProbeSpec.parse(spec, max_documents)
 
 
 def _documents(spec: dict, manifest: dict, data_dir: Path | None, world) -> list[dict]:
@@ -186,7 +211,7 @@ def _documents(spec: dict, manifest: dict, data_dir: Path | None, world) -> list
             raise FileNotFoundError(f"probe {spec['name']}: {path} not found")
         docs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return docs[: source.get("documents", len(docs))]
-    n, seed = source.get("documents", 300), source.get("seed", manifest["config"]["seed"])
+    n, seed = source.get("documents", DOCUMENTS), source.get("seed", manifest["config"]["seed"])
     # specs naming the same `stream` read the same documents (one forward pass serves them all)
     split = f"probe-{source.get('stream', spec['name'])}"
     key = (json.dumps(manifest, sort_keys=True, default=str), kind, n, seed, split)
@@ -309,6 +334,17 @@ def build_probe_data(
         groups += [d_idx] * len(picked)
     if not labels:
         raise ValueError(f"probe {spec['name']}: no examples (check positions and label)")
+    source = spec["source"]
+    asked = source.get("documents", None if source.get("kind", "world") == "data" else DOCUMENTS)
+    used = len(set(groups))
+    if asked and used < asked:  # say so: the table's numbers rest on fewer documents
+        import sys
+
+        why = [f"the data set holds {len(docs)}"] if len(docs) < asked else []
+        if len(docs) > used:
+            why.append(f"{len(docs) - used} gave no {pos_spec['kind']} position with a label")
+        print(f"note: probe {spec['name']} asks for {asked} documents; {used} were used "
+              f"({'; '.join(why)})", file=sys.stderr)  # fmt: skip
     task = spec.get("task", "classification")
     mean = pos_spec["kind"] == "document_mean"
     arrays = np.asarray(labels), np.asarray(types), np.asarray(groups)

@@ -643,11 +643,10 @@ def probe_set(
         unseen_text_warning,
         with_bos,
     )
-    from labkit.data.build import load_manifest
-    from labkit.data.tokenizer import load_tokenizer
+    from labkit.data.build import load_data_tokenizer, load_manifest
 
-    tok = load_tokenizer(data_dir / "tokenizer.json")
     manifest = load_manifest(data_dir)
+    tok = load_data_tokenizer(data_dir, manifest)
     warning = unseen_text_warning(spec, manifest)
     if warning:
         print(warning, file=sys.stderr)

@@ -43,7 +43,7 @@ from labkit.data.shards import write_shards
 from labkit.data.stages import STAGES, StageStore, config_digest, run_stages, workers_for
 from labkit.data.tokenizer import EOT, save_tokenizer, train_tokenizer
 from labkit.data.world import GENERATOR_VERSION, world_from_manifest
-from labkit.errors import DataError, DataNotFoundError
+from labkit.errors import DataError, DataNotFoundError, OutputExistsError
 from labkit.fileio import atomic_write_bytes, check_output_dir, fsync_dir
 
 MANIFEST_VERSION = 1
@@ -84,15 +84,107 @@ def default_mixes(sources: list[str]) -> dict[str, list[Stage]]:
 
 
 PARTIAL_MARKER = ".labkit-partial-build"  # marks `<out>.partial` as this builder's work dir
+TASKS_DIR = "tasks"  # where `labkit eval build-tasks` writes its suite inside a data set
+BUILD_DIRS = ("text", "train", "eval", TASKS_DIR, STAGES)
 
 
-def _check_outputs(out: Path, overwrite: bool) -> None:
+def build_files(manifest: dict[str, Any]) -> set[str]:
+    """Every file (relative path) a labkit build wrote into its data set, read from its
+    manifest: the manifest and tokenizer, the text files, each shard with its index and each
+    source's document index."""
+    files = {"manifest.json", manifest["tokenizer"].get("file", "tokenizer.json"),
+             "text/train.jsonl"}  # fmt: skip
+    files |= {f"text/eval_{split}.jsonl" for split in manifest.get("eval_splits") or {}}
+    for kind in ("train", "eval"):
+        for records in manifest["shards"][kind].values():
+            for r in records:
+                files |= {f"{kind}/{r['file']}", f"{kind}/{r['index']}"}
+        for name in ((manifest.get("document_index") or {}).get(kind) or {}).values():
+            files.add(f"{kind}/{name}")
+    return files
+
+
+def _suite_files(tasks: Path) -> set[str] | None:
+    """The files of a task suite `labkit eval build-tasks` wrote (from its suite.json), or None
+    when `tasks` is not such a suite."""
+    try:
+        index = json.loads((tasks / "suite.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(index, dict):
+        return None
+    names = {"suite.json", "labkit_suite.yaml"}
+    return names | {f"{t}{ext}" for t in index for ext in (".yaml", ".jsonl")}
+
+
+def foreign_files(data_dir: str | Path) -> list[str]:
+    """What a data set directory holds beyond what its build (its manifest lists it) and
+    `labkit eval build-tasks` (DATA/tasks, listed in suite.json) wrote: the files a rebuild must
+    not delete. A directory whose manifest cannot be read is a `DataError`."""
+    data_dir = Path(data_dir)
+    ours = build_files(load_manifest(data_dir))
+    suite = _suite_files(data_dir / TASKS_DIR)
+    foreign = []
+    for path in sorted(data_dir.rglob("*")):
+        rel = path.relative_to(data_dir).as_posix()
+        top = rel.split("/", 1)[0]
+        if path.is_dir() and not path.is_symlink():
+            if ("/" in rel or top not in BUILD_DIRS) and not _inside(rel, foreign):
+                foreign.append(rel + "/")  # a folder of the user's, even an empty one
+            continue
+        in_suite = top == TASKS_DIR and suite is not None and rel.count("/") == 1
+        # stages/: a build's kept stages, which builds before this one left in the data set
+        kept_stage = top == STAGES and rel.count("/") == 1 and rel.endswith(".json.gz")
+        if rel in ours or kept_stage or (in_suite and rel.split("/", 1)[1] in suite):
+            continue
+        if not _inside(rel, foreign):
+            foreign.append(rel)  # (inside a folder of the user's: the folder is named)
+    return foreign
+
+
+def _inside(rel: str, listed: list[str]) -> bool:
+    return any(f.endswith("/") and rel.startswith(f) for f in listed)
+
+
+def _check_replaceable(data_set: Path, overwrite: bool) -> None:
+    """A previous labkit data set may be replaced only when it holds nothing but its build's
+    files (and a task suite built from it); anything else is refused, naming the files."""
+    if overwrite or not (data_set / "manifest.json").exists():
+        return
+    try:
+        foreign = foreign_files(data_set)
+    except DataError as err:
+        raise OutputExistsError(
+            f"{data_set} cannot be replaced: its manifest does not say which files the build "
+            f"wrote ({err}); nothing was touched; choose another --out, or pass --overwrite"
+        ) from None
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise OutputExistsError(
+            f"{data_set} holds {len(foreign)} file(s) its build did not write ({listed}): a "
+            "rebuild replaces the whole directory, so nothing was touched; move them out of the "
+            "data set, choose another --out, or pass --overwrite to delete them with it"
+        )
+
+
+def _check_outputs(out: Path, overwrite: bool, cfg: DataConfig | None = None) -> None:
     """Refuse (before any work) to replace anything labkit did not write: `out` must be missing,
-    empty or a data set (manifest.json); `<out>.partial` a killed build's work dir; `<out>.old`
-    a previous data set."""
+    empty or a data set (manifest.json) holding only its build's files; `<out>.partial` a
+    killed build's work dir; `<out>.old` a previous data set. A source read from inside `out` is
+    refused even with `overwrite`: the build would delete its own input."""
     check_output_dir(out, "manifest.json", "data set", overwrite)
+    _check_replaceable(out, overwrite)
     for sibling, marker in ((".partial", PARTIAL_MARKER), (".old", "manifest.json")):
         check_output_dir(out.with_name(out.name + sibling), marker, "data set build", overwrite)
+    _check_replaceable(out.with_name(out.name + ".old"), overwrite)
+    for name, src in cfg.sources.items() if cfg is not None else ():
+        if src.enabled and src.path and Path(src.path).resolve().is_relative_to(out.resolve()):
+            raise OutputExistsError(
+                f"sources.{name}.path {src.path} is inside --out {out}: the build replaces that "
+                "directory and would delete its own input; keep source files outside the data set"
+            )
 
 
 def build(
@@ -103,11 +195,12 @@ def build(
     workers: int | None = None,
 ) -> dict[str, Any]:
     """Build the data set described by `cfg` into `out`; return the manifest. `out` is replaced
-    only if it is missing, empty or a data set, unless `overwrite`. Sources are generated and
-    curated in `workers` processes (default: every core); the stages a killed build finished
-    are kept in `<out>.partial/stages/` and not redone when the same config builds again."""
+    only if it is missing, empty or a data set holding nothing but its build's files, unless
+    `overwrite`. Sources are generated and curated in `workers` processes (default: every core);
+    the stages a killed build finished are kept in `<out>.partial/stages/` and not redone when
+    the same config builds again."""
     out = Path(out)
-    _check_outputs(out, overwrite)
+    _check_outputs(out, overwrite, cfg)
     work = out.with_name(out.name + ".partial")
     kept = work.with_name(work.name + ".stages")
     if work.exists():  # left by a killed build (checked above): keep its finished stages
@@ -119,7 +212,7 @@ def build(
     if kept.exists():
         kept.rename(work / STAGES)
     try:
-        return _build_into(cfg, out, work, quiet, workers)
+        return _build_into(cfg, out, work, quiet, workers, overwrite)
     except (KeyboardInterrupt, SystemExit):
         # `out` untouched; the work dir keeps only its finished stages (no half-written shard)
         for p in work.iterdir():
@@ -228,7 +321,12 @@ BUILD_STEPS = ("generated", "curated", "tokenizer trained", "tokenized", "sharde
 
 
 def _build_into(
-    cfg: DataConfig, out: Path, work: Path, quiet: bool, workers: int | None
+    cfg: DataConfig,
+    out: Path,
+    work: Path,
+    quiet: bool,
+    workers: int | None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """The build, step by step, into `work`, which then replaces `out`."""
     progress = _progress(quiet)
@@ -269,6 +367,7 @@ def _build_into(
         work / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     )
     step("manifest written")
+    _check_outputs(out, overwrite, cfg)  # again: the user may have added files meanwhile
     _swap_into_place(work, out)
     step("done")
     steps.close()
@@ -324,6 +423,17 @@ def _curate_sources(
             results[f"curate-{name}"]["kept"],
             results[f"curate-{name}"]["reports"],
         )
+        if not train[name]:  # else a mix with nothing to draw from fails far from the cause
+            rep = reports[name]
+            removed = [f"{x['stage']} {x['docs_in'] - x['docs_out']}" for x in rep
+                       if x["docs_in"] > x["docs_out"]]  # fmt: skip
+            example = next((e for x in rep for e in x["examples"] if "reason" in e), None)
+            raise DataError(
+                f"curation removed every one of the {rep[0]['docs_in']} documents of source "
+                f"{name!r} ({', '.join(removed)})"
+                + (f", e.g. {example['id']}: {example['reason']}" if example else "")
+                + "; see the quality settings in [curation] (e.g. min_words) or the source's text"
+            )
         warnings += curation_warnings(name, reports[name])
     for line in warnings:
         print(line, file=sys.stderr)
@@ -482,8 +592,10 @@ def _manifest(
 
 
 def _swap_into_place(work: Path, out: Path) -> None:
-    """`work` becomes `out`; a previous build is moved aside first and removed last."""
+    """`work` becomes `out`; a previous build is moved aside first and removed last. The kept
+    stages serve only a build that was interrupted: a finished data set holds none."""
     (work / PARTIAL_MARKER).unlink()
+    shutil.rmtree(work / STAGES, ignore_errors=True)
     old = out.with_name(out.name + ".old")
     if old.exists():
         shutil.rmtree(old)
@@ -492,6 +604,12 @@ def _swap_into_place(work: Path, out: Path) -> None:
     work.rename(out)
     fsync_dir(out.parent)
     if old.exists():
+        if (old / TASKS_DIR / "suite.json").exists():
+            print(
+                f"note: removed the task suite {out / TASKS_DIR} built from the previous data set; "
+                f"`labkit eval build-tasks --data {out}` builds it from this one",
+                file=sys.stderr,
+            )
         shutil.rmtree(old)
 
 
@@ -528,11 +646,24 @@ def trained_splits(manifest: dict[str, Any], mix: str, tokens: int | None = None
     return sorted(s for s in manifest["eval_splits"] if EVAL_SPLIT_SOURCE.get(s, s) in seen)
 
 
+def rebuild_command(data_dir: str | Path) -> str:
+    """The command that rebuilds `data_dir`: with the shipped config it is named after (data/demo:
+    pretrain/configs/data/demo.toml), else with the config of the user's own data set."""
+    from labkit.resources import configs_dir
+
+    name = Path(data_dir).name
+    shipped = (configs_dir() / "data" / f"{name}.toml").exists()
+    config = f"pretrain/configs/data/{name}.toml" if shipped else "YOUR_CONFIG.toml"
+    return f"`labkit data build --config {config} --out {data_dir}`" + (
+        "" if shipped else " (the config it was built from)"
+    )
+
+
 def load_manifest(data_dir: str | Path) -> dict[str, Any]:
     """The manifest of a built data set; a missing, unreadable or incomplete one is a
     `DataError` naming the file and the command that builds it."""
     path = Path(data_dir) / "manifest.json"
-    rebuild = f"`labkit data build --config pretrain/configs/data/demo.toml --out {data_dir}`"
+    rebuild = rebuild_command(data_dir)
     if not path.exists():
         raise DataNotFoundError(f"{path} not found: build the data set first, e.g. {rebuild}")
     try:
@@ -552,6 +683,39 @@ def load_manifest(data_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def tokenizer_bytes(data_dir: str | Path, manifest: dict[str, Any] | None = None) -> bytes:
+    """The bytes of a built data set's tokenizer.json, checked against the SHA-256 its manifest
+    records: a tokenizer changed after the build (two ids swapped) would silently change what
+    every token of every shard means. A mismatch is a `DataError` naming the file."""
+    import hashlib
+
+    data_dir = Path(data_dir)
+    manifest = manifest if manifest is not None else load_manifest(data_dir)
+    path = data_dir / manifest["tokenizer"].get("file", "tokenizer.json")
+    if not path.is_file():
+        raise DataNotFoundError(f"{path} is missing from the data set: rebuild it with "
+                                f"{rebuild_command(data_dir)}")  # fmt: skip
+    raw = path.read_bytes()
+    expected = manifest["tokenizer"].get("sha256")
+    if hashlib.sha256(raw).hexdigest() != expected:
+        what = "does not match the SHA-256" if expected else "has no SHA-256"
+        raise DataError(
+            f"{path} {what} in {data_dir / 'manifest.json'} (changed after the build?): its "
+            "token ids would no longer mean what the shards were written with; restore it or "
+            f"rebuild the data set with {rebuild_command(data_dir)}"
+        )
+    return raw
+
+
+def load_data_tokenizer(data_dir: str | Path, manifest: dict[str, Any] | None = None):
+    """The verified tokenizer of a built data set (`tokenizer_bytes`), as a `tokenizers`
+    Tokenizer."""
+    from labkit.data.tokenizer import parse_tokenizer
+
+    data_dir = Path(data_dir)
+    return parse_tokenizer(tokenizer_bytes(data_dir, manifest), data_dir / "tokenizer.json")
+
+
 def document_lengths(data_dir: str | Path, split: str = "train") -> dict[str, np.ndarray]:
     """Token length of every document per source (for mixing), from the shard indexes."""
     data_dir = Path(data_dir)
@@ -564,6 +728,10 @@ def document_lengths(data_dir: str | Path, split: str = "train") -> dict[str, np
             lengths.append(np.diff(np.append(offsets, r["tokens"])))
         out[source] = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
     return out
+
+
+STAGE_EDITS = {"normalize": "NFKC normalisation, control characters removed",
+               "pii": "e-mail addresses, IPs, phone and social security numbers replaced"}  # fmt: skip
 
 
 def dataset_card(data_dir: str | Path) -> str:
@@ -595,11 +763,21 @@ def dataset_card(data_dir: str | Path) -> str:
                 f"  {k:<24} target {100 * t:5.1f}%  realized {100 * real:5.1f}%  ({100 * (real - t):+.1f} pp)"
             )
     lines.append("")
-    lines.append("## Curation (documents in -> out per stage)")
+    lines.append("## Curation (documents in -> out per stage; text rewritten per stage)")
     for source, stages in m["curation"].items():
         flow = " -> ".join(f"{s['stage']} {s['docs_out']}" for s in stages)
         lines.append(f"{source:<12} {stages[0]['docs_in']} -> {flow}")
         for st in stages:
+            rewritten = st["detail"].get("rewritten", 0)
+            if rewritten:  # the text the model sees differs from the text brought
+                what = ", ".join(f"{v} {k}" for k, v in st["detail"].items() if k != "rewritten")
+                lines.append(
+                    f"  {st['stage']}: changed the text of {rewritten} of {st['docs_in']} "
+                    f"documents ({what or STAGE_EDITS.get(st['stage'], 'rewritten')})"
+                )
+                for ex in st.get("examples", [])[:1]:
+                    lines.append(f"    - {ex['id']}: {ex['before']!r} -> {ex['after']!r}")
+                continue
             removed = st["docs_in"] - st["docs_out"]
             if removed:
                 detail = ", ".join(f"{k} {v}" for k, v in st["detail"].items())
@@ -673,10 +851,11 @@ def _measure_lines(m: dict[str, Any]) -> list[str]:
 
 def sample_documents(
     data_dir: str | Path,
-    sources: tuple[str, ...] = ("synthetic", "control", "prose"),
+    sources: tuple[str, ...] | None = None,
     max_chars: int = 2000,
 ) -> str:
-    """The first train document of each source, as the card's `--samples` section."""
+    """The first train document of each source (default: every source of the data set, a
+    user's own included), as the card's `--samples` section."""
     path = Path(data_dir) / "text" / "train.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: build the data set with `labkit data build`")
@@ -685,6 +864,8 @@ def sample_documents(
         for line in f:
             doc = json.loads(line)
             first.setdefault(doc["source"], doc)
+    if sources is None:
+        sources = tuple(load_manifest(data_dir)["sources"]) or tuple(first)
     lines = ["## Sample documents (the first train document of each source)"]
     for name in sources:
         if name in first:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from labkit.config import CurationSection
+from labkit.errors import DataError
 
 # --------------------------------------------------------------------------- loading
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet": "parquet"}
@@ -45,13 +46,20 @@ def load_text_source(
                 f"got {sorted(f.suffix for f in files)}"
             )
         kind = kinds.pop()
+        for f in files:  # datasets' own errors name neither the file nor the line
+            check_local_file(name, f, kind, text_field)
         kwargs = {"sample_by": "document"} if kind == "text" else {}
+        quiet = datasets.are_progress_bars_disabled()
+        datasets.disable_progress_bars()  # labkit shows its own progress
         try:
             ds = datasets.load_dataset(
                 kind, data_files=[str(f) for f in files], split="train", **kwargs
             )
         except Exception as err:  # datasets raises many kinds; the user needs the source name
             raise ValueError(f"source {name!r}: cannot read {path}: {err}") from err
+        finally:
+            if not quiet:
+                datasets.enable_progress_bars()
     elif hub:
         try:
             ds = datasets.load_dataset(hub, split=split)
@@ -82,6 +90,8 @@ def load_text_source(
         if extra:
             doc["fields"] = {c: row[c] for c in extra}
         docs.append(doc)
+    if not docs:
+        raise DataError(f"source {name!r}: {path or hub} holds no documents")
     ids = [d["id"] for d in docs]
     if len(set(ids)) != len(ids):
         dup = next(x for x in ids if ids.count(x) > 1)
@@ -89,6 +99,67 @@ def load_text_source(
             f"source {name!r}: the id {dup!r} occurs more than once; ids must be unique"
         )
     return docs
+
+
+def check_local_file(source: str, path: Path, kind: str, text_field: str = "text") -> None:
+    """A local source file read once as labkit will use it, so that a bad one is one line naming
+    the file and the line: UTF-8 text; for json/jsonl, at least one document, every line (or
+    item) a JSON object whose `text_field`, where present, is a string. Raises `DataError`."""
+    import json
+
+    where = f"source {source!r}: {path}"
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{where} line {line} is not UTF-8 text (byte {err.start}, {err.reason}): save the "
+            "file as UTF-8"
+        ) from None
+    if kind != "json":
+        return
+    if not text.strip():
+        raise DataError(f"{where} is empty: it holds no documents")
+    rows: list[tuple[str, Any]] = []
+    whole: Any = None
+    if path.suffix == ".json":
+        try:
+            whole = json.loads(text)
+        except ValueError:
+            whole = None  # JSON Lines in a .json file, as datasets reads it too
+    if isinstance(whole, list):
+        rows = [(f"item {i}", row) for i, row in enumerate(whole)]
+    elif isinstance(whole, dict):
+        column = whole.get(text_field)
+        if isinstance(column, list):  # columns: {"text": [...], ...}
+            rows = [(f"{text_field}[{i}]", {text_field: v}) for i, v in enumerate(column)]
+        else:
+            rows = [("the object", whole)]
+    else:
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((f"line {i}", json.loads(line)))
+            except ValueError as err:
+                raise DataError(
+                    f"{where} line {i} is not JSON ({getattr(err, 'msg', err)}): "
+                    f"{line.strip()[:60]!r}; fix or remove that line"
+                ) from None
+    if not rows:
+        raise DataError(f"{where} holds no documents")
+    for at, row in rows:
+        if not isinstance(row, dict):
+            raise DataError(f"{where} {at} is {type(row).__name__}, not a JSON object")
+        value = row.get(text_field)
+        if value is not None and not isinstance(value, str):
+            what = {bool: "a boolean", int: "a number", float: "a number", list: "a list",
+                    dict: "an object"}.get(type(value), type(value).__name__)  # fmt: skip
+            raise DataError(
+                f"{where} {at}: {text_field!r} is {what} ({str(value)[:40]}), "
+                "not a string; quote it, or set text_field to the field that holds the text"
+            )
 
 
 def _user_spans(source: str, doc_id: str, spans: list, length: int) -> list[dict[str, Any]]:
@@ -171,6 +242,28 @@ def redact_pii(doc: dict) -> dict:
     if text == doc["text"]:
         return doc
     return dict(doc, text=text, **({"spans": spans} if spans is not None else {}))
+
+
+def pii_counts(text: str) -> dict[str, int]:
+    """How many of each placeholder `redact_pii` puts into `text`."""
+    counts = {}
+    for placeholder, pattern in PII_PATTERNS:
+        n = len(pattern.findall(text))
+        if n:
+            counts[placeholder] = n
+            text = pattern.sub(placeholder, text)
+    return counts
+
+
+def change_example(before: dict, after: dict, context: int = 20, width: int = 70) -> dict[str, str]:
+    """Where a stage first changed a document's text: its id and `width` characters from a little
+    before that place, before and after the change (for the card)."""
+    a, b = before["text"], after["text"]
+    pairs = enumerate(zip(a, b, strict=False))  # strict=False: the texts may differ in length
+    start = next((k for k, (x, y) in pairs if x != y), min(len(a), len(b)))
+    lo = max(0, start - context)
+    return {"id": str(before.get("id", "")), "before": " ".join(a[lo : lo + width].split()),
+            "after": " ".join(b[lo : lo + width].split())}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- quality
@@ -348,12 +441,19 @@ def _curate(docs, cfg, reference_texts, contamination_texts, quality_sources, pr
     )
     rows = {i: dict(d) for i, d in enumerate(docs)}
 
-    def rewrite(stage: str, fn: Callable[[dict], dict]) -> None:
+    def rewrite(stage: str, fn: Callable[[dict], dict], count=None) -> None:
+        """A stage that edits text: counts the documents whose text changed (and, with `count`,
+        what was replaced), with a few before/after examples for the card."""
         nonlocal ds
-        changed = 0
+        changed, detail, examples = 0, {}, []
         for i in wrap(list(rows), stage):
             new = fn(rows[i])
-            changed += new is not rows[i]
+            if new["text"] != rows[i]["text"]:
+                changed += 1
+                for key, n in (count(rows[i]["text"]) if count else {}).items():
+                    detail[key] = detail.get(key, 0) + n
+                if len(examples) < MAX_EXAMPLES:
+                    examples.append(change_example(rows[i], new))
             rows[i] = new
         # A fixed fingerprint: otherwise `datasets` hashes the closure by pickling every row's
         # metadata (spans, checks, cast) at each stage, which dominated the build's time.
@@ -363,7 +463,9 @@ def _curate(docs, cfg, reference_texts, contamination_texts, quality_sources, pr
             keep_in_memory=True,
             new_fingerprint=_fingerprint(ds, stage),
         )
-        reports.append(StageReport(stage, len(ds), len(ds), {"rewritten": changed}))
+        reports.append(
+            StageReport(stage, len(ds), len(ds), {"rewritten": changed, **detail}, examples)
+        )
 
     def drop(
         stage: str,
@@ -388,7 +490,7 @@ def _curate(docs, cfg, reference_texts, contamination_texts, quality_sources, pr
         reports.append(StageReport(stage, len(before), len(ds), detail or {}, examples))
 
     rewrite("normalize", normalize)
-    rewrite("pii", redact_pii)
+    rewrite("pii", redact_pii, pii_counts)
 
     references = [normalize({"text": t})["text"] for t in reference_texts]
     seen = {hashlib.sha256(_canonical(t).encode()).hexdigest() for t in references}

@@ -43,8 +43,13 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: build the data set with `labkit data build`")
+    return parse_tokenizer(path.read_bytes(), path)
+
+
+def parse_tokenizer(raw: bytes, path: str | Path) -> Tokenizer:
+    """A tokenizer from the bytes of `path` (read once, so what was checked is what is used)."""
     try:
-        return Tokenizer.from_file(str(path))
+        return Tokenizer.from_str(raw.decode())
     except Exception as err:  # the tokenizers library raises a bare Exception on a bad file
         from labkit.errors import TokenizerError
 

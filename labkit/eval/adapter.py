@@ -30,11 +30,13 @@ from tqdm.auto import tqdm
 
 from labkit.data.tokenizer import EOT, load_tokenizer
 from labkit.eval.metrics import register_lm_eval_metrics
+from labkit.eval.tasks import check_lm_eval_args, harden_lm_eval
 from labkit.model import KVCache
 from labkit.run import Milestone
 from labkit.run.layout import META
 
 register_lm_eval_metrics()  # task YAMLs name labkit's metrics; they never carry code
+harden_lm_eval()  # sandboxed templates, no `!function` from outside lm-eval's own tasks
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -284,10 +286,15 @@ def _repeat_cache(cache: KVCache, k: int) -> KVCache:
 
 def lm_eval_cli(argv: list[str]) -> int:
     """`labkit lm-eval ARGS`: lm-eval's own command line (`lm_eval ARGS`, every flag and
-    subcommand) with the `labkit` model registered. Returns its exit status."""
+    subcommand) with the `labkit` model registered. Returns its exit status. Every task
+    directory or file the arguments name is checked first (`check_tasks_are_data`): a planted
+    `utils.py`, `!function` or template never runs."""
     import sys
 
     from lm_eval.__main__ import cli_evaluate
+
+    check_lm_eval_args(argv)
+    harden_lm_eval()
 
     saved = sys.argv
     sys.argv = ["lm_eval", *argv]

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from labkit.errors import DataError
 from labkit.eval.metrics import register_lm_eval_metrics
-from labkit.eval.tasks import SUITE, TASKS, build_tasks, check_tasks_are_data
+from labkit.eval.tasks import SUITE, TASKS, build_tasks, check_tasks_are_data, harden_lm_eval
 from labkit.run import Milestone, select_milestones
 from labkit.run.layout import EVALS, INDEX
 
@@ -101,6 +101,7 @@ def load_tasks(tasks: Sequence[str], tasks_dir: str | Path) -> dict:
         pass
     register_lm_eval_metrics()
     check_tasks_are_data(tasks_dir)  # never let lm-eval import code from a data set
+    harden_lm_eval()
     loaded = TaskManager(include_path=str(tasks_dir)).load(list(tasks))
     for task in loaded["tasks"].values():
         if task.get_config("num_fewshot") is None:

@@ -354,6 +354,7 @@ def random_baselines(tasks_dir: str | Path) -> dict[str, float]:
 # `!function` tag, `class` or `include`: a task directory inside a data set may use none of them.
 _PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}")
 _FORBIDDEN_KEYS = ("class", "include", "trust_remote_code", "custom_dataset")
+_CODE_SUFFIXES = (".py", ".pyc", ".so")  # what `!function` or an import could load
 
 
 def _template_problem(value: Any, key: str) -> str | None:
@@ -377,16 +378,27 @@ def _template_problem(value: Any, key: str) -> str | None:
 
 
 def check_tasks_are_data(tasks_dir: str | Path) -> None:
-    """Refuse a task directory that could run code when lm-eval loads it: every YAML must parse
-    with `yaml.safe_load` (no `!function` tags), use only `{{field}}` templates, no `class`,
+    """Refuse a task directory that could run code when lm-eval loads it: no Python file
+    anywhere in it (what a `!function` would import), every YAML must parse with
+    `yaml.safe_load` (no `!function` tags), use only `{{field}}` templates, no `class`,
     `include` or remote code, and only local JSON data (`dataset_path: json`). Raises
-    `DataError` naming the file."""
+    `DataError` naming the file. A single YAML file is checked with its directory."""
     tasks_dir = Path(tasks_dir)
+    if tasks_dir.is_file():
+        tasks_dir = tasks_dir.parent
+    if not tasks_dir.is_dir():
+        return  # nothing there can run; lm-eval reports the missing path itself
     rebuild = f"rebuild the suite with `labkit eval build-tasks --data {tasks_dir.parent}`"
+    for path in sorted(tasks_dir.rglob("*")):
+        if path.suffix in _CODE_SUFFIXES:
+            raise DataError(
+                f"{path} is code in a task directory: labkit never runs code from a data set "
+                f"(a `!function` in a task YAML would import it); remove it, or {rebuild}"
+            )
     for path in sorted([*tasks_dir.rglob("*.yaml"), *tasks_dir.rglob("*.yml")]):
         try:
             config = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
             tag = (
                 " (a `!function` tag: code from the data directory)"
                 if "!function" in str(err)
@@ -402,3 +414,102 @@ def check_tasks_are_data(tasks_dir: str | Path) -> None:
             problem = f"dataset_path {config['dataset_path']!r} (only local json data)"
         if problem:
             raise DataError(f"{path}: {problem} is not allowed in a data set's tasks; {rebuild}")
+
+
+_LM_EVAL_FLAGS = {"--include_path": "include_path", "--tasks": "tasks", "--config": "config"}
+_LM_EVAL_SHORT = {"-t": "tasks", "-C": "config"}
+
+
+def _lm_eval_flag(arg: str) -> tuple[str | None, str | None]:
+    """(which of include_path/tasks/config `arg` sets, its attached value) for an lm-eval
+    option: the long form, any prefix of it argparse would accept (`--include`), `--x=V`, and the
+    short forms `-t V` / `-tV`."""
+    if arg.startswith("--"):
+        name, eq, value = arg.partition("=")
+        keys = {k for flag, k in _LM_EVAL_FLAGS.items() if len(name) > 3 and flag.startswith(name)}
+        return (keys.pop(), value if eq else None) if len(keys) == 1 else (None, None)
+    if arg[:2] in _LM_EVAL_SHORT:
+        return _LM_EVAL_SHORT[arg[:2]], arg[2:].lstrip("=") or None
+    return None, None
+
+
+def lm_eval_task_paths(argv: Sequence[str]) -> list[Path]:
+    """The task directories and task YAML files an lm-eval command line would load beyond
+    lm-eval's own: `--include_path` (several joined by ':'), `--tasks` entries that are paths
+    or globs, and the same two keys of a `--config` YAML."""
+    import glob
+
+    values: dict[str, list[str]] = {"include_path": [], "tasks": [], "config": []}
+    key = None
+    for arg in argv:
+        flag, attached = _lm_eval_flag(arg)
+        if flag is not None:
+            key = flag
+            if attached is not None:
+                values[flag].append(attached)
+                key = "tasks" if flag == "tasks" else None  # --tasks takes several values
+        elif arg.startswith("-"):
+            key = None
+        elif key is not None:
+            values[key].append(arg)
+            key = "tasks" if key == "tasks" else None
+    for config in values.pop("config"):
+        if not Path(config).is_file():
+            continue  # lm-eval reports it
+        try:
+            table = yaml.safe_load(Path(config).read_text()) or {}
+        except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ValueError(f"--config {config}: cannot read it as YAML ({err})") from err
+        if isinstance(table, dict):
+            for k in values:
+                v = table.get(k)
+                values[k] += [str(x) for x in v] if isinstance(v, list) else [str(v)] if v else []
+    paths = [Path(p) for v in values["include_path"] for p in v.split(":") if p]
+    for entry in (t for v in values["tasks"] for t in v.split(",") if t):
+        matches = glob.glob(entry) if any(c in entry for c in "*?[") else [entry]
+        paths += [Path(m) for m in matches if Path(m).exists()]
+    return paths
+
+
+def check_lm_eval_args(argv: Sequence[str]) -> None:
+    """`check_tasks_are_data` on every task directory or file of an lm-eval command line
+    (`labkit lm-eval ...`), before lm-eval reads any of them."""
+    dirs = {(p.parent if p.is_file() else p).resolve() for p in lm_eval_task_paths(argv)}
+    for path in sorted(dirs):
+        check_tasks_are_data(path)
+
+
+def harden_lm_eval() -> None:
+    """Make lm-eval itself refuse code from task files, whatever reached it: its templates render
+    in Jinja's sandbox (no `__globals__`, no attribute of an underscore), and a `!function` tag
+    may import only from lm-eval's own task folders. Idempotent."""
+    import lm_eval
+    import lm_eval.utils
+    from jinja2 import BaseLoader, StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    if not isinstance(lm_eval.utils.env, ImmutableSandboxedEnvironment):
+        sandbox = ImmutableSandboxedEnvironment(
+            loader=BaseLoader, undefined=StrictUndefined, keep_trailing_newline=True
+        )
+        sandbox.filters.update(lm_eval.utils.env.filters)
+        lm_eval.utils.env = sandbox  # apply_template looks the module's `env` up per call
+    try:
+        from lm_eval.tasks import _yaml_loader
+    except ImportError:  # an lm-eval without this loader: the directory check still applies
+        return
+    original = getattr(_yaml_loader, "_import_func_in_yml", None)
+    if original is None or getattr(original, "labkit_guard", False):
+        return
+    own = Path(lm_eval.__file__).resolve().parent
+
+    def guarded(qual: str, base_dir: Path):
+        if not Path(base_dir).resolve().is_relative_to(own):
+            raise DataError(
+                f"a task YAML in {base_dir} asks to run `!function {qual}`: labkit never runs "
+                "code from a task directory; use plain YAML tasks (`labkit eval build-tasks`)"
+            )
+        return original(qual, base_dir)
+
+    guarded.labkit_guard = True  # type: ignore[attr-defined]
+    _yaml_loader._import_func_in_yml = guarded

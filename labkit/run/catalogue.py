@@ -126,7 +126,8 @@ def find_runs(paths: str | Path | Iterable[str | Path]) -> list[Run]:
         if not inside:
             raise FileNotFoundError(
                 f"no runs in {p}: give run directories or a directory of runs (`make paper` "
-                "writes runs/paper-mini)"
+                "writes runs/paper-mini); a notebook looks at other runs with `make lab "
+                "RUNS=runs/mine` or `runs = [...]` in its parameters cell"
             )
         runs.extend(open_run(d) for d in inside)
     return runs

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from labkit.config import ModelConfig
 from labkit.errors import CheckpointError
-from labkit.fileio import fsync_dir, fsync_write, sha256_file
+from labkit.fileio import fsync_dir, fsync_write, load_safetensors, sha256_file
 from labkit.run.layout import META, MODEL, MODEL_CONFIG, OPTIMIZER, RESUME, SUMS, TRAINER_STATE
 
 
@@ -149,10 +149,35 @@ def load_resume_state(
     """(model tensors, optimizer state, trainer state) of a verified resume state."""
     path = Path(path)
     verify(path)
-    tensors = load_file(str(path / MODEL))
-    optimizer = torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True)
+    tensors = load_safetensors(path / MODEL, "use another resume state")
+    optimizer = load_optimizer_state(path / OPTIMIZER)
     trainer = json.loads((path / TRAINER_STATE).read_text())
     return tensors, optimizer, trainer
+
+
+def load_optimizer_state(path: Path) -> dict[str, Any]:
+    """optimizer.pt, read with `torch.load(weights_only=True)`: tensors and plain containers
+    only. Anything else (a pickle that could run code, or a damaged file) is a
+    `CheckpointError`; torch's own message, which suggests turning that protection off, is not
+    passed on."""
+    import pickle
+    import warnings
+    import zipfile
+
+    try:
+        with warnings.catch_warnings():  # e.g. a pickle protocol note: the error says enough
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as err:
+        kind = (
+            "holds objects other than tensors (a pickle that could run code), and was not "
+            "written by labkit"
+            if isinstance(err, pickle.UnpicklingError)
+            else "is damaged"
+        )
+        raise CheckpointError(
+            f"{path} {kind}: refused; resume from another resume state, or start a new run dir"
+        ) from None
 
 
 def latest_resume_state(run_dir: str | Path) -> Path | None:

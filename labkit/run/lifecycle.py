@@ -24,7 +24,7 @@ from labkit.config import TrainConfig
 from labkit.errors import RunDirError
 from labkit.fileio import atomic_write_bytes, fsync_dir
 from labkit.run.checkpoint import latest_resume_state
-from labkit.run.layout import CHECKPOINTS, CONFIG, HISTORY, LOCK, METRICS, RESUME
+from labkit.run.layout import CHECKPOINTS, CONFIG, FINAL, HISTORY, LOCK, METRICS, RESUME
 
 # Keys a resumed run may change: they alter what is logged or how often state is saved, never the
 # model, the data, the optimisation or the schedule, so the run's numbers stay one run's numbers.
@@ -158,6 +158,18 @@ class RunWriter:
             (self.path / LOCK).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 self.path.rmdir()
+
+    def finished(self) -> dict[str, Any] | None:
+        """The final record of a finished run (final.json), or None while it is unfinished. A
+        final.json that cannot be read still marks the run finished (its record is then {})."""
+        path = self.path / FINAL
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return record.get("final") or {} if isinstance(record, dict) else {}
 
     def latest_resume_state(self) -> Path | None:
         """The newest resume state that passes its checksums; None when there is none yet. If

@@ -127,8 +127,11 @@ class Milestone:
         """The milestone's own tokenizer.json, else (run directories written before milestones
         carried one) the one of the data set it trained on; None if neither exists."""
         if (self.path / TOKENIZER).exists():
-            return self.path / TOKENIZER
+            return self.path / TOKENIZER  # covered by SHA256SUMS, checked when loaded
         if self.data_path and (self.data_path / TOKENIZER).exists():
+            from labkit.data.build import tokenizer_bytes
+
+            tokenizer_bytes(self.data_path)  # checked against the data set's manifest
             return self.data_path / TOKENIZER
         return None
 
@@ -147,14 +150,13 @@ class Milestone:
     def load(self, device: str | torch.device = "cpu") -> LabModel:
         """The model in eval mode, its files verified first and its tokenizer attached
         (`model.to_tokens` / `to_string` work)."""
-        from safetensors.torch import load_file
-
+        from labkit.fileio import load_safetensors
         from labkit.model import LabModel
 
         self.verify()
         cfg = self.model_config
         model = LabModel(cfg)
-        state = load_file(str(self.path / MODEL))
+        state = load_safetensors(self.path / MODEL)
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [m for m in missing if not (cfg.tie_embeddings and m == "unembed.weight")]
         if missing or unexpected:
