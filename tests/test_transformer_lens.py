@@ -11,6 +11,7 @@ from transformer_lens import ActivationCache, patching
 from transformer_lens.FactoredMatrix import FactoredMatrix
 from transformer_lens.head_detector import detect_head
 from transformer_lens.model_protocol import TransformerLensModel
+from transformer_lens.utilities import get_act_name
 
 from labkit.analysis.induction import copying_scores, head_scores
 from labkit.analysis.latent import kv_latent_patching
@@ -363,3 +364,167 @@ def test_copying_scores_follow_from_ov(model):
             top = logits.topk(100, dim=-1).indices
             share = (top == toks[:, None]).any(-1).float().mean()
             assert share.item() == pytest.approx(ours[layer, h].item()), (layer, h)
+
+
+# --------------------------------------------------------------------------- every patching sweep
+# get_act_patch_* name -> (activation, the slice of it one index patches). Index = the sweep's
+# axes after the layer.
+_ALL = slice(None)
+SWEEPS = {
+    "resid_pre": ("resid_pre", lambda p: (_ALL, p)),
+    "resid_mid": ("resid_mid", lambda p: (_ALL, p)),
+    "attn_out": ("attn_out", lambda p: (_ALL, p)),
+    "mlp_out": ("mlp_out", lambda p: (_ALL, p)),
+    "attn_head_out_by_pos": ("z", lambda p, h: (_ALL, p, h)),
+    "attn_head_q_by_pos": ("q", lambda p, h: (_ALL, p, h)),
+    "attn_head_k_by_pos": ("k", lambda p, h: (_ALL, p, h)),
+    "attn_head_v_by_pos": ("v", lambda p, h: (_ALL, p, h)),
+    "attn_head_pattern_by_pos": ("pattern", lambda h, d: (_ALL, h, d)),
+    "attn_head_pattern_dest_src_pos": ("pattern", lambda h, d, s: (_ALL, h, d, s)),
+    "attn_head_out_all_pos": ("z", lambda h: (_ALL, _ALL, h)),
+    "attn_head_q_all_pos": ("q", lambda h: (_ALL, _ALL, h)),
+    "attn_head_k_all_pos": ("k", lambda h: (_ALL, _ALL, h)),
+    "attn_head_v_all_pos": ("v", lambda h: (_ALL, _ALL, h)),
+    "attn_head_pattern_all_pos": ("pattern", lambda h: (_ALL, h)),
+}
+# Two layers of four heads keep the sweeps (one forward per index) fast.
+PATCH_CONFIGS = {
+    name: odd_config(kind, n_layers=2, n_heads=4, **extra)
+    for name, kind, extra in [
+        ("mla", "mla", {}),
+        ("mla-fullq", "mla", {"q_lora_rank": 0}),
+        ("gqa", "gqa", {"n_kv_heads": 2}),
+        ("mha", "gqa", {"n_kv_heads": 4}),
+    ]
+}
+
+
+def _patching_setup(name):
+    model = build(PATCH_CONFIGS[name])
+    cfg = model.cfg
+    clean = tokens(cfg, b=1, t=3)
+    corrupted = torch.tensor([[7, 200, 42]])
+    _, clean_cache = model.run_with_cache(clean)
+    _, corrupted_cache = model.run_with_cache(corrupted)
+    return model, clean_cache, corrupted, corrupted_cache, _logit_metric(int(clean[0, -1]))
+
+
+def _manual_patch(model, corrupted, metric, name, where, source):
+    """The metric of the corrupted run with activation `name`[where] taken from `source`."""
+
+    def hook(act, hook):
+        act = act.clone()
+        act[where] = source[where]
+        return act
+
+    return metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, hook)]))
+
+
+@pytest.mark.parametrize("name", ["mla", "mla-fullq", "gqa"])
+@torch.no_grad()
+def test_every_act_patch_sweep_equals_a_manual_patch(name):
+    """All fifteen single sweeps of transformer_lens.patching, at every index, against a patch
+    done by hand with run_with_hooks; the three `_every` helpers stack them."""
+    model, clean_cache, corrupted, _, metric = _patching_setup(name)
+    cfg = model.cfg
+    unpatched = metric(model(corrupted))
+    results = {}
+    for sweep, (act, where) in SWEEPS.items():
+        out = getattr(patching, f"get_act_patch_{sweep}")(model, corrupted, clean_cache, metric)
+        results[sweep] = out
+        heads = cfg.n_key_value_heads if act in ("k", "v") and cfg.attention == "gqa" else None
+        if act in ("q", "k", "v", "z") or sweep.startswith("attn_head_pattern"):
+            assert out.shape[out.dim() - 1 if "by_pos" in sweep and act != "pattern" else 1] == (
+                heads or cfg.n_heads
+            ), sweep
+        for index in torch.cartesian_prod(*[torch.arange(n) for n in out.shape]).tolist():
+            index = index if isinstance(index, list) else [index]
+            layer, rest = index[0], index[1:]
+            hook_name = get_act_name(act, layer)
+            want = _manual_patch(
+                model, corrupted, metric, hook_name, where(*rest), clean_cache[hook_name]
+            )
+            torch.testing.assert_close(out[tuple(index)], want, msg=f"{sweep} {index}")
+        assert not torch.allclose(out, unpatched.expand_as(out)), sweep  # the patches do something
+    every = patching.get_act_patch_block_every(model, corrupted, clean_cache, metric)
+    torch.testing.assert_close(
+        every, torch.stack([results["resid_pre"], results["attn_out"], results["mlp_out"]])
+    )
+    every = patching.get_act_patch_attn_head_all_pos_every(model, corrupted, clean_cache, metric)
+    for i, part in enumerate(("out", "q", "k", "v", "pattern")):
+        mine = results[f"attn_head_{part}_all_pos"]
+        torch.testing.assert_close(every[i, :, : mine.shape[1]], mine)
+    every = patching.get_act_patch_attn_head_by_pos_every(model, corrupted, clean_cache, metric)
+    for i, part in enumerate(("out", "q", "k", "v")):
+        mine = results[f"attn_head_{part}_by_pos"]
+        torch.testing.assert_close(every[i, :, :, : mine.shape[2]], mine)
+    torch.testing.assert_close(every[4], results["attn_head_pattern_by_pos"].transpose(1, 2))
+
+
+def _head_input_from(model, layer, x, component):
+    """What head-input `component` ("q", "k" or "v") of layer `layer` computes, for every head,
+    from an ln1 output x [b, pos, d_model], by the model's own (unforked) path: hook_q, hook_k,
+    hook_v's values."""
+    attn, cfg = model.blocks[layer].attn, model.cfg
+    b, t, _ = x.shape
+    if cfg.attention == "gqa":
+        proj = {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj}[component]
+        return proj(x).view(b, t, -1, cfg.head_dim)
+    if component == "q":
+        return attn.query(x)
+    c_kv, k_rope = attn.kv_down(x).split([cfg.kv_lora_rank, cfg.qk_rope_head_dim], dim=-1)
+    kv = attn.kv_up(attn.kv_norm(c_kv)).view(b, t, cfg.n_heads, -1)
+    if component == "v":
+        return kv[..., cfg.qk_nope_head_dim :]
+    cos, sin = rope_tables(cfg.rope_dim, torch.arange(t), cfg.rope_theta)
+    rope = apply_rope(k_rope, cos, sin)[:, :, None].expand(b, t, cfg.n_heads, -1)
+    return torch.cat((kv[..., : cfg.qk_nope_head_dim], rope), dim=-1)  # MLA's hook_k is rotated
+
+
+@pytest.mark.parametrize(
+    ("name", "components"),
+    [("mla", "qkv"), ("mla-fullq", "qkv"), ("gqa", "q"), ("mha", "qkv")],
+)
+@torch.no_grad()
+def test_direct_path_patching_equals_a_manual_edge_patch(name, components):
+    """get_act_patch_direct_path (through use_split_qkv_input and the per-head input hooks):
+    head (l, h) reading the source head's clean write on its q/k/v input alone equals
+    recomputing that head's query/key/value by the model's ordinary path from
+    ln1(resid_pre + delta), everything else corrupted. GQA with fewer KV heads than query heads
+    has no per-query-head key/value input: TransformerLens refuses k and v there."""
+    model, clean_cache, corrupted, corrupted_cache, metric = _patching_setup(name)
+    cfg = model.cfg
+    src_layer, src_head = 0, 3
+    z = f"blocks.{src_layer}.attn.hook_z"
+    w_o = model.blocks[src_layer].attn.W_O[src_head]
+    delta = (clean_cache[z][:, :, src_head] - corrupted_cache[z][:, :, src_head]) @ w_o
+    for component in components:
+        out = patching.get_act_patch_direct_path(
+            model, corrupted, clean_cache, corrupted_cache, metric, src_layer, src_head,
+            component=component, verbose=False,
+        )  # fmt: skip
+        assert out.shape == (cfg.n_layers, cfg.n_heads) and not cfg.use_split_qkv_input
+        assert (out[: src_layer + 1] == 0).all()
+        for layer in range(src_layer + 1, cfg.n_layers):
+            block = model.blocks[layer]
+            x = block.ln1(corrupted_cache["resid_pre", layer] + delta)
+            new = _head_input_from(model, layer, x, component)
+            for head in range(cfg.n_heads):
+                hook_name = f"blocks.{layer}.attn.hook_{component}"
+                where = (_ALL, _ALL, head)
+                want = _manual_patch(model, corrupted, metric, hook_name, where, new)
+                torch.testing.assert_close(out[layer, head], want, msg=f"{component} {layer} {head}")
+        assert not torch.allclose(out[src_layer + 1 :], metric(model(corrupted)))
+    if components == "q":
+        with pytest.raises(ValueError, match="GQA/MQA"):
+            patching.get_act_patch_direct_path(
+                model, corrupted, clean_cache, corrupted_cache, metric, 0, 0, component="k"
+            )
+    every = patching.get_act_patch_direct_path_all_sources(
+        model, corrupted, clean_cache, corrupted_cache, metric, verbose=False
+    )
+    assert every.shape == (cfg.n_layers, cfg.n_heads, cfg.n_layers, cfg.n_heads)
+    one = patching.get_act_patch_direct_path(
+        model, corrupted, clean_cache, corrupted_cache, metric, src_layer, src_head, verbose=False
+    )
+    torch.testing.assert_close(every[src_layer, src_head], one)
