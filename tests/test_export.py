@@ -95,8 +95,13 @@ def test_export_generates_from_the_folder_alone(exported, tokenizer, tmp_path):
         prompt, max_new_tokens=8, do_sample=False
     )[0]["generated_text"]
     assert text == hf_tok.decode(theirs[0], skip_special_tokens=True)
-    # The model's own tokenizer is exported when none is passed; from_hf attaches it back.
+    # TransformerLens's generate, text in and text out, is HF's greedy text; both tokenize the
+    # prompt without a BOS (labkit's default_prepend_bos is False, the export names no BOS).
     model.set_tokenizer(tokenizer)
+    assert model.to_tokens(prompt)[0].tolist() == ids[0].tolist()
+    assert hf.config.bos_token_id is None and hf_tok.bos_token is None
+    assert model.generate(prompt, max_new_tokens=8, do_sample=False) == text
+    # The model's own tokenizer is exported when none is passed; from_hf attaches it back.
     again = from_hf(to_hf(model, tmp_path / "own"))
     assert again.to_string(again.to_tokens(prompt)[0]) == prompt
 

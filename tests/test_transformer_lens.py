@@ -513,7 +513,9 @@ def test_direct_path_patching_equals_a_manual_edge_patch(name, components):
                 hook_name = f"blocks.{layer}.attn.hook_{component}"
                 where = (_ALL, _ALL, head)
                 want = _manual_patch(model, corrupted, metric, hook_name, where, new)
-                torch.testing.assert_close(out[layer, head], want, msg=f"{component} {layer} {head}")
+                torch.testing.assert_close(
+                    out[layer, head], want, msg=f"{component} {layer} {head}"
+                )
         assert not torch.allclose(out[src_layer + 1 :], metric(model(corrupted)))
     if components == "q":
         with pytest.raises(ValueError, match="GQA/MQA"):
@@ -528,3 +530,184 @@ def test_direct_path_patching_equals_a_manual_edge_patch(name, components):
         model, corrupted, clean_cache, corrupted_cache, metric, src_layer, src_head, verbose=False
     )
     torch.testing.assert_close(every[src_layer, src_head], one)
+
+
+# --------------------------------------------------------------------------- hook_result
+@torch.no_grad()
+def test_hook_result_is_each_heads_write_and_sums_to_attn_out(model):
+    cfg = model.cfg
+    toks = tokens(cfg)
+    _, off = model.run_with_cache(toks)
+    with pytest.raises(KeyError, match=r"set_use_attn_result\(True\)"):
+        off["result", 0]
+    model.cfg.use_attn_result = True  # TransformerLens's spelling works as well as the setter
+    _, on = model.run_with_cache(toks)
+    for layer in range(cfg.n_layers):
+        result = on["result", layer]
+        assert result.shape == (*toks.shape, cfg.n_heads, cfg.d_model)
+        # Summed over heads: the layer's output, as computed with the switch off (one matmul;
+        # float rounding differs, and accumulates over the layers).
+        torch.testing.assert_close(result.sum(2), off["attn_out", layer], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(result.sum(2), on["attn_out", layer], rtol=0, atol=0)
+        w_o = model.blocks[layer].attn.W_O
+        per_head = torch.einsum("bphd,hdm->bphm", on["z", layer], w_o)
+        torch.testing.assert_close(result, per_head, rtol=0, atol=1e-6)
+        # TransformerLens's own per-head decomposition reads the same numbers.
+        stacked = on.stack_head_results(layer=layer + 1)[-cfg.n_heads :]
+        torch.testing.assert_close(stacked, result.permute(2, 0, 1, 3), rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- weights: TL names
+@torch.no_grad()
+def test_tl_parameters_and_svd_interpreter(model):
+    from transformer_lens import SVDInterpreter
+
+    cfg = model.cfg
+    params = model.tl_parameters()
+    assert params["blocks.1.attn.W_V"].shape == (cfg.n_heads, cfg.d_model, cfg.d_head)
+    torch.testing.assert_close(params["blocks.2.attn.W_O"], model.W_O[2])
+    assert params["unembed.W_U"].shape == (cfg.d_model, cfg.d_vocab)
+    assert params["blocks.0.ln2.w"] is model.blocks[0].ln2.weight
+    assert dict(model.tl_named_parameters()).keys() == params.keys()
+    svd = SVDInterpreter(model)
+    vectors = svd.get_singular_vectors("OV", layer_index=1, head_index=2, num_vectors=4)
+    assert vectors.shape == (cfg.d_vocab, 1, 4)
+    # They are OV's top right singular vectors (its input directions... read out through W_U).
+    _, s, vh = torch.linalg.svd(model.OV[1, 2].AB.double())
+    expected = (model.W_U.T.double() @ vh[:4].T).float()
+    got = vectors[:, 0]
+    sign = torch.sign((got * expected).sum(0))  # singular vectors are defined up to sign
+    torch.testing.assert_close(got * sign, expected, rtol=1e-3, atol=1e-4)
+    assert (s[:4].diff() < 0).all()  # distinct singular values: the directions are unique
+    # w_in reads ln2's gain while it is unfolded; folding moves it into W_in: same vectors.
+    before = svd.get_singular_vectors("w_in", layer_index=0, num_vectors=3)[:, 0]
+    folded = model.processed_copy()
+    assert "blocks.0.ln2.w" not in folded.tl_parameters()
+    after = SVDInterpreter(folded).get_singular_vectors("w_in", layer_index=0, num_vectors=3)
+    # W_U changed by ln_final's gain too: compare in the residual basis.
+    back = torch.linalg.lstsq(model.W_U.T, before).solution
+    ahead = torch.linalg.lstsq(folded.W_U.T, after[:, 0]).solution
+    torch.testing.assert_close(back.abs(), ahead.abs(), rtol=1e-3, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- weight processing
+@pytest.mark.parametrize("name", [*sorted(CONFIGS), "gqa-tied"])
+@torch.no_grad()
+def test_folding_the_norms_keeps_the_logits_and_makes_dla_plain(name):
+    cfg = odd_config("gqa", tie_embeddings=True) if name == "gqa-tied" else CONFIGS[name]
+    model = build(cfg)
+    toks = tokens(model.cfg)
+    logits = model(toks)
+    folded = model.processed_copy()  # process_weights_ on a copy: the model keeps its gains
+    first = folded(toks)
+    # The same logits to 1e-5 of their scale (these peaked weights give logits of ~10: float32's
+    # rounding of a reordered product is what is left).
+    assert (first - logits).abs().max() <= 1e-5 * logits.abs().max()
+    assert model.cfg.normalization_type == "RMS" and folded.cfg.normalization_type == "RMSPre"
+    assert not torch.all(model.blocks[0].ln1.weight == 1)
+    norms = [folded.ln_final] + [b.ln1 for b in folded.blocks] + [b.ln2 for b in folded.blocks]
+    assert all(torch.all(n.weight == 1) for n in norms)
+    if name == "gqa-tied":  # the unembedding takes ln_final's gain, the embedding does not
+        assert model.cfg.tie_embeddings and not folded.cfg.tie_embeddings
+        torch.testing.assert_close(folded.W_E, model.W_E, rtol=0, atol=0)
+    # Per-head weights now act on the normalised residual: ln1's gain moved into them.
+    g = model.blocks[1].ln1.weight[:, None]
+    torch.testing.assert_close(folded.W_V[1], g * model.W_V[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(folded.W_Q[1], g * model.W_Q[1], rtol=1e-5, atol=1e-6)
+    # Direct logit attribution, the plain way: the scale-divided components through W_U sum to
+    # the logits (every token), with no gain to remember; unfolded that misses ln_final's gain.
+    logits_f, cache = folded.run_with_cache(toks)
+    stack = cache.apply_ln_to_stack(cache.decompose_resid())
+    torch.testing.assert_close((stack @ folded.W_U).sum(0), logits_f, rtol=0, atol=1e-4)
+    _, cache = model.run_with_cache(toks)
+    plain = (cache.apply_ln_to_stack(cache.decompose_resid()) @ model.W_U).sum(0)
+    assert not torch.allclose(plain, logits, atol=1e-2)
+    # center_unembed moves every logit of a position alike: probabilities unchanged.
+    centred = model.processed_copy(center_unembed=True)
+    torch.testing.assert_close(
+        centred(toks).log_softmax(-1), logits.log_softmax(-1), rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(centred.W_U.mean(-1), torch.zeros(cfg.d_model), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="RoPE"):
+        model.processed_copy(refactor_factored_attn_matrices=True)
+    with pytest.warns(UserWarning, match="center_writing_weights"):
+        model.processed_copy(center_writing_weights=True)
+    assert folded.process_weights_() is folded  # in place, and folding twice changes nothing
+    torch.testing.assert_close(folded(toks), first, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- generate, tokens
+@pytest.mark.parametrize("name", ["mla", "gqa"])
+@torch.no_grad()
+def test_transformer_lens_generate(name, tokenizer):
+    model = build(CONFIGS[name])
+    model.set_tokenizer(tokenizer)
+    text = "The cat sat on"
+    prompt = model.to_tokens(text)
+    greedy = model.generate(prompt, 6, do_sample=False, stop_at_eos=False)
+    assert greedy.shape == (1, prompt.shape[1] + 6) and torch.equal(
+        greedy[:, : prompt.shape[1]], prompt
+    )
+    seq = prompt
+    for _ in range(6):  # greedy is the argmax of a full forward, step by step
+        seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(greedy, seq)
+    # Text in, text out (decoded without special tokens), as TransformerLens returns it.
+    out = model.generate(text, max_new_tokens=6, do_sample=False, stop_at_eos=False)
+    assert out == tokenizer.decode(greedy[0].tolist(), skip_special_tokens=True)
+    assert out.startswith(text)
+    assert model.generate(text, 6, do_sample=False, stop_at_eos=False, return_type="tokens").equal(
+        greedy
+    )
+    assert torch.equal(
+        model.generate(prompt, 6, do_sample=False, stop_at_eos=False, use_past_kv_cache=False),
+        greedy,
+    )
+    assert model.generate(prompt, 6, temperature=0, stop_at_eos=False).equal(greedy)  # labkit's
+    texts = model.generate([text, "one two"], 4, do_sample=False, stop_at_eos=False)
+    assert texts[0] == model.generate(text, 4, do_sample=False, stop_at_eos=False)
+    padded = model.generate([text, "one two"], 4, do_sample=False, return_type="tokens")
+    assert padded.shape[0] == 2 and torch.equal(padded[0, -greedy.shape[1] + 2 :], greedy[0, :-2])
+    # Sampling: top_k=1 and a tiny top_p are greedy; a seeded generator repeats itself.
+    for kwargs in ({"top_k": 1}, {"top_p": 1e-6}):
+        sampled = model.generate(prompt, 6, stop_at_eos=False, **kwargs)
+        assert torch.equal(sampled, greedy), kwargs
+    draws = [
+        model.generate(
+            prompt,
+            6,
+            temperature=2.0,
+            freq_penalty=0.5,
+            repetition_penalty=1.3,
+            top_p=0.9,
+            generator=torch.Generator().manual_seed(5),
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    assert torch.equal(*draws)
+    # stop_at_eos: once a row emits <|endoftext|> it stays there, and decoding ends.
+    eot = tokenizer.token_to_id("<|endoftext|>")
+    stopped = model.generate(prompt, 6, do_sample=False, eos_token_id=int(greedy[0, -6]))
+    assert stopped.shape[1] == prompt.shape[1] + 1
+    assert eot == model.tokenizer.eos_token_id
+    with pytest.raises(ValueError, match="return_type"):
+        model.generate(text, 2, return_type="logits")
+    with pytest.raises(ValueError, match="top_p"):
+        model.generate(text, 2, top_p=0.0)
+
+
+def test_prepend_bos_follows_the_config(tokenizer):
+    model = build(CONFIGS["mla"])
+    model.set_tokenizer(tokenizer)
+    text = "The cat sat on the mat."
+    ids = tokenizer.encode(text).ids
+    eot = tokenizer.token_to_id("<|endoftext|>")
+    assert model.cfg.default_prepend_bos is False  # labkit trains and evaluates without a BOS
+    assert model.to_tokens(text)[0].tolist() == ids
+    assert model.to_tokens(text, prepend_bos=True)[0].tolist() == [eot, *ids]
+    assert model.bos_token_id == eot
+    model.cfg.default_prepend_bos = True  # TransformerLens's default, one switch away
+    assert model.to_tokens(text)[0].tolist() == [eot, *ids]
+    assert model.to_str_tokens(text)[0] == "<|endoftext|>"
+    assert model.to_single_token("cat") == model.to_tokens("cat", prepend_bos=False)[0, 0]
+    assert model.to_tokens(text, prepend_bos=False)[0].tolist() == ids
