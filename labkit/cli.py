@@ -698,10 +698,11 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["lm-eval"]:
-        # lm-eval parses its own arguments; labkit only registers its model first.
+        # lm-eval parses its own arguments; labkit registers its model and checks its own first.
         from labkit.eval.adapter import lm_eval_cli
 
-        return one_line_errors("labkit lm-eval", lambda: lm_eval_cli(argv[1:]), False)
+        rest, debug = [a for a in argv[1:] if a != "--debug"], "--debug" in argv[1:]
+        return one_line_errors("labkit lm-eval", lambda: lm_eval_cli(rest), debug)
     parser = build_parser()
     parser.add_argument("--debug", action="store_true", help="show tracebacks, not one line")
     parser.add_argument(
