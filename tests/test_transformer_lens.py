@@ -702,7 +702,7 @@ def test_prepend_bos_follows_the_config(tokenizer):
     text = "The cat sat on the mat."
     ids = tokenizer.encode(text).ids
     eot = tokenizer.token_to_id("<|endoftext|>")
-    assert model.cfg.default_prepend_bos is False  # labkit trains and evaluates without a BOS
+    assert model.cfg.default_prepend_bos is False  # trained without a first token: no BOS
     assert model.to_tokens(text)[0].tolist() == ids
     assert model.to_tokens(text, prepend_bos=True)[0].tolist() == [eot, *ids]
     assert model.bos_token_id == eot
@@ -711,3 +711,12 @@ def test_prepend_bos_follows_the_config(tokenizer):
     assert model.to_str_tokens(text)[0] == "<|endoftext|>"
     assert model.to_single_token("cat") == model.to_tokens("cat", prepend_bos=False)[0, 0]
     assert model.to_tokens(text, prepend_bos=False)[0].tolist() == ids
+    assert LabModel(model.cfg).cfg.default_prepend_bos  # a model built from the config keeps it
+    # A model trained with a first token (an attention sink) prepends it by default.
+    sink = LabModel(CONFIGS["mla"].replace(bos_token_id=7))
+    sink.set_tokenizer(tokenizer)
+    assert sink.cfg.default_prepend_bos and sink.bos_token_id == 7
+    assert sink.to_tokens(text)[0].tolist() == [7, *ids]
+    assert sink.generate(text, 3, do_sample=False, return_type="tokens")[0, 0] == 7
+    sink.cfg.default_prepend_bos = False
+    assert sink.to_tokens(text)[0].tolist() == ids
