@@ -143,9 +143,11 @@ def test_lm_eval_command_registers_labkit_and_passes_every_argument(monkeypatch,
     args += ["--seed", "1,2,3", "--batch_size", "2"]
     assert main(["lm-eval", *args]) == 3  # lm-eval's exit status is labkit's
     assert seen == {"argv": ["lm_eval", *args], "model": LabkitLM}
+    assert main(["lm-eval", *args[:3], "--debug", *args[3:]]) == 3  # labkit's flag, not lm-eval's
+    assert seen["argv"] == ["lm_eval", *args]
 
 
-def test_lm_eval_command_fails_on_bad_arguments_with_one_line(final_milestone, capsys):
+def test_lm_eval_command_fails_on_bad_arguments_with_one_line(final_milestone, capsys, monkeypatch):
     ok = f"checkpoint={final_milestone.path}"
     cases = {
         "needs --model_args checkpoint=DIR": [],
@@ -162,6 +164,12 @@ def test_lm_eval_command_fails_on_bad_arguments_with_one_line(final_milestone, c
         err = capsys.readouterr().err
         assert err.startswith("labkit lm-eval: error: ") and message in err, (message, err)
         assert err.count("\n") == 1, err  # one line, no traceback
+    # --debug, anywhere on the line (never handed to lm-eval), or LABKIT_DEBUG=1: the traceback.
+    with pytest.raises(ValueError, match="needs --model_args checkpoint=DIR"):
+        main(["lm-eval", "run", "--model", "labkit", "--debug", "--tasks", "x"])
+    monkeypatch.setenv("LABKIT_DEBUG", "1")
+    with pytest.raises(ValueError, match="needs --model_args checkpoint=DIR"):
+        main(["lm-eval", "run", "--model", "labkit", "--tasks", "x"])
 
 
 def test_adapter_picks_the_cpu_when_cuda_is_absent(final_milestone, monkeypatch, capsys):
