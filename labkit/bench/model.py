@@ -17,12 +17,13 @@ compiled >= 1.5x transformers eager and >= 1.0x transformers compiled; idle hook
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 
 import torch
 
-from labkit.bench.common import interleaved_timing, machine, record
+from labkit.bench.common import command_line, interleaved_timing, machine, record
 from labkit.config import ModelConfig
 from labkit.export import to_hf
 from labkit.model import LabModel
@@ -165,6 +166,11 @@ def bench_preset(
     return result
 
 
+def _shown(value: float, spec: str, unit: str = "") -> str:
+    """`value` formatted with its unit, or a dash for a candidate not measured (`--no-compile`)."""
+    return "—" if math.isnan(value) else f"{value:{spec}}{unit}"
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default="tiny-mla,tiny-gqa,small-mla,small-gqa")
@@ -201,12 +207,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         mfu = lambda tps: 100 * r["flops_per_token"] * tps / peak  # noqa: E731
         direct = (per_call * r["hook_calls"] + per_check * r["hook_checks"]) / r["step_s"]
         noise = r["labkit_copy"] / r["labkit"] - 1
-        c, tc = r.get("labkit_compiled", float("nan")), r.get("transformers_compiled", float("nan"))
+        nan = float("nan")
+        c, tc = r.get("labkit_compiled", nan), r.get("transformers_compiled", nan)
         line = (
-            f"| {name} | {r['labkit']:,.0f} | {c:,.0f} | {r['transformers']:,.0f} | {tc:,.0f} | "
-            f"{c / r['transformers']:.2f}x | {c / tc:.2f}x | {mfu(c):.1f} % | {mfu(tc):.1f} % | "
-            f"{r.get('labkit_compiled_compile_s', float('nan')):.0f} / "
-            f"{r.get('transformers_compiled_compile_s', float('nan')):.0f} | "
+            f"| {name} | {r['labkit']:,.0f} | {_shown(c, ',.0f')} | {r['transformers']:,.0f} | "
+            f"{_shown(tc, ',.0f')} | {_shown(c / r['transformers'], '.2f', 'x')} | "
+            f"{_shown(c / tc, '.2f', 'x')} | {_shown(mfu(c), '.1f', ' %')} | "
+            f"{_shown(mfu(tc), '.1f', ' %')} | "
+            f"{_shown(r.get('labkit_compiled_compile_s', nan), '.0f')} / "
+            f"{_shown(r.get('transformers_compiled_compile_s', nan), '.0f')} | "
             f"{100 * direct:.3f} % | {100 * noise:+.1f} % |"
         )
         lines.append(line)
@@ -228,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     if args.record:
         record(
             "labkit.bench.model",
-            f"`python -m labkit.bench.model {' '.join(argv or [])}`\n\n{table}",
+            f"{command_line('labkit.bench.model', argv)}\n\n{table}",
         )
     return results
 
