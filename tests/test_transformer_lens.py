@@ -425,6 +425,10 @@ def _manual_patch(model, corrupted, metric, name, where, source):
 def test_every_act_patch_sweep_equals_a_manual_patch(name):
     """All fifteen single sweeps of transformer_lens.patching, at every index, against a patch
     done by hand with run_with_hooks; the three `_every` helpers stack them."""
+    everything = {n for n in dir(patching) if n.startswith("get_act_patch_")}
+    tested = {*SWEEPS, "block_every", "attn_head_all_pos_every", "attn_head_by_pos_every"}
+    tested |= {"direct_path", "direct_path_all_sources"}  # test_direct_path_patching_...
+    assert everything == {f"get_act_patch_{n}" for n in tested}  # a new one gets a test here
     model, clean_cache, corrupted, _, metric = _patching_setup(name)
     cfg = model.cfg
     unpatched = metric(model(corrupted))
