@@ -748,11 +748,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["lm-eval"]:
         # lm-eval parses its own arguments; labkit registers its model and checks the task
-        # directories first. `--debug` is labkit's (lm-eval has none), as the error line says.
+        # directories and its own arguments first. `--debug` is labkit's (lm-eval has none).
         from labkit.eval.adapter import lm_eval_cli
 
-        rest = [a for a in argv[1:] if a != "--debug"]
-        debug = len(rest) < len(argv) - 1
+        rest, debug = [a for a in argv[1:] if a != "--debug"], "--debug" in argv[1:]
         return one_line_errors("labkit lm-eval", lambda: lm_eval_cli(rest), debug)
     parser = build_parser()
     parser.add_argument("--debug", action="store_true", help="show tracebacks, not one line")

@@ -298,10 +298,25 @@ def config_reference() -> str:
 class TransformerLensNames:
     """TransformerLens's config names, derived from ModelConfig's own fields and never stored:
     TransformerLens's utilities (ActivationCache, patching, head_detector) read `model.cfg` by
-    these names; nothing here is serialised, so nothing can drift from the fields. The norms keep
-    their gains (not folded into the next matrices), and the model has no biases, no absolute
-    positions, no parallel attention/MLP and no split q/k/v inputs."""
+    these names; nothing here is serialised, so nothing can drift from the fields. The model has
+    no biases, no absolute positions and no parallel attention/MLP.
 
+    `SWITCHES` are TransformerLens's run-time switches, off by default: set them on a model's
+    config (`model.cfg.use_attn_result = True`) or with its `set_use_*` methods; a model built
+    from a config copies them. `use_attn_result` fires `attn.hook_result` (each head's write);
+    `use_split_qkv_input` / `use_attn_in` give every head its own pre-ln1 copy of the residual
+    (`attn.hook_q_input`/`k_input`/`v_input` or `attn.hook_attn_in`); `use_hook_mlp_in` fires
+    `hook_mlp_in` on the MLP's copy of the residual; `default_prepend_bos` is `to_tokens`'s
+    default (derived from `bos_token_id` until set). `normalization_type` reads "RMSPre" once
+    `fold_layer_norm` has folded the gains."""
+
+    SWITCHES = (
+        "use_attn_result",
+        "use_split_qkv_input",
+        "use_attn_in",
+        "use_hook_mlp_in",
+        "_default_prepend_bos",  # where a set default_prepend_bos is kept
+    )
     normalization_type = "RMS"
     final_rms = True
     positional_embedding_type = "rotary"
@@ -319,8 +334,13 @@ class TransformerLensNames:
     @property
     def default_prepend_bos(self) -> bool:
         """TransformerLens's switch: a model trained with a first token (`bos_token_id`) gets it
-        prepended by `to_tokens` unless asked otherwise."""
-        return self.bos_token_id is not None
+        prepended by `to_tokens` unless asked otherwise; setting it (`cfg.default_prepend_bos =
+        True`) overrides that for this config."""
+        return self.__dict__.get("_default_prepend_bos", self.bos_token_id is not None)
+
+    @default_prepend_bos.setter
+    def default_prepend_bos(self, value: bool) -> None:
+        self.__dict__["_default_prepend_bos"] = bool(value)
 
     @property
     def d_head(self) -> int:
@@ -488,6 +508,12 @@ class ModelConfig(TransformerLensNames):
                 f"unknown ModelConfig field(s) {unknown}; allowed fields: {sorted(allowed)}"
             )
         return cls(**data)
+
+    def copy(self) -> ModelConfig:
+        """A copy of the fields and of TransformerLens's switches set on this config."""
+        out = ModelConfig.from_dict(self.to_dict())
+        out.__dict__.update({k: v for k, v in self.__dict__.items() if k in self.SWITCHES})
+        return out
 
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed (validated); head_dim is re-derived unless given."""

@@ -13,6 +13,8 @@ follow TransformerLens so its tools and users' habits work:
     blocks.{i}.attn.hook_attn_scores|hook_pattern                               [b, head, q, k]
     blocks.{i}.mlp.hook_pre|hook_pre_linear|hook_post                           [b, pos, d_ff]
     MLA: blocks.{i}.attn.hook_q_latent (if q_lora_rank), hook_kv_latent, hook_k_rope [b, pos, d]
+    cfg.use_* on: blocks.{i}.attn.hook_result|attn_in|q_input|k_input|v_input [b, pos, head, d]
+    (each head's write; its pre-ln1 input copy), blocks.{i}.hook_mlp_in   [b, pos, d_model]
 
 GQA's hook_k/hook_v carry the n_kv_heads heads (as in TransformerLens). In MLA the RoPE key is
 rotated once, before all heads share it, so hook_k already holds rotated RoPE dims and hook_rot_k
@@ -25,6 +27,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +40,7 @@ from transformer_lens.HookedRootModule import HookedRootModule
 from labkit.config import ATTENTION_IMPLS, ModelConfig
 from labkit.tl_protocol import (
     AttentionWeights,
+    AttnInput,
     GQAWeights,
     MLAWeights,
     MLPWeights,
@@ -204,10 +208,12 @@ def causal_mask(q_len: int, k_len: int, device: torch.device) -> Tensor | None:
 
 
 class AttentionCore(AttentionWeights, nn.Module):
-    """Shared by GQA and MLA: softmax(q k^T * scale) v, fused or eager.
+    """Shared by GQA and MLA: softmax(q k^T * scale) v, fused or eager, and the output projection.
 
     The fused path (SDPA) runs unless `attn_impl == "eager"` or a hook is attached to
     hook_attn_scores / hook_pattern; then the eager path materialises both. Same function.
+    Its input: ln1's output, or under TransformerLens's fork (`forked`, in labkit.tl_protocol)
+    per-head copies (q, k, v) [b, pos, head, d_model], each read by its head's rows (`per_head`).
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -215,7 +221,25 @@ class AttentionCore(AttentionWeights, nn.Module):
         self.cfg = cfg
         self.hook_attn_scores = HookPoint()
         self.hook_pattern = HookPoint()
-        self.hook_z = HookPoint()
+        self.hook_z, self.hook_result = HookPoint(), HookPoint()
+        self.hook_attn_in, self.hook_q_input = HookPoint(), HookPoint()
+        self.hook_k_input, self.hook_v_input = HookPoint(), HookPoint()
+
+    @staticmethod
+    def per_head(linear: nn.Linear, x: Tensor, heads: int) -> Tensor:
+        """linear(x) as [b, pos, heads, d_out]; per-head copies x [b, pos, heads, d_in] go through
+        their own head's rows of the weight only."""
+        if x.dim() == 3:
+            return linear(x).unflatten(-1, (heads, -1))
+        return torch.einsum("bphi,hoi->bpho", x, linear.weight.view(heads, -1, x.shape[-1]))
+
+    def output(self, z: Tensor) -> Tensor:
+        """hook_z [b, pos, head, d_head] through o_proj. With cfg.use_attn_result each head's write
+        [b, pos, head, d_model] passes hook_result before the heads are summed."""
+        z = self.hook_z(z)
+        if not self.cfg.use_attn_result:
+            return self.o_proj(z.flatten(2))
+        return self.hook_result(torch.einsum("bphd,hdm->bphm", z, self.W_O.to(z.dtype))).sum(2)
 
     def needs_eager(self) -> bool:
         return (
@@ -265,19 +289,18 @@ class GroupedQueryAttention(GQAWeights, AttentionCore):
         self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
         self.scale = 1.0 / math.sqrt(hd)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None) -> Tensor:
-        b, t, _ = x.shape
-        hd = self.cfg.head_dim
-        q = self.hook_q(self.q_proj(x).view(b, t, -1, hd))
-        k = self.hook_k(self.k_proj(x).view(b, t, -1, hd))
-        v = self.hook_v(self.v_proj(x).view(b, t, -1, hd))
+    def forward(self, x: AttnInput, cos: Tensor, sin: Tensor, cache: LayerCache | None) -> Tensor:
+        xq, xk, xv = x if isinstance(x, tuple) else (x, x, x)
+        h, kv = self.cfg.n_heads, self.cfg.n_kv_heads
+        q = self.hook_q(self.per_head(self.q_proj, xq, h))
+        k = self.hook_k(self.per_head(self.k_proj, xk, kv))
+        v = self.hook_v(self.per_head(self.v_proj, xv, kv))
         q = self.hook_rot_q(apply_rope(q, cos, sin))
         k = self.hook_rot_k(apply_rope(k, cos, sin))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.append(k, v)
-        z = self.hook_z(self.attend(q, k, v, self.scale).transpose(1, 2))
-        return self.o_proj(z.reshape(b, t, -1))
+        return self.output(self.attend(q, k, v, self.scale).transpose(1, 2))
 
 
 class MultiHeadLatentAttention(MLAWeights, AttentionCore):
@@ -311,19 +334,24 @@ class MultiHeadLatentAttention(MLAWeights, AttentionCore):
         self.scale = 1.0 / math.sqrt(cfg.qk_head_dim)
 
     def query(self, x: Tensor) -> Tensor:
-        if self.cfg.q_lora_rank:
-            return self.q_up(self.hook_q_latent(self.q_norm(self.q_down(x))))
-        return self.q_proj(x)
-
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None) -> Tensor:
-        b, t, _ = x.shape
         h = self.cfg.n_heads
-        q = self.hook_q(self.query(x).view(b, t, h, -1))
+        if self.cfg.q_lora_rank:
+            return self.per_head(self.q_up, self.hook_q_latent(self.q_norm(self.q_down(x))), h)
+        return self.per_head(self.q_proj, x, h)
+
+    def latent(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(c_kv after its norm, the RoPE key before rotation) of attention inputs x."""
+        c_kv, k_rope = self.kv_down(x).split([self.rank, self.rope], dim=-1)
+        return self.hook_kv_latent(self.kv_norm(c_kv)), k_rope
+
+    def forward(self, x: AttnInput, cos: Tensor, sin: Tensor, cache: LayerCache | None) -> Tensor:
+        xq, xk, xv = x if isinstance(x, tuple) else (x, x, x)
+        q = self.hook_q(self.query(xq))
         q_nope, q_rope = q.split([self.nope, self.rope], dim=-1)
         q = self.hook_rot_q(torch.cat((q_nope, apply_rope(q_rope, cos, sin)), dim=-1))
 
-        c_kv, k_rope = self.kv_down(x).split([self.rank, self.rope], dim=-1)
-        c_kv = self.hook_kv_latent(self.kv_norm(c_kv))
+        c_kv, k_rope = self.latent(xk)
+        c_v = self.latent(xv)[0] if isinstance(x, tuple) and xv is not xk else None
         k_rope = self.hook_k_rope(apply_rope(k_rope, cos, sin))
         offset = cache.length if cache is not None else 0
         if cache is not None:
@@ -332,22 +360,27 @@ class MultiHeadLatentAttention(MLAWeights, AttentionCore):
         if offset > 0 and not self._hooks_need_keys():
             z = self._attend_latent(q, c_kv, k_rope)
         else:
-            z = self._attend_expanded(q, c_kv, k_rope)
-        z = self.hook_z(z.transpose(1, 2))
-        return self.o_proj(z.reshape(b, t, -1))
+            z = self._attend_expanded(q, c_kv, k_rope, c_v)
+        return self.output(z.transpose(1, 2))
 
     def _hooks_need_keys(self) -> bool:
         return self.needs_eager() or any(
             _active(hp) for hp in (self.hook_k, self.hook_v, self.hook_rot_k)
         )
 
-    def _attend_expanded(self, q: Tensor, c_kv: Tensor, k_rope: Tensor) -> Tensor:
-        """Up-project every cached latent to per-head keys and values (training, prefill)."""
-        b, s, _ = c_kv.shape
+    def _attend_expanded(
+        self, q: Tensor, c_kv: Tensor, k_rope: Tensor, c_v: Tensor | None = None
+    ) -> Tensor:
+        """Up-project every cached latent to per-head keys and values (training, prefill). Under
+        the fork the latents and RoPE key are per head, and the values have their own (c_v)."""
+        b, s = c_kv.shape[:2]
         h = self.cfg.n_heads
-        k_nope, v = self.kv_up(c_kv).view(b, s, h, -1).split([self.nope, self.cfg.v_head_dim], -1)
-        k = torch.cat((k_nope, k_rope[:, :, None, :].expand(b, s, h, self.rope)), dim=-1)
-        k = self.hook_rot_k(self.hook_k(k))
+        k_nope, v = self.per_head(self.kv_up, c_kv, h).split([self.nope, self.cfg.v_head_dim], -1)
+        if c_v is not None:
+            v = self.per_head(self.kv_up, c_v, h)[..., self.nope :]
+        if k_rope.dim() == 3:
+            k_rope = k_rope[:, :, None, :].expand(b, s, h, self.rope)
+        k = self.hook_rot_k(self.hook_k(torch.cat((k_nope, k_rope), dim=-1)))
         v = self.hook_v(v)
         return self.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.scale)
 
@@ -381,6 +414,7 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.cfg = cfg
         self.ln1 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = (
             MultiHeadLatentAttention(cfg) if cfg.attention == "mla" else GroupedQueryAttention(cfg)
@@ -388,17 +422,15 @@ class TransformerBlock(nn.Module):
         self.ln2 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
         self.hook_resid_pre, self.hook_resid_mid = HookPoint(), HookPoint()
-        self.hook_resid_post = HookPoint()
+        self.hook_resid_post, self.hook_mlp_in = HookPoint(), HookPoint()
         self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint()
 
     def forward(self, h: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None) -> Tensor:
         h = self.hook_resid_pre(h)
-        h = self.hook_resid_mid(h + self.hook_attn_out(self.attn(self.ln1(h), cos, sin, cache)))
-        return self.hook_resid_post(h + self.hook_mlp_out(self.mlp(self.ln2(h))))
-
-
-def _identity(x: Tensor) -> Tensor:
-    return x
+        x = self.attn.fork(h, self.ln1, cache) if self.attn.forked else self.ln1(h)
+        h = self.hook_resid_mid(h + self.hook_attn_out(self.attn(x, cos, sin, cache)))
+        m = self.hook_mlp_in(h.clone()) if self.cfg.use_hook_mlp_in else h  # the MLP's own copy
+        return self.hook_resid_post(h + self.hook_mlp_out(self.mlp(self.ln2(m))))
 
 
 @dataclass
@@ -415,12 +447,11 @@ class LabModel(TransformerLensModel, HookedRootModule):
     functions), which the benchmark uses to measure what idle hooks cost.
 
     It is a `transformer_lens.model_protocol.TransformerLensModel`: `cfg` (labkit's ModelConfig,
-    which also answers to TransformerLens's field names), `run_with_cache` returning an
-    `ActivationCache`, `run_with_hooks`, `to_tokens`/`to_string`/`to_str_tokens` (once a
-    tokenizer is attached: `labkit.run.load` does it), and TransformerLens's weight names
-    (`W_E`, `W_U`, `W_Q`...`W_O` stacked [layer, head, ...], `QK`/`OV` as FactoredMatrix), all
-    from `labkit.tl_protocol`. The per-head weights act on ln1's output; see `MLAWeights` for
-    what they mean in MLA.
+    which also answers to TransformerLens's names and switches), `run_with_cache` returning an
+    `ActivationCache`, `run_with_hooks`, the tokenizer methods, `generate`, TransformerLens's
+    weight names (`W_E`, `W_U`, `W_Q`...`W_O` stacked [layer, head, ...], `QK`/`OV`,
+    `tl_parameters()`) and weight processing (`process_weights_`), all from `labkit.tl_protocol`.
+    The per-head weights act on ln1's output; see `MLAWeights` for what they mean in MLA.
 
     Config flows one way: the model keeps a private copy of `cfg` (its `device`/`dtype` follow
     this model) and every block reads that same object; `set_attn_impl` changes it in place.
@@ -429,7 +460,7 @@ class LabModel(TransformerLensModel, HookedRootModule):
     def __init__(self, cfg: ModelConfig, hook_points: bool = True):
         super().__init__()
         # A private copy: cfg.device/dtype follow this model, so two models must not share one.
-        self.cfg = cfg = ModelConfig.from_dict(cfg.to_dict())
+        self.cfg = cfg = cfg.copy()
         self.tokenizer: Any = None
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.hook_embed = HookPoint()
@@ -443,15 +474,6 @@ class LabModel(TransformerLensModel, HookedRootModule):
             self._compile_out_hook_points()
         self.setup()
         self._sync_cfg()
-
-    def _sync_cfg(self) -> None:
-        self.cfg.__dict__["_device"] = self.embed.weight.device
-        self.cfg.__dict__["_dtype"] = self.embed.weight.dtype
-
-    def _apply(self, fn: Any, recurse: bool = True) -> LabModel:
-        out = super()._apply(fn, recurse)
-        self._sync_cfg()
-        return out
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -472,14 +494,6 @@ class LabModel(TransformerLensModel, HookedRootModule):
         if impl not in ATTENTION_IMPLS:
             raise ValueError(f"attn_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
         self.cfg.attn_impl = impl
-
-    def _compile_out_hook_points(self) -> None:
-        for name, module in list(self.named_modules()):
-            if isinstance(module, HookPoint):
-                parent_name, _, attr = name.rpartition(".")
-                parent = self.get_submodule(parent_name) if parent_name else self
-                delattr(parent, attr)
-                object.__setattr__(parent, attr, _identity)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -547,17 +561,19 @@ class LabModel(TransformerLensModel, HookedRootModule):
 
     # ------------------------------------------------------------------ generation
     @torch.inference_mode()
-    def generate(
+    def decode(
         self,
         tokens: Tensor,
         max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
+        pick: Callable[[Tensor, Tensor], Tensor],
         eos_token_id: int | None = None,
-        generator: torch.Generator | None = None,
+        use_cache: bool = True,
     ) -> Tensor:
-        """Sample `max_new_tokens` continuations of tokens [batch, pos] with a KV cache (MLA caches
-        only c_kv and the RoPE key). temperature 0 is greedy. Returns [batch, pos + new]."""
+        """tokens [batch, pos] extended by up to `max_new_tokens`: each step appends
+        `pick(logits [batch, vocab], tokens so far)`, with a KV cache (MLA caches only c_kv and the
+        RoPE key) unless `use_cache=False`. A row that has emitted `eos_token_id` repeats it, and
+        decoding stops once every row has. `generate` (TransformerLens's, in labkit.tl_protocol)
+        is the call to use: strings or tokens, greedy or sampled."""
         if tokens.dim() == 1:
             tokens = tokens[None]
         if max_new_tokens < 0:
@@ -568,31 +584,16 @@ class LabModel(TransformerLensModel, HookedRootModule):
                 f"prompt ({tokens.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
                 f"max_seq_len {self.cfg.max_seq_len}"
             )
-        cache = KVCache(self.cfg, tokens.shape[0], total)
-        out = [tokens]
+        cache = KVCache(self.cfg, tokens.shape[0], total) if use_cache else None
         logits = self(tokens, cache=cache)[:, -1]
         finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
         for step in range(max_new_tokens):
-            nxt = sample_next(logits, temperature, top_k, generator)
+            nxt = pick(logits, tokens)
             if eos_token_id is not None:
                 nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
                 finished |= nxt == eos_token_id
-            out.append(nxt[:, None])
+            tokens = torch.cat((tokens, nxt[:, None]), dim=1)
             if step + 1 == max_new_tokens or (eos_token_id is not None and bool(finished.all())):
                 break
-            logits = self(nxt[:, None], cache=cache)[:, -1]
-        return torch.cat(out, dim=1)
-
-
-def sample_next(
-    logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
-) -> Tensor:
-    """One token per row from logits [batch, vocab]."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+            logits = self(nxt[:, None] if use_cache else tokens, cache=cache)[:, -1]
+        return tokens

@@ -77,3 +77,11 @@ def reference(ci_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "reference"
     run(["--run-dir", str(run_dir)], ci_data)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def reference_gqa(ci_data, tmp_path_factory):
+    """The CI run's GQA twin (tiny-gqa, two layers), for what must hold on MLA and GQA alike."""
+    run_dir = tmp_path_factory.mktemp("runs") / "reference-gqa"
+    run(["--run-dir", str(run_dir), "--set", "model.preset=tiny-gqa"], ci_data)
+    return run_dir

@@ -124,7 +124,7 @@ def test_adapter_errors_name_the_fix(tmp_path):
 
 
 # ------------------------------------------------------------------- lm-eval's own command line
-def test_lm_eval_command_registers_labkit_and_passes_every_argument(monkeypatch):
+def test_lm_eval_command_registers_labkit_and_passes_every_argument(monkeypatch, final_milestone):
     import lm_eval.__main__
     from lm_eval.api.registry import get_model
 
@@ -138,10 +138,116 @@ def test_lm_eval_command_registers_labkit_and_passes_every_argument(monkeypatch)
         raise SystemExit(3)
 
     monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", fake_cli)
-    args = ["run", "--model", "labkit", "--model_args", "checkpoint=x,batch_size=2", "--tasks"]
-    args += ["a,b", "--include_path", "/t", "--limit", "2", "--log_samples", "--seed", "1,2,3"]
+    args = ["run", "--model", "labkit", "--model_args", f"checkpoint={final_milestone.path}"]
+    args += ["--tasks", "a,b", "--include_path", "/t", "--limit", "2", "--log_samples"]
+    args += ["--seed", "1,2,3", "--batch_size", "2"]
     assert main(["lm-eval", *args]) == 3  # lm-eval's exit status is labkit's
     assert seen == {"argv": ["lm_eval", *args], "model": LabkitLM}
+    assert main(["lm-eval", *args[:3], "--debug", *args[3:]]) == 3  # labkit's flag, not lm-eval's
+    assert seen["argv"] == ["lm_eval", *args]
+
+
+def test_lm_eval_command_fails_on_bad_arguments_with_one_line(final_milestone, capsys, monkeypatch):
+    ok = f"checkpoint={final_milestone.path}"
+    cases = {
+        "needs --model_args checkpoint=DIR": [],
+        "is not a labkit checkpoint": ["--model_args", "checkpoint=/nowhere"],
+        "dtype='float64'": ["--model_args", ok + ",dtype=float64"],
+        "unknown --model_args bogus": ["--model_args", ok + ",bogus=1"],
+        "pass them as lm-eval's own flags (--device)": ["--model_args", ok + ",device=cpu"],
+        "batch_size='abc'": ["--model_args", ok, "--batch_size", "abc"],
+        "device='tpu' is not a device": ["--model_args", ok, "--device", "tpu"],
+        "unrecognized arguments: --bogus": ["--model_args", ok, "--bogus"],
+    }
+    for message, extra in cases.items():
+        assert main(["lm-eval", "run", "--model", "labkit", "--tasks", "x", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("labkit lm-eval: error: ") and message in err, (message, err)
+        assert err.count("\n") == 1, err  # one line, no traceback
+    # --debug, anywhere on the line (never handed to lm-eval), or LABKIT_DEBUG=1: the traceback.
+    with pytest.raises(ValueError, match="needs --model_args checkpoint=DIR"):
+        main(["lm-eval", "run", "--model", "labkit", "--debug", "--tasks", "x"])
+    monkeypatch.setenv("LABKIT_DEBUG", "1")
+    with pytest.raises(ValueError, match="needs --model_args checkpoint=DIR"):
+        main(["lm-eval", "run", "--model", "labkit", "--tasks", "x"])
+
+
+def test_adapter_picks_the_cpu_when_cuda_is_absent(final_milestone, monkeypatch, capsys):
+    from labkit.eval.adapter import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == torch.device("cpu")
+    assert resolve_device("cuda:0") == torch.device("cpu")  # lm-eval's CLI default
+    assert "evaluating on the CPU" in capsys.readouterr().err
+    lm = LabkitLM(checkpoint=str(final_milestone.path), device="cuda:0")
+    assert lm.device == torch.device("cpu") and lm.model.cfg.device == torch.device("cpu")
+
+
+def _lm_eval_results(out_dir) -> dict:
+    from labkit.eval.runner import flatten
+
+    (path,) = list(out_dir.rglob("results_*.json"))
+    return flatten(json.loads(path.read_text())["results"])
+
+
+def _suite_under_both_command_lines(milestone, tmp_path, monkeypatch, n, limit=None):
+    """`labkit lm-eval --model labkit` (no --device, CUDA absent) and plain `lm_eval --model hf`
+    (another process, no labkit imported) on the export: the whole labkit_suite, both results."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from labkit.eval.adapter import checkpoint_tokenizer
+    from labkit.eval.tasks import build_tasks
+    from labkit.export import to_hf
+
+    tasks = build_tasks(milestone.data_path, tmp_path / "tasks", n=n)
+    model, _ = load(milestone)
+    export = to_hf(model, tmp_path / "hf", tokenizer=checkpoint_tokenizer(milestone))
+    common = ["--include_path", str(tasks), "--tasks", "labkit_suite"]
+    common += ["--limit", str(limit)] if limit else []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ours = ["lm-eval", "run", "--model", "labkit", "--model_args", f"checkpoint={milestone.path}"]
+    assert main([*ours, *common, "--output_path", str(tmp_path / "ours")]) == 0
+    lm_eval = Path(sys.executable).with_name("lm_eval")
+    theirs = [
+        str(lm_eval),
+        "run",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={export},dtype=float32",
+    ]
+    theirs += [*common, "--device", "cpu", "--output_path", str(tmp_path / "theirs")]
+    proc = subprocess.run(theirs, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return _lm_eval_results(tmp_path / "ours"), _lm_eval_results(tmp_path / "theirs")
+
+
+def _assert_same_scores(ours, theirs):
+    assert set(ours) >= set(TASKS) and ours.keys() == theirs.keys()
+    for task, metrics in ours.items():
+        assert metrics.keys() == theirs[task].keys(), task
+        for name, value in metrics.items():
+            assert value == pytest.approx(theirs[task][name], rel=1e-4, abs=1e-6), (task, name)
+    assert "exact_match" in ours["labkit_squad"]
+
+
+def test_plain_lm_eval_hf_runs_the_suite_on_the_export_with_labkits_scores(
+    final_milestone, tmp_path, monkeypatch
+):
+    _assert_same_scores(
+        *_suite_under_both_command_lines(final_milestone, tmp_path, monkeypatch, n=20, limit=6)
+    )
+
+
+@pytest.mark.slow
+def test_plain_lm_eval_hf_scores_the_whole_suite_as_labkit_does(
+    final_milestone, tmp_path, monkeypatch
+):
+    _assert_same_scores(
+        *_suite_under_both_command_lines(final_milestone, tmp_path, monkeypatch, 200)
+    )
 
 
 @pytest.mark.slow  # ~45 s on 2 cores: lm-eval's CLI indexes all of its own tasks first
@@ -197,6 +303,18 @@ def test_build_tasks_is_deterministic_and_covers_the_nine(ci_data, tmp_path):
 
 
 def test_squad_metrics():
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+
+    from labkit.eval.tasks import SQUAD_NORMALISATION
+
+    pairs = [("The Clockmaking.", "clockmaking"), ("an apple, the pear", "Apple pear!"),
+             ("Plugov", "plugov."), ("theory", "ory"), ("A-team", "team"), ("no", "not in the passage"),
+             ("Not in the passage.", "not in the passage"), ("the the", "")]  # fmt: skip
+    for prediction, truth in pairs:  # lm-eval's exact_match, as the YAML asks, is SQuAD's
+        theirs = exact_match_hf_evaluate(
+            [prediction], [truth], regexes_to_ignore=SQUAD_NORMALISATION, ignore_case=True
+        )["exact_match"]
+        assert theirs == exact_match(prediction, truth), (prediction, truth)
     assert exact_match("The Clockmaking.", "clockmaking") == 1.0
     assert f1("clockmaking in Plugov", "clockmaking") == pytest.approx(0.5)  # P 1/3, R 1
     assert f1("", "") == 1.0 and f1("x", "") == 0.0 and f1("a b", "c d") == 0.0
@@ -226,8 +344,8 @@ def test_eval_command_writes_every_milestone_into_the_run_and_the_registry(
         assert set(r["scores"]) >= set(TASKS)
         assert (reference / "evals" / f"{r['milestone']}.json").exists()
         assert 0.0 <= r["scores"]["labkit_qa"]["acc"] <= 1.0
-        squad = r["scores"]["labkit_squad"]  # scored by labkit's registered metric, not !function
-        assert 0.0 <= squad["exact_match"] <= squad["f1"] <= 1.0
+        squad = r["scores"]["labkit_squad"]  # exact match by lm-eval, F1 by labkit (samples)
+        assert 0.0 <= squad["exact_match"] <= squad["f1"] <= 1.0 and "f1_stderr" in squad
     assert "milestone" in capsys.readouterr().out
 
 

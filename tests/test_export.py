@@ -95,10 +95,37 @@ def test_export_generates_from_the_folder_alone(exported, tokenizer, tmp_path):
         prompt, max_new_tokens=8, do_sample=False
     )[0]["generated_text"]
     assert text == hf_tok.decode(theirs[0], skip_special_tokens=True)
-    # The model's own tokenizer is exported when none is passed; from_hf attaches it back.
+    # TransformerLens's generate, text in and text out, is HF's greedy text; both tokenize the
+    # prompt without a BOS (a model trained without one: neither to_tokens nor the export adds it).
     model.set_tokenizer(tokenizer)
+    assert model.to_tokens(prompt)[0].tolist() == ids[0].tolist()
+    assert hf.config.bos_token_id is None and hf_tok.bos_token is None
+    assert model.generate(prompt, max_new_tokens=8, do_sample=False) == text
+    # The model's own tokenizer is exported when none is passed; from_hf attaches it back.
     again = from_hf(to_hf(model, tmp_path / "own"))
     assert again.to_string(again.to_tokens(prompt)[0]) == prompt
+
+
+@pytest.mark.parametrize("attention", ["gqa", "mla"])
+def test_text_generation_with_a_first_token_equals_hf_greedy(attention, tokenizer, tmp_path):
+    """A model trained with a first token (bos_token_id): to_tokens and the export's tokenizer both
+    put it first, and TransformerLens's generate gives HF's greedy text."""
+    from transformers import AutoTokenizer
+
+    eot = tokenizer.token_to_id("<|endoftext|>")
+    torch.manual_seed(2)
+    model = LabModel(odd_config(attention, bos_token_id=eot)).eval()
+    model.set_tokenizer(tokenizer)
+    out = to_hf(model, tmp_path / "bos")
+    hf_tok = AutoTokenizer.from_pretrained(out)
+    hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    prompt = "the latent cache"
+    ids = hf_tok(prompt, return_tensors="pt")["input_ids"]
+    assert ids[0, 0] == eot and ids[0].tolist() == model.to_tokens(prompt)[0].tolist()
+    theirs = hf_tok.decode(
+        hf.generate(ids, max_new_tokens=8, do_sample=False)[0], skip_special_tokens=True
+    )
+    assert model.generate(prompt, max_new_tokens=8, do_sample=False) == theirs
 
 
 def test_transformer_bridge_hooks_equal_ours(exported):

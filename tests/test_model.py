@@ -7,8 +7,25 @@ from labkit.config import ModelConfig
 from labkit.model import KVCache, LabModel
 
 
+def switched_hooks(cfg: ModelConfig, b: int, t: int, fork: str) -> dict[str, tuple]:
+    """The hook points TransformerLens's switches turn on (`fork`: "split" or "attn_in")."""
+    d, h = cfg.d_model, cfg.n_heads
+    kv_heads = cfg.n_kv_heads if cfg.attention == "gqa" else h
+    shapes = {}
+    for i in range(cfg.n_layers):
+        a = f"blocks.{i}.attn."
+        shapes[a + "hook_result"] = (b, t, h, d)
+        shapes[f"blocks.{i}.hook_mlp_in"] = (b, t, d)
+        if fork == "split":
+            shapes[a + "hook_q_input"] = (b, t, h, d)
+            shapes[a + "hook_k_input"] = shapes[a + "hook_v_input"] = (b, t, kv_heads, d)
+        else:
+            shapes[a + "hook_attn_in"] = (b, t, h, d)
+    return shapes
+
+
 def expected_hooks(cfg: ModelConfig, b: int, t: int) -> dict[str, tuple]:
-    """The hook table of labkit/model.py, spelled out."""
+    """The hook table of labkit/model.py, spelled out (with every switch off)."""
     d, h = cfg.d_model, cfg.n_heads
     shapes = {"hook_embed": (b, t, d), "ln_final.hook_normalized": (b, t, d)}
     shapes["ln_final.hook_scale"] = (b, t, 1)
@@ -66,8 +83,37 @@ def test_hook_names_and_shapes(model):
     toks = tokens(model.cfg)
     _, cache = model.run_with_cache(toks)
     expected = expected_hooks(model.cfg, *toks.shape)
-    assert set(model.hook_dict) == set(expected)
+    switched = switched_hooks(model.cfg, *toks.shape, "split") | switched_hooks(
+        model.cfg, *toks.shape, "attn_in"
+    )
+    assert set(model.hook_dict) == set(expected) | set(switched)
+    assert {k: tuple(v.shape) for k, v in cache.items()} == expected  # switched ones stay idle
+
+
+@pytest.mark.parametrize("fork", ["split", "attn_in"])
+def test_transformer_lens_switches_fire_their_hooks_and_keep_the_logits(model, fork):
+    toks = tokens(model.cfg, t=7)
+    with torch.no_grad():
+        plain = model(toks)
+    model.set_use_attn_result(True)
+    model.set_use_hook_mlp_in(True)
+    (model.set_use_split_qkv_input if fork == "split" else model.set_use_attn_in)(True)
+    with torch.no_grad():
+        switched = model(toks)
+        _, cache = model.run_with_cache(toks)
+    expected = expected_hooks(model.cfg, *toks.shape)
+    expected |= switched_hooks(model.cfg, *toks.shape, fork)
+    if model.cfg.attention == "mla":  # under the fork MLA's latents are per head
+        for i in range(model.cfg.n_layers):
+            a, h = f"blocks.{i}.attn.", model.cfg.n_heads
+            expected[a + "hook_kv_latent"] = (*toks.shape, h, model.cfg.kv_lora_rank)
+            expected[a + "hook_k_rope"] = (*toks.shape, h, model.cfg.qk_rope_head_dim)
+            if model.cfg.q_lora_rank:
+                expected[a + "hook_q_latent"] = (*toks.shape, h, model.cfg.q_lora_rank)
     assert {k: tuple(v.shape) for k, v in cache.items()} == expected
+    assert rel(switched, plain) <= 1e-5  # the same function, laid out per head
+    # A model built from a config carries its switches.
+    assert LabModel(model.cfg).cfg.use_attn_result
 
 
 def test_fused_and_eager_paths_agree(model):

@@ -11,6 +11,7 @@ from transformer_lens import ActivationCache, patching
 from transformer_lens.FactoredMatrix import FactoredMatrix
 from transformer_lens.head_detector import detect_head
 from transformer_lens.model_protocol import TransformerLensModel
+from transformer_lens.utilities import get_act_name
 
 from labkit.analysis.induction import copying_scores, head_scores
 from labkit.analysis.latent import kv_latent_patching
@@ -363,3 +364,363 @@ def test_copying_scores_follow_from_ov(model):
             top = logits.topk(100, dim=-1).indices
             share = (top == toks[:, None]).any(-1).float().mean()
             assert share.item() == pytest.approx(ours[layer, h].item()), (layer, h)
+
+
+# --------------------------------------------------------------------------- every patching sweep
+# get_act_patch_* name -> (activation, the slice of it one index patches). Index = the sweep's
+# axes after the layer.
+_ALL = slice(None)
+SWEEPS = {
+    "resid_pre": ("resid_pre", lambda p: (_ALL, p)),
+    "resid_mid": ("resid_mid", lambda p: (_ALL, p)),
+    "attn_out": ("attn_out", lambda p: (_ALL, p)),
+    "mlp_out": ("mlp_out", lambda p: (_ALL, p)),
+    "attn_head_out_by_pos": ("z", lambda p, h: (_ALL, p, h)),
+    "attn_head_q_by_pos": ("q", lambda p, h: (_ALL, p, h)),
+    "attn_head_k_by_pos": ("k", lambda p, h: (_ALL, p, h)),
+    "attn_head_v_by_pos": ("v", lambda p, h: (_ALL, p, h)),
+    "attn_head_pattern_by_pos": ("pattern", lambda h, d: (_ALL, h, d)),
+    "attn_head_pattern_dest_src_pos": ("pattern", lambda h, d, s: (_ALL, h, d, s)),
+    "attn_head_out_all_pos": ("z", lambda h: (_ALL, _ALL, h)),
+    "attn_head_q_all_pos": ("q", lambda h: (_ALL, _ALL, h)),
+    "attn_head_k_all_pos": ("k", lambda h: (_ALL, _ALL, h)),
+    "attn_head_v_all_pos": ("v", lambda h: (_ALL, _ALL, h)),
+    "attn_head_pattern_all_pos": ("pattern", lambda h: (_ALL, h)),
+}
+# Two layers of four heads keep the sweeps (one forward per index) fast.
+PATCH_CONFIGS = {
+    name: odd_config(kind, n_layers=2, n_heads=4, **extra)
+    for name, kind, extra in [
+        ("mla", "mla", {}),
+        ("mla-fullq", "mla", {"q_lora_rank": 0}),
+        ("gqa", "gqa", {"n_kv_heads": 2}),
+        ("mha", "gqa", {"n_kv_heads": 4}),
+    ]
+}
+
+
+def _patching_setup(name):
+    model = build(PATCH_CONFIGS[name])
+    cfg = model.cfg
+    clean = tokens(cfg, b=1, t=3)
+    corrupted = torch.tensor([[7, 200, 42]])
+    _, clean_cache = model.run_with_cache(clean)
+    _, corrupted_cache = model.run_with_cache(corrupted)
+    return model, clean_cache, corrupted, corrupted_cache, _logit_metric(int(clean[0, -1]))
+
+
+def _manual_patch(model, corrupted, metric, name, where, source):
+    """The metric of the corrupted run with activation `name`[where] taken from `source`."""
+
+    def hook(act, hook):
+        act = act.clone()
+        act[where] = source[where]
+        return act
+
+    return metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, hook)]))
+
+
+@pytest.mark.parametrize("name", ["mla", "mla-fullq", "gqa"])
+@torch.no_grad()
+def test_every_act_patch_sweep_equals_a_manual_patch(name):
+    """All fifteen single sweeps of transformer_lens.patching, at every index, against a patch
+    done by hand with run_with_hooks; the three `_every` helpers stack them."""
+    everything = {n for n in dir(patching) if n.startswith("get_act_patch_")}
+    tested = {*SWEEPS, "block_every", "attn_head_all_pos_every", "attn_head_by_pos_every"}
+    tested |= {"direct_path", "direct_path_all_sources"}  # test_direct_path_patching_...
+    assert everything == {f"get_act_patch_{n}" for n in tested}  # a new one gets a test here
+    model, clean_cache, corrupted, _, metric = _patching_setup(name)
+    cfg = model.cfg
+    unpatched = metric(model(corrupted))
+    results = {}
+    for sweep, (act, where) in SWEEPS.items():
+        out = getattr(patching, f"get_act_patch_{sweep}")(model, corrupted, clean_cache, metric)
+        results[sweep] = out
+        heads = cfg.n_key_value_heads if act in ("k", "v") and cfg.attention == "gqa" else None
+        if act in ("q", "k", "v", "z") or sweep.startswith("attn_head_pattern"):
+            assert out.shape[out.dim() - 1 if "by_pos" in sweep and act != "pattern" else 1] == (
+                heads or cfg.n_heads
+            ), sweep
+        for index in torch.cartesian_prod(*[torch.arange(n) for n in out.shape]).tolist():
+            index = index if isinstance(index, list) else [index]
+            layer, rest = index[0], index[1:]
+            hook_name = get_act_name(act, layer)
+            want = _manual_patch(
+                model, corrupted, metric, hook_name, where(*rest), clean_cache[hook_name]
+            )
+            torch.testing.assert_close(out[tuple(index)], want, msg=f"{sweep} {index}")
+        assert not torch.allclose(out, unpatched.expand_as(out)), sweep  # the patches do something
+    every = patching.get_act_patch_block_every(model, corrupted, clean_cache, metric)
+    torch.testing.assert_close(
+        every, torch.stack([results["resid_pre"], results["attn_out"], results["mlp_out"]])
+    )
+    every = patching.get_act_patch_attn_head_all_pos_every(model, corrupted, clean_cache, metric)
+    for i, part in enumerate(("out", "q", "k", "v", "pattern")):
+        mine = results[f"attn_head_{part}_all_pos"]
+        torch.testing.assert_close(every[i, :, : mine.shape[1]], mine)
+    every = patching.get_act_patch_attn_head_by_pos_every(model, corrupted, clean_cache, metric)
+    for i, part in enumerate(("out", "q", "k", "v")):
+        mine = results[f"attn_head_{part}_by_pos"]
+        torch.testing.assert_close(every[i, :, :, : mine.shape[2]], mine)
+    torch.testing.assert_close(every[4], results["attn_head_pattern_by_pos"].transpose(1, 2))
+
+
+def _head_input_from(model, layer, x, component):
+    """What head-input `component` ("q", "k" or "v") of layer `layer` computes, for every head,
+    from an ln1 output x [b, pos, d_model], by the model's own (unforked) path: hook_q, hook_k,
+    hook_v's values."""
+    attn, cfg = model.blocks[layer].attn, model.cfg
+    b, t, _ = x.shape
+    if cfg.attention == "gqa":
+        proj = {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj}[component]
+        return proj(x).view(b, t, -1, cfg.head_dim)
+    if component == "q":
+        return attn.query(x)
+    c_kv, k_rope = attn.kv_down(x).split([cfg.kv_lora_rank, cfg.qk_rope_head_dim], dim=-1)
+    kv = attn.kv_up(attn.kv_norm(c_kv)).view(b, t, cfg.n_heads, -1)
+    if component == "v":
+        return kv[..., cfg.qk_nope_head_dim :]
+    cos, sin = rope_tables(cfg.rope_dim, torch.arange(t), cfg.rope_theta)
+    rope = apply_rope(k_rope, cos, sin)[:, :, None].expand(b, t, cfg.n_heads, -1)
+    return torch.cat((kv[..., : cfg.qk_nope_head_dim], rope), dim=-1)  # MLA's hook_k is rotated
+
+
+@pytest.mark.parametrize(
+    ("name", "components"),
+    [("mla", "qkv"), ("mla-fullq", "qkv"), ("gqa", "q"), ("mha", "qkv")],
+)
+@torch.no_grad()
+def test_direct_path_patching_equals_a_manual_edge_patch(name, components):
+    """get_act_patch_direct_path (through use_split_qkv_input and the per-head input hooks):
+    head (l, h) reading the source head's clean write on its q/k/v input alone equals
+    recomputing that head's query/key/value by the model's ordinary path from
+    ln1(resid_pre + delta), everything else corrupted. GQA with fewer KV heads than query heads
+    has no per-query-head key/value input: TransformerLens refuses k and v there."""
+    model, clean_cache, corrupted, corrupted_cache, metric = _patching_setup(name)
+    cfg = model.cfg
+    src_layer, src_head = 0, 3
+    z = f"blocks.{src_layer}.attn.hook_z"
+    w_o = model.blocks[src_layer].attn.W_O[src_head]
+    delta = (clean_cache[z][:, :, src_head] - corrupted_cache[z][:, :, src_head]) @ w_o
+    for component in components:
+        out = patching.get_act_patch_direct_path(
+            model, corrupted, clean_cache, corrupted_cache, metric, src_layer, src_head,
+            component=component, verbose=False,
+        )  # fmt: skip
+        assert out.shape == (cfg.n_layers, cfg.n_heads) and not cfg.use_split_qkv_input
+        assert (out[: src_layer + 1] == 0).all()
+        for layer in range(src_layer + 1, cfg.n_layers):
+            block = model.blocks[layer]
+            x = block.ln1(corrupted_cache["resid_pre", layer] + delta)
+            new = _head_input_from(model, layer, x, component)
+            for head in range(cfg.n_heads):
+                hook_name = f"blocks.{layer}.attn.hook_{component}"
+                where = (_ALL, _ALL, head)
+                want = _manual_patch(model, corrupted, metric, hook_name, where, new)
+                torch.testing.assert_close(
+                    out[layer, head], want, msg=f"{component} {layer} {head}"
+                )
+        assert not torch.allclose(out[src_layer + 1 :], metric(model(corrupted)))
+    if components == "q":
+        with pytest.raises(ValueError, match="GQA/MQA"):
+            patching.get_act_patch_direct_path(
+                model, corrupted, clean_cache, corrupted_cache, metric, 0, 0, component="k"
+            )
+    every = patching.get_act_patch_direct_path_all_sources(
+        model, corrupted, clean_cache, corrupted_cache, metric, verbose=False
+    )
+    assert every.shape == (cfg.n_layers, cfg.n_heads, cfg.n_layers, cfg.n_heads)
+    one = patching.get_act_patch_direct_path(
+        model, corrupted, clean_cache, corrupted_cache, metric, src_layer, src_head, verbose=False
+    )
+    torch.testing.assert_close(every[src_layer, src_head], one)
+
+
+# --------------------------------------------------------------------------- hook_result
+@torch.no_grad()
+def test_hook_result_is_each_heads_write_and_sums_to_attn_out(model):
+    cfg = model.cfg
+    toks = tokens(cfg)
+    _, off = model.run_with_cache(toks)
+    with pytest.raises(KeyError, match=r"set_use_attn_result\(True\)"):
+        off["result", 0]
+    model.cfg.use_attn_result = True  # TransformerLens's spelling works as well as the setter
+    _, on = model.run_with_cache(toks)
+    for layer in range(cfg.n_layers):
+        result = on["result", layer]
+        assert result.shape == (*toks.shape, cfg.n_heads, cfg.d_model)
+        # Summed over heads: the layer's output, as computed with the switch off (one matmul;
+        # float rounding differs, and accumulates over the layers).
+        torch.testing.assert_close(result.sum(2), off["attn_out", layer], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(result.sum(2), on["attn_out", layer], rtol=0, atol=0)
+        w_o = model.blocks[layer].attn.W_O
+        per_head = torch.einsum("bphd,hdm->bphm", on["z", layer], w_o)
+        torch.testing.assert_close(result, per_head, rtol=0, atol=1e-6)
+        # TransformerLens's own per-head decomposition reads the same numbers.
+        stacked = on.stack_head_results(layer=layer + 1)[-cfg.n_heads :]
+        torch.testing.assert_close(stacked, result.permute(2, 0, 1, 3), rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- weights: TL names
+@torch.no_grad()
+def test_tl_parameters_and_svd_interpreter(model):
+    from transformer_lens import SVDInterpreter
+
+    cfg = model.cfg
+    params = model.tl_parameters()
+    assert params["blocks.1.attn.W_V"].shape == (cfg.n_heads, cfg.d_model, cfg.d_head)
+    torch.testing.assert_close(params["blocks.2.attn.W_O"], model.W_O[2])
+    assert params["unembed.W_U"].shape == (cfg.d_model, cfg.d_vocab)
+    assert params["blocks.0.ln2.w"] is model.blocks[0].ln2.weight
+    assert dict(model.tl_named_parameters()).keys() == params.keys()
+    svd = SVDInterpreter(model)
+    vectors = svd.get_singular_vectors("OV", layer_index=1, head_index=2, num_vectors=4)
+    assert vectors.shape == (cfg.d_vocab, 1, 4)
+    # They are OV's top right singular vectors (its input directions... read out through W_U).
+    _, s, vh = torch.linalg.svd(model.OV[1, 2].AB.double())
+    expected = (model.W_U.T.double() @ vh[:4].T).float()
+    got = vectors[:, 0]
+    sign = torch.sign((got * expected).sum(0))  # singular vectors are defined up to sign
+    torch.testing.assert_close(got * sign, expected, rtol=1e-3, atol=1e-4)
+    assert (s[:4].diff() < 0).all()  # distinct singular values: the directions are unique
+    # w_in reads ln2's gain while it is unfolded; folding moves it into W_in: same vectors.
+    before = svd.get_singular_vectors("w_in", layer_index=0, num_vectors=3)[:, 0]
+    folded = model.processed_copy()
+    assert "blocks.0.ln2.w" not in folded.tl_parameters()
+    after = SVDInterpreter(folded).get_singular_vectors("w_in", layer_index=0, num_vectors=3)
+    # W_U changed by ln_final's gain too: compare in the residual basis.
+    back = torch.linalg.lstsq(model.W_U.T, before).solution
+    ahead = torch.linalg.lstsq(folded.W_U.T, after[:, 0]).solution
+    torch.testing.assert_close(back.abs(), ahead.abs(), rtol=1e-3, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- weight processing
+@pytest.mark.parametrize("name", [*sorted(CONFIGS), "gqa-tied"])
+@torch.no_grad()
+def test_folding_the_norms_keeps_the_logits_and_makes_dla_plain(name):
+    cfg = odd_config("gqa", tie_embeddings=True) if name == "gqa-tied" else CONFIGS[name]
+    model = build(cfg)
+    toks = tokens(model.cfg)
+    logits = model(toks)
+    folded = model.processed_copy()  # process_weights_ on a copy: the model keeps its gains
+    first = folded(toks)
+    # The same logits to 1e-5 of their scale (these peaked weights give logits of ~10: float32's
+    # rounding of a reordered product is what is left).
+    assert (first - logits).abs().max() <= 1e-5 * logits.abs().max()
+    assert model.cfg.normalization_type == "RMS" and folded.cfg.normalization_type == "RMSPre"
+    assert not torch.all(model.blocks[0].ln1.weight == 1)
+    norms = [folded.ln_final] + [b.ln1 for b in folded.blocks] + [b.ln2 for b in folded.blocks]
+    assert all(torch.all(n.weight == 1) for n in norms)
+    if name == "gqa-tied":  # the unembedding takes ln_final's gain, the embedding does not
+        assert model.cfg.tie_embeddings and not folded.cfg.tie_embeddings
+        torch.testing.assert_close(folded.W_E, model.W_E, rtol=0, atol=0)
+    # Per-head weights now act on the normalised residual: ln1's gain moved into them.
+    g = model.blocks[1].ln1.weight[:, None]
+    torch.testing.assert_close(folded.W_V[1], g * model.W_V[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(folded.W_Q[1], g * model.W_Q[1], rtol=1e-5, atol=1e-6)
+    # Direct logit attribution, the plain way: the scale-divided components through W_U sum to
+    # the logits (every token), with no gain to remember; unfolded that misses ln_final's gain.
+    logits_f, cache = folded.run_with_cache(toks)
+    stack = cache.apply_ln_to_stack(cache.decompose_resid())
+    torch.testing.assert_close((stack @ folded.W_U).sum(0), logits_f, rtol=0, atol=1e-4)
+    _, cache = model.run_with_cache(toks)
+    plain = (cache.apply_ln_to_stack(cache.decompose_resid()) @ model.W_U).sum(0)
+    assert not torch.allclose(plain, logits, atol=1e-2)
+    # center_unembed moves every logit of a position alike: probabilities unchanged.
+    centred = model.processed_copy(center_unembed=True)
+    torch.testing.assert_close(
+        centred(toks).log_softmax(-1), logits.log_softmax(-1), rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(centred.W_U.mean(-1), torch.zeros(cfg.d_model), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="RoPE"):
+        model.processed_copy(refactor_factored_attn_matrices=True)
+    with pytest.warns(UserWarning, match="center_writing_weights"):
+        model.processed_copy(center_writing_weights=True)
+    assert folded.process_weights_() is folded  # in place, and folding twice changes nothing
+    torch.testing.assert_close(folded(toks), first, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- generate, tokens
+@pytest.mark.parametrize("name", ["mla", "gqa"])
+@torch.no_grad()
+def test_transformer_lens_generate(name, tokenizer):
+    model = build(CONFIGS[name])
+    model.set_tokenizer(tokenizer)
+    text = "The cat sat on"
+    prompt = model.to_tokens(text)
+    greedy = model.generate(prompt, 6, do_sample=False, stop_at_eos=False)
+    assert greedy.shape == (1, prompt.shape[1] + 6) and torch.equal(
+        greedy[:, : prompt.shape[1]], prompt
+    )
+    seq = prompt
+    for _ in range(6):  # greedy is the argmax of a full forward, step by step
+        seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(greedy, seq)
+    # Text in, text out (decoded without special tokens), as TransformerLens returns it.
+    out = model.generate(text, max_new_tokens=6, do_sample=False, stop_at_eos=False)
+    assert out == tokenizer.decode(greedy[0].tolist(), skip_special_tokens=True)
+    assert out.startswith(text)
+    assert model.generate(text, 6, do_sample=False, stop_at_eos=False, return_type="tokens").equal(
+        greedy
+    )
+    assert torch.equal(
+        model.generate(prompt, 6, do_sample=False, stop_at_eos=False, use_past_kv_cache=False),
+        greedy,
+    )
+    assert model.generate(prompt, 6, temperature=0, stop_at_eos=False).equal(greedy)  # labkit's
+    texts = model.generate([text, "one two"], 4, do_sample=False, stop_at_eos=False)
+    assert texts[0] == model.generate(text, 4, do_sample=False, stop_at_eos=False)
+    padded = model.generate([text, "one two"], 4, do_sample=False, return_type="tokens")
+    assert padded.shape[0] == 2 and torch.equal(padded[0, -greedy.shape[1] + 2 :], greedy[0, :-2])
+    # Sampling: top_k=1 and a tiny top_p are greedy; a seeded generator repeats itself.
+    for kwargs in ({"top_k": 1}, {"top_p": 1e-6}):
+        sampled = model.generate(prompt, 6, stop_at_eos=False, **kwargs)
+        assert torch.equal(sampled, greedy), kwargs
+    draws = [
+        model.generate(
+            prompt,
+            6,
+            temperature=2.0,
+            freq_penalty=0.5,
+            repetition_penalty=1.3,
+            top_p=0.9,
+            generator=torch.Generator().manual_seed(5),
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    assert torch.equal(*draws)
+    # stop_at_eos: once a row emits <|endoftext|> it stays there, and decoding ends.
+    eot = tokenizer.token_to_id("<|endoftext|>")
+    stopped = model.generate(prompt, 6, do_sample=False, eos_token_id=int(greedy[0, -6]))
+    assert stopped.shape[1] == prompt.shape[1] + 1
+    assert eot == model.tokenizer.eos_token_id
+    with pytest.raises(ValueError, match="return_type"):
+        model.generate(text, 2, return_type="logits")
+    with pytest.raises(ValueError, match="top_p"):
+        model.generate(text, 2, top_p=0.0)
+
+
+def test_prepend_bos_follows_the_config(tokenizer):
+    model = build(CONFIGS["mla"])
+    model.set_tokenizer(tokenizer)
+    text = "The cat sat on the mat."
+    ids = tokenizer.encode(text).ids
+    eot = tokenizer.token_to_id("<|endoftext|>")
+    assert model.cfg.default_prepend_bos is False  # trained without a first token: no BOS
+    assert model.to_tokens(text)[0].tolist() == ids
+    assert model.to_tokens(text, prepend_bos=True)[0].tolist() == [eot, *ids]
+    assert model.bos_token_id == eot
+    model.cfg.default_prepend_bos = True  # TransformerLens's default, one switch away
+    assert model.to_tokens(text)[0].tolist() == [eot, *ids]
+    assert model.to_str_tokens(text)[0] == "<|endoftext|>"
+    assert model.to_single_token("cat") == model.to_tokens("cat", prepend_bos=False)[0, 0]
+    assert model.to_tokens(text, prepend_bos=False)[0].tolist() == ids
+    assert LabModel(model.cfg).cfg.default_prepend_bos  # a model built from the config keeps it
+    # A model trained with a first token (an attention sink) prepends it by default.
+    sink = LabModel(CONFIGS["mla"].replace(bos_token_id=7))
+    sink.set_tokenizer(tokenizer)
+    assert sink.cfg.default_prepend_bos and sink.bos_token_id == 7
+    assert sink.to_tokens(text)[0].tolist() == [7, *ids]
+    assert sink.generate(text, 3, do_sample=False, return_type="tokens")[0, 0] == 7
+    sink.cfg.default_prepend_bos = False
+    assert sink.to_tokens(text)[0].tolist() == ids

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from labkit.bench.common import interleaved_timing, machine, record
+from labkit.bench.common import command_line, interleaved_timing, machine, record
 from labkit.config import ModelConfig
 from labkit.export import to_hf
 from labkit.model import LabModel
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.record:
         record(
             "labkit.bench.analysis",
-            f"`python -m labkit.bench.analysis {' '.join(argv or [])}`\n\n{table}",
+            f"{command_line('labkit.bench.analysis', argv)}\n\n{table}",
         )
     return {"collection": col, "cka": ck}
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from labkit.bench.common import machine, record, run_trainer
+from labkit.bench.common import command_line, machine, record, run_trainer
 from labkit.resources import configs_dir
 
 CUDA = torch.cuda.is_available()
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.record:
         record(
             "labkit.bench.attention",
-            f"`python -m labkit.bench.attention {' '.join(argv or [])}`\n\n{body}",
+            f"{command_line('labkit.bench.attention', argv)}\n\n{body}",
         )
 
 

@@ -6,8 +6,10 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -78,6 +80,13 @@ def interleaved_timing(
             samples[name].append((time.perf_counter() - t0) / steps)
     reduce = {"min": min, "median": statistics.median}[stat]
     return {name: reduce(s) for name, s in samples.items()}
+
+
+def command_line(module: str, argv: list[str] | None) -> str:
+    """`python -m MODULE ARGS` as a benchmark ran: `argv` when a caller passed it, else this
+    process's own arguments (what `main()` parsed), so a record names its real settings."""
+    args = sys.argv[1:] if argv is None else argv
+    return f"`{shlex.join(['python', '-m', module, *args])}`"
 
 
 def record(title: str, body: str, path: Path = RESULTS) -> None:

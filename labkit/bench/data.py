@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from labkit.bench.common import machine, record
+from labkit.bench.common import command_line, machine, record
 from labkit.config import DataConfig
 from labkit.data.build import build
 from labkit.data.tokenizer import load_tokenizer
@@ -65,9 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     print(table)
     if args.record:
-        record(
-            "labkit.bench.data", f"`python -m labkit.bench.data {' '.join(argv or [])}`\n\n{table}"
-        )
+        record("labkit.bench.data", f"{command_line('labkit.bench.data', argv)}\n\n{table}")
     return result
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from lm_eval.api.instance import Instance
 
-from labkit.bench.common import ROOT, interleaved_timing, machine, record
+from labkit.bench.common import ROOT, command_line, interleaved_timing, machine, record
 
 
 def _requests(tasks_dir: Path, n: int) -> list[Instance]:
@@ -95,9 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     ])  # fmt: skip
     print(table)
     if args.record:
-        record(
-            "labkit.bench.eval", f"`python -m labkit.bench.eval {' '.join(argv or [])}`\n\n{table}"
-        )
+        record("labkit.bench.eval", f"{command_line('labkit.bench.eval', argv)}\n\n{table}")
     return rate
 
 

@@ -17,12 +17,13 @@ compiled >= 1.5x transformers eager and >= 1.0x transformers compiled; idle hook
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 
 import torch
 
-from labkit.bench.common import interleaved_timing, machine, record
+from labkit.bench.common import command_line, interleaved_timing, machine, record
 from labkit.config import ModelConfig
 from labkit.export import to_hf
 from labkit.model import LabModel
@@ -56,9 +57,10 @@ def matmul_peak(dtype: torch.dtype = torch.bfloat16, n: int = 2048, rounds: int 
     return 2 * n**3 / best
 
 
-def idle_hook_cost_per_call(calls: int = 200_000) -> float:
-    """Seconds per call of an idle HookPoint, minus a plain function call (what compiled-out hooks
-    cost). A direct figure: the A/B step timing below is noisier than the effect it measures."""
+def idle_hook_cost_per_call(calls: int = 200_000) -> tuple[float, float]:
+    """(seconds per call of an idle HookPoint, seconds per `has_hooks()` check of one), each minus
+    a plain function call: what compiled-out hooks save. A direct figure: the A/B step timing
+    below is noisier than the effect it measures."""
     from transformer_lens.hook_points import HookPoint
 
     hook, x = HookPoint(), torch.zeros(1)
@@ -72,10 +74,36 @@ def idle_hook_cost_per_call(calls: int = 200_000) -> float:
             fn(x)
         return time.perf_counter() - t0
 
-    loop(hook), loop(plain)  # warm up
-    return max(
-        0.0, (min(loop(hook) for _ in range(3)) - min(loop(plain) for _ in range(3))) / calls
-    )
+    def check(_):
+        return hook.has_hooks()
+
+    loop(hook), loop(plain), loop(check)  # warm up
+    base = min(loop(plain) for _ in range(3))
+    call = max(0.0, (min(loop(hook) for _ in range(3)) - base) / calls)
+    return call, max(0.0, (min(loop(check) for _ in range(3)) - base) / calls)
+
+
+def hook_points_touched(model: LabModel, tokens: torch.Tensor) -> tuple[int, int]:
+    """(hook points that fire, `has_hooks()` checks) in one idle forward: what idle hooks cost per
+    step (backward adds none). hook_scale and the attention pattern hooks are only checked while
+    idle; TransformerLens's switched hook points (hook_result, the fork's inputs, hook_mlp_in)
+    are not touched at all while their switch is off."""
+    fired, checked = [], []
+    points = list(model.hook_dict.values())
+    handles = [hp.register_forward_hook(lambda *_: fired.append(1)) for hp in points]
+    for hp in points:
+        hp.has_hooks = lambda *a, _hp=hp, **k: (
+            checked.append(1) or type(_hp).has_hooks(_hp, *a, **k)
+        )
+    try:
+        with torch.no_grad():
+            model(tokens)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for hp in points:
+            del hp.has_hooks
+    return len(fired), len(checked)
 
 
 def bench_preset(
@@ -132,10 +160,15 @@ def bench_preset(
     seconds = interleaved_timing(candidates, rounds=rounds, steps=steps, stat=stat)
     result = {k: batch * seq / v for k, v in seconds.items()}
     result["step_s"] = seconds["labkit"]
-    result["hook_calls"] = len(ours.hook_dict)  # each hook point fires once per forward
+    result["hook_calls"], result["hook_checks"] = hook_points_touched(ours, tokens)
     result["flops_per_token"] = cfg.flops_per_token(seq)
     result.update({f"{k}_compile_s": v for k, v in compile_s.items()})
     return result
+
+
+def _shown(value: float, spec: str, unit: str = "") -> str:
+    """`value` formatted with its unit, or a dash for a candidate not measured (`--no-compile`)."""
+    return "—" if math.isnan(value) else f"{value:{spec}}{unit}"
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
@@ -167,28 +200,33 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         "idle hooks, direct | A/A noise |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    per_call = idle_hook_cost_per_call()
+    per_call, per_check = idle_hook_cost_per_call()
     for name in args.presets.split(","):
         r = bench_preset(name, args.batch, args.seq, args.rounds, args.steps, args.stat, compiled)
         results[name] = r
         mfu = lambda tps: 100 * r["flops_per_token"] * tps / peak  # noqa: E731
-        direct = per_call * r["hook_calls"] / r["step_s"]
+        direct = (per_call * r["hook_calls"] + per_check * r["hook_checks"]) / r["step_s"]
         noise = r["labkit_copy"] / r["labkit"] - 1
-        c, tc = r.get("labkit_compiled", float("nan")), r.get("transformers_compiled", float("nan"))
+        nan = float("nan")
+        c, tc = r.get("labkit_compiled", nan), r.get("transformers_compiled", nan)
         line = (
-            f"| {name} | {r['labkit']:,.0f} | {c:,.0f} | {r['transformers']:,.0f} | {tc:,.0f} | "
-            f"{c / r['transformers']:.2f}x | {c / tc:.2f}x | {mfu(c):.1f} % | {mfu(tc):.1f} % | "
-            f"{r.get('labkit_compiled_compile_s', float('nan')):.0f} / "
-            f"{r.get('transformers_compiled_compile_s', float('nan')):.0f} | "
+            f"| {name} | {r['labkit']:,.0f} | {_shown(c, ',.0f')} | {r['transformers']:,.0f} | "
+            f"{_shown(tc, ',.0f')} | {_shown(c / r['transformers'], '.2f', 'x')} | "
+            f"{_shown(c / tc, '.2f', 'x')} | {_shown(mfu(c), '.1f', ' %')} | "
+            f"{_shown(mfu(tc), '.1f', ' %')} | "
+            f"{_shown(r.get('labkit_compiled_compile_s', nan), '.0f')} / "
+            f"{_shown(r.get('transformers_compiled_compile_s', nan), '.0f')} | "
             f"{100 * direct:.3f} % | {100 * noise:+.1f} % |"
         )
         lines.append(line)
         print(line, flush=True)
     lines.append("")
     lines.append(
-        f"Tokens/s per candidate. Idle hooks, direct: {1e6 * per_call:.2f} us per idle HookPoint "
-        f"call (over a plain function call) x hook points per step / eager step time. A/A noise: "
-        f"an identical copy of the eager model against itself, what one ratio can resolve."
+        f"Tokens/s per candidate. Idle hooks, direct: ({1e6 * per_call:.2f} us per idle "
+        f"HookPoint call x hook points that fire per step + {1e6 * per_check:.2f} us per "
+        f"has_hooks() check x checks per step; each over a plain function call) / eager step "
+        f"time. A/A noise: an identical copy of the eager model against itself, what one ratio "
+        f"can resolve."
     )
     lines.append(
         "Targets: labkit compiled >= 1.5x transformers eager and >= 1.0x transformers compiled; "
@@ -199,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     if args.record:
         record(
             "labkit.bench.model",
-            f"`python -m labkit.bench.model {' '.join(argv or [])}`\n\n{table}",
+            f"{command_line('labkit.bench.model', argv)}\n\n{table}",
         )
     return results
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from labkit.bench.common import machine, record, run_trainer
+from labkit.bench.common import command_line, machine, record, run_trainer
 from labkit.config import DataConfig, ModelConfig
 from labkit.data.build import build
 from labkit.data.loader import Loader, MixedData
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.record:
         record(
             "labkit.bench.train",
-            f"`python -m labkit.bench.train {' '.join(argv or [])}`\n\n{table}",
+            f"{command_line('labkit.bench.train', argv)}\n\n{table}",
         )
     return results
 

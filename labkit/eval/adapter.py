@@ -1,12 +1,17 @@
 """lm-eval's model interface for labkit checkpoints: `--model labkit --model_args checkpoint=DIR`.
 
-lm-eval has no plugin entry point for models, so its own `lm_eval` command does not know `labkit`.
-`labkit lm-eval ARGS` registers the model, then runs lm-eval's command line with ARGS unchanged:
+lm-eval (0.4.13) discovers models only from its own table or from a module already imported: it
+reads no plugin entry points at start-up, so its own `lm_eval` command does not know `labkit`.
+`labkit lm-eval ARGS` registers the model, checks labkit's arguments (one line for a bad one),
+then runs lm-eval's command line with ARGS unchanged:
 
     labkit lm-eval --model labkit --model_args checkpoint=runs/x/checkpoints/tokens_000002621440 \\
         --include_path data/demo/tasks --tasks labkit_suite      # or: labkit eval --run runs/x
 
-(In Python, `import labkit.eval.adapter` registers it for `lm_eval.simple_evaluate`.)
+Plain `lm_eval --model hf --model_args pretrained=EXPORT` runs the same suite on an exported
+checkpoint (`labkit export`) with the same scores. (In Python, `import labkit.eval.adapter`
+registers `labkit` for `lm_eval.simple_evaluate`.) Without `--device`, or with a CUDA device on a
+machine without CUDA, the model runs on the CPU, as lm-eval's `hf` model does.
 
 `loglikelihood` scores continuations in batches sorted by length (longest first, so a batch
 pads little and an out-of-memory error shows up on the first batch); `loglikelihood_rolling`
@@ -18,6 +23,8 @@ Numbers are the ones lm-eval's `hf` model gives on the exported checkpoint (test
 from __future__ import annotations
 
 import copy
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +36,83 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
 from labkit.data.tokenizer import EOT, load_tokenizer
-from labkit.eval.metrics import register_lm_eval_metrics
 from labkit.eval.tasks import check_lm_eval_args, harden_lm_eval
 from labkit.model import KVCache
 from labkit.run import Milestone
 from labkit.run.layout import META
 
-register_lm_eval_metrics()  # task YAMLs name labkit's metrics; they never carry code
 harden_lm_eval()  # sandboxed templates, no `!function` from outside lm-eval's own tasks
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# What --model_args may hold (batch_size, max_batch_size and device are lm-eval's own flags).
+MODEL_ARGS = ("checkpoint", "dtype", "tokenizer", "max_gen_toks")
+LM_EVAL_FLAGS = ("batch_size", "max_batch_size", "device")
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """The device to evaluate on: CUDA when none is named and CUDA exists, else the CPU; a CUDA
+    (or MPS) device on a machine without one falls back to the CPU with a note, as lm-eval's
+    `hf` model does (lm-eval's command line passes cuda:0 unless told otherwise)."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a device: cpu, cuda, cuda:N or mps") from None
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(chosen.type, True):
+        print(
+            f"note: device {device} is not available here: evaluating on the CPU", file=sys.stderr
+        )
+        return torch.device("cpu")
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"device={device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return chosen
+
+
+def check_model_args(args: dict[str, Any]) -> None:
+    """Refuse, in one line each, what `LabkitLM` cannot use: an unknown or doubled argument, a
+    missing or non-checkpoint `checkpoint`, an unknown dtype or a batch size that is no number."""
+    doubled = sorted(set(args) & set(LM_EVAL_FLAGS))
+    if doubled:
+        raise ValueError(
+            f"{', '.join(doubled)} in --model_args: pass them as lm-eval's own flags "
+            f"({' '.join('--' + k for k in doubled)})"
+        )
+    unknown = sorted(set(args) - set(MODEL_ARGS))
+    if unknown:
+        raise ValueError(
+            f"unknown --model_args {', '.join(unknown)} for --model labkit: allowed "
+            f"{', '.join(MODEL_ARGS)}"
+        )
+    checkpoint = args.get("checkpoint")
+    if not checkpoint:
+        raise ValueError(
+            "--model labkit needs --model_args checkpoint=DIR, a milestone such as "
+            "runs/<id>/checkpoints/tokens_000000016384"
+        )
+    if not (Path(str(checkpoint)) / META).exists():
+        raise FileNotFoundError(
+            f"checkpoint={checkpoint} is not a labkit checkpoint directory (no {META}); "
+            "pass a milestone such as runs/<id>/checkpoints/tokens_000000016384"
+        )
+    dtype = args.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: allowed values are {', '.join(DTYPES)}")
+
+
+def _batch_size(value: int | str) -> int:
+    if value == "auto" or str(value).startswith("auto:"):
+        return 16
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"batch_size={value!r}: a positive integer or 'auto'") from None
+    if size < 1:
+        raise ValueError(f"batch_size={value!r}: a positive integer or 'auto'")
+    return size
 
 
 def checkpoint_tokenizer(checkpoint: str | Path | Milestone) -> Path:
@@ -59,29 +133,25 @@ class LabkitLM(TemplateLM):
 
     def __init__(
         self,
-        checkpoint: str,
+        checkpoint: str | None = None,
         batch_size: int | str = 16,
-        device: str = "cpu",
+        device: str | None = None,
         dtype: str = "float32",
         tokenizer: str | None = None,
         max_gen_toks: int = 64,
-        **_: Any,
+        max_batch_size: int | None = None,
+        **unknown: Any,
     ) -> None:
         super().__init__()
-        path = Path(checkpoint)
-        if not (path / META).exists():
-            raise FileNotFoundError(
-                f"checkpoint={checkpoint} is not a labkit checkpoint directory (no {META}); "
-                "pass a milestone such as runs/<id>/checkpoints/tokens_000000016384"
-            )
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype={dtype!r}: allowed values are {', '.join(DTYPES)}")
+        given = {"checkpoint": checkpoint, "dtype": dtype, "tokenizer": tokenizer, **unknown}
+        check_model_args({k: v for k, v in given.items() if v is not None})
+        path = Path(str(checkpoint))
+        self.batch_size = _batch_size(batch_size)
+        self._device = resolve_device(device)
         self.milestone = Milestone.read(path)
-        self.model = self.milestone.load(device)
+        self.model = self.milestone.load(self._device)
         self.checkpoint = path
-        self._device = torch.device(device)
         self.dtype = DTYPES[dtype]
-        self.batch_size = 16 if batch_size == "auto" else int(batch_size)
         self.max_length = self.model.cfg.max_seq_len
         self.max_gen_toks = int(max_gen_toks)
         self.tokenizer = load_tokenizer(tokenizer or checkpoint_tokenizer(path))
@@ -284,20 +354,53 @@ def _repeat_cache(cache: KVCache, k: int) -> KVCache:
     return out
 
 
+def _flag(argv: list[str], name: str) -> str | None:
+    """The value of `--name VALUE` or `--name=VALUE` in an lm-eval command line (the last one)."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def check_lm_eval_argv(argv: list[str]) -> None:
+    """With `--model labkit`: labkit's arguments checked before lm-eval loads any task (one
+    ValueError line for a bad one): `--model_args` (key=value,... or JSON) and `--device`."""
+    if _flag(argv, "--model") != "labkit":
+        return
+    from lm_eval.utils import simple_parse_args_string
+
+    raw = _flag(argv, "--model_args") or ""
+    args = json.loads(raw) if raw.lstrip().startswith("{") else simple_parse_args_string(raw)
+    check_model_args(args)
+    if _flag(argv, "--device") is not None:
+        resolve_device(_flag(argv, "--device"))
+    if _flag(argv, "--batch_size") is not None:
+        _batch_size(_flag(argv, "--batch_size"))
+
+
 def lm_eval_cli(argv: list[str]) -> int:
     """`labkit lm-eval ARGS`: lm-eval's own command line (`lm_eval ARGS`, every flag and
-    subcommand) with the `labkit` model registered. Returns its exit status. Every task
-    directory or file the arguments name is checked first (`check_tasks_are_data`): a planted
-    `utils.py`, `!function` or template never runs."""
-    import sys
+    subcommand) with the `labkit` model registered and its arguments checked first: every task
+    directory or file they name (`check_tasks_are_data`: a planted `utils.py`, `!function` or
+    template never runs) and labkit's own model arguments. A usage error of lm-eval's parser is
+    one line too (a ValueError). Returns lm-eval's exit status."""
+    import argparse
 
     from lm_eval.__main__ import cli_evaluate
 
     check_lm_eval_args(argv)
+    check_lm_eval_argv(argv)
     harden_lm_eval()
 
-    saved = sys.argv
+    def usage_error(parser: argparse.ArgumentParser, message: str) -> None:
+        raise ValueError(f"{message} (see `labkit lm-eval --help`)")
+
+    saved, error = sys.argv, argparse.ArgumentParser.error
     sys.argv = ["lm_eval", *argv]
+    argparse.ArgumentParser.error = usage_error
     try:
         cli_evaluate()
     except SystemExit as exit_:
@@ -305,4 +408,5 @@ def lm_eval_cli(argv: list[str]) -> int:
         return code if isinstance(code, int) else (0 if code is None else 1)
     finally:
         sys.argv = saved
+        argparse.ArgumentParser.error = error
     return 0

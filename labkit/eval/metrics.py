@@ -1,11 +1,14 @@
-"""SQuAD-style answer scoring (Rajpurkar et al. 2016): normalised exact match and token F1."""
+"""SQuAD-style answer scoring (Rajpurkar et al. 2016): normalised exact match and token F1.
+
+labkit_squad's YAML scores exact match with lm-eval's own `exact_match` and SQuAD's normalisation
+(`labkit.eval.tasks.SQUAD_NORMALISATION`), so the suite needs no code of labkit's under plain
+`lm_eval`; `labkit eval` adds the token F1 below from lm-eval's samples."""
 
 from __future__ import annotations
 
 import re
 import string
 from collections import Counter
-from typing import Any
 
 
 def normalize_answer(text: str) -> str:
@@ -29,37 +32,3 @@ def f1(prediction: str, truth: str) -> float:
         return 0.0
     precision, recall = common / len(pred), common / len(gold)
     return 2 * precision * recall / (precision + recall)
-
-
-def squad_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    """lm-eval `process_results` hook: one generated answer against the document's answer."""
-    prediction = results[0] if results else ""
-    return {
-        "exact_match": exact_match(prediction, doc["answer"]),
-        "f1": f1(prediction, doc["answer"]),
-    }
-
-
-SQUAD_METRIC = "labkit_squad"  # the name task YAMLs use; registered by labkit, not by data
-
-
-def squad_scores(references: list[str], predictions: list[str], **_: Any) -> dict[str, float]:
-    """lm-eval metric `labkit_squad`: exact match and token F1 of one generated answer, as the
-    keys `exact_match` and `f1` (lm-eval expands a dict result into one metric per key)."""
-    prediction = predictions[0] if predictions else ""
-    return {
-        "exact_match": exact_match(prediction, references[0]),
-        "f1": f1(prediction, references[0]),
-    }
-
-
-def register_lm_eval_metrics() -> None:
-    """Register labkit's metrics with lm-eval (idempotent). Task YAMLs in a data set refer to them
-    by name, so no task ever needs code from the data directory (`!function`)."""
-    import lm_eval.api.metrics  # noqa: F401  (registers lm-eval's own aggregations, e.g. mean)
-    from lm_eval.api.registry import metric_registry, register_metric
-
-    if SQUAD_METRIC not in metric_registry:
-        register_metric(metric=SQUAD_METRIC, higher_is_better=True, aggregation="mean")(
-            squad_scores
-        )

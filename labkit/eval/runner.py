@@ -17,8 +17,15 @@ import yaml
 from tqdm.auto import tqdm
 
 from labkit.errors import DataError
-from labkit.eval.metrics import register_lm_eval_metrics
-from labkit.eval.tasks import SUITE, TASKS, build_tasks, check_tasks_are_data, harden_lm_eval
+from labkit.eval.metrics import f1
+from labkit.eval.tasks import (
+    SUITE,
+    SUITE_VERSION,
+    TASKS,
+    build_tasks,
+    check_tasks_are_data,
+    harden_lm_eval,
+)
 from labkit.run import Milestone, select_milestones
 from labkit.run.layout import EVALS, INDEX
 
@@ -62,8 +69,11 @@ def tasks_dir_for(
     wanted = [t for t in TASKS if t in tasks]  # other names are lm-eval's own tasks
     if not rebuild and group.exists():
         built = json.loads((out / "suite.json").read_text())
-        partial = (yaml.safe_load(group.read_text()).get("metadata") or {}).get("partial", False)
-        if (not whole or not partial) and all(t in built for t in wanted):
+        metadata = yaml.safe_load(group.read_text()).get("metadata") or {}
+        if metadata.get("version", 1) < SUITE_VERSION:  # it names metrics lm-eval lacks
+            print(f"note: {out} was built by an older labkit; rebuilding it")
+            rebuild = True
+        elif (not whole or not metadata.get("partial")) and all(t in built for t in wanted):
             return out
         wanted = sorted(set(wanted) | set(built), key=list(TASKS).index)
     if whole or wanted:
@@ -99,7 +109,6 @@ def load_tasks(tasks: Sequence[str], tasks_dir: str | Path) -> dict:
         datasets.disable_progress_bars()
     except ImportError:
         pass
-    register_lm_eval_metrics()
     check_tasks_are_data(tasks_dir)  # never let lm-eval import code from a data set
     harden_lm_eval()
     loaded = TaskManager(include_path=str(tasks_dir)).load(list(tasks))
@@ -144,10 +153,24 @@ def evaluate_checkpoint(
             task_dict=loaded,
             limit=limit,
             bootstrap_iters=1000,
-            log_samples=False,
+            log_samples="labkit_squad" in loaded["tasks"],  # for SQuAD's F1
             verbosity="WARNING",
         )
-    return flatten(result["results"])
+    scores = flatten(result["results"])
+    if "labkit_squad" in scores:
+        scores["labkit_squad"] |= squad_f1(result["samples"]["labkit_squad"])
+    return scores
+
+
+def squad_f1(samples: list[dict[str, Any]]) -> dict[str, float]:
+    """SQuAD's token F1 over lm-eval's logged samples of labkit_squad (the generated answer
+    against the target), with the standard error lm-eval gives a mean: code a task directory
+    never carries, so labkit computes it beside lm-eval's exact_match."""
+    import numpy as np
+
+    scores = np.array([f1(s["filtered_resps"][0], s["target"]) for s in samples])
+    stderr = float(scores.std(ddof=1) / np.sqrt(len(scores))) if len(scores) > 1 else 0.0
+    return {"f1": float(scores.mean()), "f1_stderr": stderr}
 
 
 def evaluate_run(

@@ -13,11 +13,16 @@ the data set's synthetic world and its held-out documents (never its training te
 | labkit_arithmetic | a + b, 1 <= a, b <= 20, generated | - | 1/39 |
 | labkit_association | the kind of a named thing, 4-way | world species, organisations | 0.25 |
 | labkit_qa | a fact about an entity, 4-way | world facts | 0.25 |
-| labkit_squad | extraction, exact match and F1 | held-out retrieval passages | 0 |
+| labkit_squad | extraction, exact match (F1 by `labkit eval`) | held-out retrieval passages | 0 |
 
 Each task YAML names its JSONL by absolute path, so lm-eval finds it from any working directory;
-`labkit_suite` is the group of all nine. Hub tasks (hellaswag, piqa, social_iqa, arc_easy,
-lambada_openai) run through the same adapter where a network exists.
+`labkit_suite` is the group of all nine. The YAMLs use only metrics lm-eval itself has, so the
+suite runs the same under `labkit lm-eval --model labkit` and plain `lm_eval --model hf` on an
+exported checkpoint: SQuAD's exact match is lm-eval's `exact_match` with SQuAD's normalisation as
+its `regexes_to_ignore` (`SQUAD_NORMALISATION`); SQuAD's token F1 is code, which a task directory
+never carries, so `labkit eval` computes it from lm-eval's samples (`labkit.eval.metrics.f1`).
+Hub tasks (hellaswag, piqa, social_iqa, arc_easy, lambada_openai) run through the same adapter
+where a network exists.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import string
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,11 +41,17 @@ import yaml
 from labkit.data.build import load_manifest
 from labkit.data.world import World, world_from_manifest
 from labkit.errors import DataError
-from labkit.eval.metrics import SQUAD_METRIC
 from labkit.fileio import check_output_dir
 
 SUITE = "labkit_suite"
+# 2: lm-eval's own metrics only (1 named labkit's registered `labkit_squad`); older suites rebuild.
+SUITE_VERSION = 2
 UNANSWERABLE = "not in the passage"
+# SQuAD v1.1's answer normalisation (labkit.eval.metrics.normalize_answer) as lm-eval's
+# exact_match applies it: these patterns removed in order, then lower case. Punctuation, then the
+# articles, then whitespace (all of it: SQuAD collapses runs of it, so strings that differ only in
+# where a space falls also match here).
+SQUAD_NORMALISATION = ["[" + re.escape(string.punctuation) + "]", r"(?i)\b(a|an|the)\b", r"\s+"]
 
 
 def _sentences(text: str) -> list[str]:
@@ -231,7 +243,8 @@ def _yaml(name: str, spec: dict[str, Any], data_file: Path) -> dict[str, Any]:
         "dataset_kwargs": {"data_files": {"test": str(data_file)}},
         "test_split": "test",
         "doc_to_text": "{{context}}",
-        "metadata": {"version": 1.0, "random_baseline": spec["baseline"],
+        "metadata": {"version": 2.0 if spec["kind"] == "extract" else 1.0,
+                     "random_baseline": spec["baseline"],
                      "description": spec["description"]},
     }  # fmt: skip
     mean = {"aggregation": "mean", "higher_is_better": True}
@@ -267,8 +280,9 @@ def _yaml(name: str, spec: dict[str, Any], data_file: Path) -> dict[str, Any]:
                 }
             ]
         else:
-            # scored by the metric labkit registers with lm-eval: the YAML stays data only
-            base["metric_list"] = [{"metric": SQUAD_METRIC, **mean}]
+            # lm-eval's own exact_match with SQuAD's normalisation: the YAML stays data only
+            base["metric_list"] = [{"metric": "exact_match", "ignore_case": True,
+                                    "regexes_to_ignore": SQUAD_NORMALISATION, **mean}]  # fmt: skip
     return base
 
 
@@ -332,7 +346,7 @@ def build_tasks(
             "eval_retrieval split); evaluate own text with `labkit eval perplexity --split NAME`"
         )
     # `partial`: built for named tasks only; asking for the whole suite later builds the rest.
-    metadata = {"version": 1.0, "partial": names is not None}
+    metadata = {"version": float(SUITE_VERSION), "partial": names is not None}
     group = {"group": SUITE, "task": list(index), "metadata": metadata}
     (out / f"{SUITE}.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
     (out / "suite.json").write_text(json.dumps(index, indent=2) + "\n")
