@@ -148,11 +148,11 @@ def test_every_scale_of_the_study_loads_and_pairs_twins_within_two_percent():
         assert gap < 0.02, (scale_name, gap)
         assert len(budgets) == 1, budgets  # equal token budgets for every run
         assert len({seeds[n] for n in core}) == 1  # the four cells: one seed, one data order
-        # a second seed of the MLA dense cell (CKA's control), and kv variants of the frontier
+        # more seeds of the MLA dense cell (CKA's seed pairs), and kv variants of the frontier
         assert seeds["mla-dense-seed2"] != seeds["mla-dense"]
         ranks = {p.kv_lora_rank for n, p in presets.items() if p.attention == "mla"}
         kv_heads = {p.n_kv_heads for n, p in presets.items() if p.attention == "gqa"}
-        assert len(ranks) >= 3 and len(kv_heads) >= 2, (ranks, kv_heads)
+        assert len(ranks) >= 2 and len(kv_heads) >= 2, (ranks, kv_heads)
     with pytest.raises(SystemExit, match="allowed values"):
         paper.load_study(paper.STUDY, "tpu")
 
