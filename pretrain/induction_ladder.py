@@ -1,10 +1,10 @@
 """The induction calibration ladder: under which conditions does this model form an induction
 head, in minutes of CPU rather than a whole study?
 
-    python pretrain/induction_ladder.py [--steps a|b|all] [--train-steps 3000] [--figures figures]
+    python pretrain/induction_ladder.py [--steps a|b|all] [--train-steps 6000] [--figures figures]
 
 Each rung trains the study's model (pretrain/configs/paper-mini/cpu.toml: its preset, depth,
-init, optimizer, clipping, bf16 autocast and 2,048-token batches) for MLA and GQA side by side
+init, optimizer, clipping, bf16 autocast and token batch) for MLA and GQA side by side
 (one process and one core each) at context 64, every window starting with the attention sink
 (the data set's first token, as `data.bos` trains the study):
 
@@ -95,9 +95,12 @@ def train_rung(
         if step % every == 0 or step == steps:
             model.eval()
             rep = repeated_tokens_test(model, scoring, half)
+            best = int(rep.second_copy_score.argmax())
             row = {
                 "step": step,
                 "second_copy": round(float(rep.second_copy_score.max()), 4),
+                # [layer, head]: a layer-0 head can only attend by position, not by content
+                "best_head": list(divmod(best, rep.second_copy_score.shape[1])),
                 "tl": round(float(rep.tl_score.max()), 4),
                 "copy_loss_drop": round(rep.loss_first - rep.loss_second, 3),
             }
@@ -168,7 +171,7 @@ def _run(job: tuple) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", default="all", choices=[*RUNGS, "all"], help="which rung(s)")
-    p.add_argument("--train-steps", type=int, default=3000, help="optimizer steps per run")
+    p.add_argument("--train-steps", type=int, default=6000, help="optimizer steps per run")
     p.add_argument("--every", type=int, default=250, help="score every this many steps")
     p.add_argument("--context", type=int, default=64)
     p.add_argument("--attention", nargs="+", default=["mla", "gqa"], choices=["mla", "gqa"])

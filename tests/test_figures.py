@@ -196,6 +196,23 @@ def test_study_runs_are_found_and_milestones_picked(study_runs):
         find_runs([study_runs / "mla-dense" / "checkpoints"])
 
 
+def test_a_model_field_every_run_sets_alike_is_the_design_not_a_variant():
+    from labkit.config import ModelConfig
+    from labkit.run.catalogue import Run, mark_shared_settings, pick_run, seed_groups
+
+    def run(name, seed, **model):
+        train = {"seed": seed, "data": {"mix": "dense"}, "model": {"preset": "tiny-mla", **model}}
+        return Run(Path(name), ModelConfig.preset("tiny-mla"), train, [])
+
+    runs = [run("mla-dense", 1, n_layers=3), run("mla-dense-seed2", 2, n_layers=3),
+            run("mla-dense-rank16", 1, n_layers=3, kv_lora_rank=16)]  # fmt: skip
+    assert runs[0].variant == {"n_layers": 3}  # alone, n_layers is a variant of the preset
+    mark_shared_settings(runs)
+    assert [r.variant for r in runs] == [{}, {}, {"kv_lora_rank": 16}]
+    assert pick_run(runs, "mla", "dense").name == "mla-dense"
+    assert [len(g) for g in seed_groups(runs).values()] == [2]
+
+
 def test_milestone_picks_keep_step_0_apart_and_spread_the_trained_ones_in_log_tokens():
     """The study's layout -- step 0, then a milestone every 0.1M tokens up to 2.05M -- asked for 8
     gives 8: step 0, the first and last trained milestones and 5 between, spaced in log(tokens)
@@ -323,13 +340,17 @@ def _lookup(results: dict, key: str):
     return node
 
 
-def test_study_report_numbers_are_read_from_results_json():
-    """Every number the study report (docs/study.md) cites as `NUMBER (`key`)` is results.json's
-    value at that key, as rounded in the text (a trailing % reads the value as a fraction)."""
+@pytest.mark.parametrize("page, least", [("docs/study.md", 10), ("README.md", 4)])
+def test_study_report_numbers_are_read_from_results_json(page, least):
+    """Every number the study report (docs/study.md) and the README's study section cite as
+    `NUMBER (`key`)` is results.json's value at that key, as rounded in the text (a trailing %
+    reads the value as a fraction)."""
     results = json.loads((ROOT / "figures" / "results.json").read_text())
-    section = (ROOT / "docs" / "study.md").read_text()
+    section = (ROOT / page).read_text()
+    if page == "README.md":
+        section = section.split("## The miniature study")[1].split("\n## ")[0]
     cited = re.findall(r"(-?\d[\d,]*(?:\.\d+)?)( ?%)? \(`([A-Za-z0-9_.\-]+)`\)", section)
-    assert len(cited) >= 10, "the study section cites too few results.json keys"
+    assert len(cited) >= least, f"{page}'s study section cites too few results.json keys"
     for number, percent, key in cited:
         value = _lookup(results, key)
         assert isinstance(value, int | float), (key, value)

@@ -331,6 +331,7 @@ def test_the_ladder_trains_each_rung_for_both_attentions_and_keeps_its_section(c
         for attention in ("mla", "gqa"):
             r = results["induction_ladder"][rung][attention]
             assert [c["step"] for c in r["curve"]] == [0, 2, 3]
+            assert all(0 <= c["best_head"][0] < 2 for c in r["curve"])  # ci.toml: 2 layers
             assert r["mechanism"]["head"][0] >= 1 and 0 < r["uniform_score"] < 1
             assert ("text_loss" in r["curve"][0]) == (rung == "b")
     assert "induction_ladder" in KEPT_SECTIONS

@@ -26,6 +26,9 @@ class Run:
     model: ModelConfig
     train: dict[str, Any]
     milestones: list[Milestone] = field(repr=False)
+    # model fields every run found with this one sets alike (e.g. a study's n_layers): the
+    # study's design, not a variant of it (`find_runs` fills it in)
+    shared: frozenset = field(default=frozenset(), repr=False)
 
     @property
     def name(self) -> str:
@@ -50,7 +53,13 @@ class Run:
     @property
     def variant(self) -> dict[str, Any]:
         """Architecture fields set on top of the preset (e.g. {"kv_lora_rank": 8}): {} for the
-        preset itself. Settings that do not change the architecture (init_std) are not one."""
+        preset itself. Settings that do not change the architecture (init_std) are not one, nor
+        are fields every run found with this one sets alike (`shared`)."""
+        return {k: v for k, v in self.model_overrides().items()
+                if (k, _hashable(v)) not in self.shared}  # fmt: skip
+
+    def model_overrides(self) -> dict[str, Any]:
+        """The architecture fields this run's config sets on top of its preset."""
         return {k: v for k, v in sorted(self.train.get("model", {}).items())
                 if k not in ("preset", "init_std", "attn_impl", "name")}  # fmt: skip
 
@@ -130,7 +139,23 @@ def find_runs(paths: str | Path | Iterable[str | Path]) -> list[Run]:
                 "RUNS=runs/mine` or `runs = [...]` in its parameters cell"
             )
         runs.extend(open_run(d) for d in inside)
+    mark_shared_settings(runs)
     return runs
+
+
+def mark_shared_settings(runs: Sequence[Run]) -> None:
+    """Set each run's `shared`: the model fields all of `runs` set alike (none for one run)."""
+    if len(runs) < 2:
+        return
+    shared = frozenset.intersection(
+        *(frozenset((k, _hashable(v)) for k, v in r.model_overrides().items()) for r in runs)
+    )
+    for r in runs:
+        r.shared = shared
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def pick_run(runs: Sequence[Run], attention: str, mix: str | None = None) -> Run | None:
