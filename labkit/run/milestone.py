@@ -83,7 +83,7 @@ class Milestone:
         return str(self.path)
 
     def __truediv__(self, name: str) -> Path:
-        """A file of the checkpoint directory: `milestone / "meta.json"`."""
+        """A file of the checkpoint directory: `milestone / META`."""
         return self.path / name
 
     def __eq__(self, other: object) -> bool:
