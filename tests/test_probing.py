@@ -234,7 +234,17 @@ def test_probe_digit_on_the_ci_run(reference, tmp_path, capsys):
     assert "accuracy / control / selectivity" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("spec", sorted(p.stem for p in PROBES.glob("*.yaml")))
+# since_last's bucketed distances make the slowest fit (~30 s): run with the slow suite
+SLOW_SPECS = {"since_last"}
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param(p.stem, marks=pytest.mark.slow) if p.stem in SLOW_SPECS else p.stem
+        for p in sorted(PROBES.glob("*.yaml"))
+    ],
+)
 def test_every_shipped_probe_spec_runs(reference, spec, tmp_path):
     out = tmp_path / "r.json"
     last = sorted((reference / "checkpoints").glob("tokens_*"))[-1]
