@@ -472,8 +472,19 @@ class LabModel(TransformerLensModel, HookedRootModule):
         self.reset_parameters()
         if not hook_points:
             self._compile_out_hook_points()
+        self._build_rope_tables(self.embed.weight.device)
         self.setup()
         self._sync_cfg()
+
+    def _build_rope_tables(self, device: torch.device) -> None:
+        """cos/sin for every position up to max_seq_len, built once in fp32: a compiled graph
+        reads them instead of fusing cos/sin into each rotation (recomputed per batch row and
+        head, forward and backward: ~12 % of a tiny model's compiled step). Not part of the
+        state dict; rebuilt in fp32 whenever the model moves or changes dtype (`_apply`)."""
+        positions = torch.arange(self.cfg.max_seq_len, device=device)
+        cos, sin = rope_tables(self.cfg.rope_dim, positions, self.cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -525,8 +536,7 @@ class LabModel(TransformerLensModel, HookedRootModule):
             raise ValueError(
                 f"sequence of {offset + t} positions exceeds max_seq_len {self.cfg.max_seq_len}"
             )
-        positions = torch.arange(offset, offset + t, device=tokens.device)
-        cos, sin = rope_tables(self.cfg.rope_dim, positions, self.cfg.rope_theta)
+        cos, sin = self.rope_cos[offset : offset + t], self.rope_sin[offset : offset + t]
 
         h = self.hook_embed(self.embed(tokens))
         for i, block in enumerate(self.blocks[:stop_at_layer]):

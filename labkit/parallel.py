@@ -11,8 +11,10 @@ of a micro-batch and the state dicts; it never branches on the strategy itself.
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import os
+import sys
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,25 @@ def keep_compile_cache() -> Path:
     seconds instead of recompiling)."""
     default = Path.home() / ".cache" / "labkit" / "torch-compile"
     return Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default)))
+
+
+def keep_freed_memory_on_cpu() -> bool:
+    """Let glibc's malloc keep freed blocks (up to 32 MiB each, up to 2 GiB in all) for reuse
+    instead of handing each back to the kernel, which a training step then page-faults in again
+    at every step. A compiled CPU step allocates its buffers anew per call and loses ~30 % of
+    its speed to that (benchmarks/RESULTS.md, labkit.bench.train). Skipped where malloc is not
+    glibc's or the user already tuned it (GLIBC_TUNABLES, LD_PRELOAD of another allocator).
+    Returns whether the setting was applied."""
+    if not sys.platform.startswith("linux") or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    if "malloc" in os.environ.get("LD_PRELOAD", ""):  # jemalloc, tcmalloc, mimalloc
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def hooks_attached(model: torch.nn.Module) -> bool:
@@ -214,4 +235,5 @@ __all__ = [
     "compile_wanted",
     "hooks_attached",
     "keep_compile_cache",
+    "keep_freed_memory_on_cpu",
 ]

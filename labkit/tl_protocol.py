@@ -356,6 +356,8 @@ class TransformerLensModel:
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         out = super()._apply(fn, recurse)
+        if getattr(self, "rope_cos", None) is not None:  # fp32 on the new device, never garbage
+            self._build_rope_tables(self.rope_cos.device)  # (`to_empty`) nor bf16 (`.to(dtype)`)
         self._sync_cfg()
         return out
 

@@ -49,7 +49,13 @@ from labkit.config import TrainConfig  # noqa: E402
 from labkit.data.loader import Loader, MixedData, eval_windows, passes_report  # noqa: E402
 from labkit.errors import one_line_errors  # noqa: E402
 from labkit.model import LabModel, attention_impl  # noqa: E402
-from labkit.parallel import Dist, Parallel, choose_strategy, compile_wanted  # noqa: E402
+from labkit.parallel import (  # noqa: E402
+    Dist,
+    Parallel,
+    choose_strategy,
+    compile_wanted,
+    keep_freed_memory_on_cpu,
+)
 from labkit.resources import configs_dir  # noqa: E402
 from labkit.run import StopSignals, resolve_config  # noqa: E402
 from labkit.training import (  # noqa: E402
@@ -144,6 +150,8 @@ class Trainer:
         self.model = LabModel(mcfg).to(d.device)
         strategy = choose_strategy(cfg.parallel.strategy, mcfg.num_params(), d.world, t.optimizer)
         compiled = compile_wanted(t.compile, d.device, t.precision)
+        if d.device.type == "cpu":
+            keep_freed_memory_on_cpu()
         self.par = Parallel(self.model, strategy, d, compile=compiled)
         self.opts = build_optimizers(cfg, self.model)
         total_steps = math.ceil(t.tokens / t.batch_tokens)  # computed once, from the token target

@@ -107,3 +107,15 @@ def test_torchrun_trains_compiled(ci_data, tmp_path, strategy):
          f"parallel.strategy={strategy}"], ci_data, timeout=900)  # fmt: skip
     losses = [r["loss"] for r in rows(run_dir)]
     assert len(losses) == 24 and losses[-1] < losses[0]
+
+
+def test_freed_memory_is_kept_only_where_malloc_is_glibcs_and_untuned(monkeypatch):
+    from labkit.parallel import keep_freed_memory_on_cpu
+
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1")
+    assert keep_freed_memory_on_cpu() is False
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libjemalloc.so.2")
+    assert keep_freed_memory_on_cpu() is False
+    monkeypatch.delenv("LD_PRELOAD")
+    assert keep_freed_memory_on_cpu() is True  # this CI runs Linux with glibc

@@ -327,3 +327,21 @@ def test_stop_at_layer_returns_the_residual_stream(model):
     resid = model(toks, stop_at_layer=2)
     torch.testing.assert_close(resid, cache["blocks.1.hook_resid_post"])
     assert model(toks, stop_at_layer=0).shape == (2, 19, model.cfg.d_model)
+
+
+def test_rope_tables_are_fp32_buffers_outside_the_state_dict():
+    """The model keeps cos/sin for every position (a compiled graph reads them instead of
+    recomputing cos per element); they equal rope_tables at any offset, stay fp32 when the model
+    changes dtype, are rebuilt after `to_empty`, and never enter a checkpoint."""
+    from labkit.model import rope_tables
+
+    cfg = ModelConfig.preset("tiny-mla").replace(max_seq_len=64)
+    model = LabModel(cfg)
+    assert not any(k.startswith("rope_") for k in model.state_dict())
+    want_cos, want_sin = rope_tables(cfg.rope_dim, torch.arange(10, 30), cfg.rope_theta)
+    assert torch.equal(model.rope_cos[10:30], want_cos)
+    assert torch.equal(model.rope_sin[10:30], want_sin)
+    model.to(torch.bfloat16)
+    assert model.rope_cos.dtype == torch.float32 and torch.equal(model.rope_cos[10:30], want_cos)
+    empty = LabModel(cfg).to_empty(device="cpu")
+    assert torch.equal(empty.rope_sin[10:30], want_sin)
