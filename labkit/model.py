@@ -155,6 +155,7 @@ class LayerCache:
         self.batch_size, self.max_len, self.time_dim = batch_size, max_len, time_dim
         self.buffers: list[Tensor] = []
         self.length = 0
+        self.key_mask: Tensor | None = None  # [b, max_len], False = padding; see KVCache
 
     def append(self, *new: Tensor) -> tuple[Tensor, ...]:
         """Store the new positions; return views over everything cached so far."""
@@ -192,19 +193,34 @@ class KVCache:
     def seq_len(self) -> int:
         return self.layers[0].length
 
+    def mask_keys(self, valid: Tensor) -> None:
+        """valid [batch, max_len] (False = padding): no query attends to a padded key, so
+        sequences of different lengths, left-padded to one, share a batch. RoPE scores depend
+        only on the distance between positions, so a left-padded row scores as it would alone."""
+        for layer in self.layers:
+            layer.key_mask = valid
+
     def nbytes(self) -> int:
         return sum(layer.nbytes() for layer in self.layers)
 
 
 # --------------------------------------------------------------------------- attention
-def causal_mask(q_len: int, k_len: int, device: torch.device) -> Tensor | None:
+def causal_mask(
+    q_len: int, k_len: int, device: torch.device, key_mask: Tensor | None = None
+) -> Tensor | None:
     """Boolean mask (True = attend) aligned to the end, so query i sits at k_len - q_len + i.
-    None when SDPA's own `is_causal` (q_len == k_len) or no mask (q_len == 1) suffices."""
-    if q_len == 1 or q_len == k_len:
+    None when SDPA's own `is_causal` (q_len == k_len) or no mask (q_len == 1) suffices. With a
+    `key_mask` [b, >= k_len] (False = padding), [b, 1, q_len, k_len]: padded keys are hidden
+    from every query but their own position (a padded query attends to itself, never to nothing)."""
+    if key_mask is None and (q_len == 1 or q_len == k_len):
         return None
     offset = k_len - q_len
     q_pos = torch.arange(q_len, device=device)[:, None] + offset
-    return torch.arange(k_len, device=device)[None, :] <= q_pos
+    k_pos = torch.arange(k_len, device=device)[None, :]
+    mask = k_pos <= q_pos
+    if key_mask is None:
+        return mask
+    return mask & (key_mask[:, None, None, :k_len] | (k_pos == q_pos))
 
 
 class AttentionCore(AttentionWeights, nn.Module):
@@ -248,14 +264,17 @@ class AttentionCore(AttentionWeights, nn.Module):
             or _active(self.hook_pattern)
         )
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    def attend(
+        self, q: Tensor, k: Tensor, v: Tensor, scale: float, key_mask: Tensor | None = None
+    ) -> Tensor:
         """q [b, H, T, d], k [b, Hkv, S, d], v [b, Hkv, S, dv] -> [b, H, T, dv]; causal, aligned
-        to the end when T < S. Never repeats K/V heads on the fused path."""
+        to the end when T < S, padded keys hidden (`KVCache.mask_keys`). Never repeats K/V heads
+        on the fused path."""
         t, s = q.shape[2], k.shape[2]
-        mask = causal_mask(t, s, q.device)
+        mask = causal_mask(t, s, q.device, key_mask)
         groups = q.shape[1] // k.shape[1]
         if not self.needs_eager():
-            if attention_impl(self.cfg, q.device) == "triton":
+            if attention_impl(self.cfg, q.device) == "triton" and key_mask is None:
                 from labkit.kernels import flash_attention
 
                 return flash_attention(q, k, v, causal=True, scale=scale)
@@ -300,7 +319,8 @@ class GroupedQueryAttention(GQAWeights, AttentionCore):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.append(k, v)
-        return self.output(self.attend(q, k, v, self.scale).transpose(1, 2))
+        key_mask = cache.key_mask if cache is not None else None
+        return self.output(self.attend(q, k, v, self.scale, key_mask).transpose(1, 2))
 
 
 class MultiHeadLatentAttention(MLAWeights, AttentionCore):
@@ -354,13 +374,14 @@ class MultiHeadLatentAttention(MLAWeights, AttentionCore):
         c_v = self.latent(xv)[0] if isinstance(x, tuple) and xv is not xk else None
         k_rope = self.hook_k_rope(apply_rope(k_rope, cos, sin))
         offset = cache.length if cache is not None else 0
+        key_mask = cache.key_mask if cache is not None else None
         if cache is not None:
             c_kv, k_rope = cache.append(c_kv, k_rope)
 
         if offset > 0 and not self._hooks_need_keys():
-            z = self._attend_latent(q, c_kv, k_rope)
+            z = self._attend_latent(q, c_kv, k_rope, key_mask)
         else:
-            z = self._attend_expanded(q, c_kv, k_rope, c_v)
+            z = self._attend_expanded(q, c_kv, k_rope, c_v, key_mask)
         return self.output(z.transpose(1, 2))
 
     def _hooks_need_keys(self) -> bool:
@@ -369,7 +390,12 @@ class MultiHeadLatentAttention(MLAWeights, AttentionCore):
         )
 
     def _attend_expanded(
-        self, q: Tensor, c_kv: Tensor, k_rope: Tensor, c_v: Tensor | None = None
+        self,
+        q: Tensor,
+        c_kv: Tensor,
+        k_rope: Tensor,
+        c_v: Tensor | None = None,
+        key_mask: Tensor | None = None,
     ) -> Tensor:
         """Up-project every cached latent to per-head keys and values (training, prefill). Under
         the fork the latents and RoPE key are per head, and the values have their own (c_v)."""
@@ -382,9 +408,12 @@ class MultiHeadLatentAttention(MLAWeights, AttentionCore):
             k_rope = k_rope[:, :, None, :].expand(b, s, h, self.rope)
         k = self.hook_rot_k(self.hook_k(torch.cat((k_nope, k_rope), dim=-1)))
         v = self.hook_v(v)
-        return self.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.scale)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        return self.attend(q, k, v, self.scale, key_mask)
 
-    def _attend_latent(self, q: Tensor, c_kv: Tensor, k_rope: Tensor) -> Tensor:
+    def _attend_latent(
+        self, q: Tensor, c_kv: Tensor, k_rope: Tensor, key_mask: Tensor | None = None
+    ) -> Tensor:
         """Decode with W_UK absorbed into the query and W_UV into the output: attention runs on the
         latent as multi-query attention with one shared (kv_lora_rank + rope)-wide key and a
         kv_lora_rank-wide value, so the cache is never expanded to per-head K/V."""
@@ -393,14 +422,14 @@ class MultiHeadLatentAttention(MLAWeights, AttentionCore):
         w_uk, w_uv = w[:, : self.nope], w[:, self.nope :]
         q_nope, q_rope = q.split([self.nope, self.rope], dim=-1)
         q_latent = torch.einsum("bthn,hnr->bhtr", q_nope, w_uk.to(q.dtype))
-        if attention_impl(self.cfg, q.device) == "triton":
+        if attention_impl(self.cfg, q.device) == "triton" and key_mask is None:
             from labkit.kernels import mla_decode
 
             out_latent = mla_decode(q_latent, q_rope.transpose(1, 2), c_kv, k_rope, self.scale)
         else:
             q_full = torch.cat((q_latent, q_rope.transpose(1, 2)), dim=-1)
             k_full = torch.cat((c_kv, k_rope), dim=-1)[:, None]
-            out_latent = self.attend(q_full, k_full, c_kv[:, None], self.scale)
+            out_latent = self.attend(q_full, k_full, c_kv[:, None], self.scale, key_mask)
         return torch.einsum("bhtr,hvr->bhtv", out_latent, w_uv.to(out_latent.dtype))
 
 

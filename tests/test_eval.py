@@ -31,6 +31,9 @@ PAIRS = [
     ("The Gyploux Guild is housed in", " Chaibru"),
     ("The Gyploux Guild is housed in", " a small river town near Benoum"),
     ("The Gyploux Guild is housed in", " 1519"),
+    # a second question, with a longer context: batched with the first, left-padded to it
+    ("Question: Which guild keeps the oldest ledger of the river towns?\nAnswer:", " Gyploux"),
+    ("Question: Which guild keeps the oldest ledger of the river towns?\nAnswer:", " none"),
 ]
 
 
@@ -48,8 +51,13 @@ def adapter(final_milestone):
     return LabkitLM(checkpoint=str(final_milestone), batch_size=3)
 
 
-def test_loglikelihood_matches_a_direct_computation(adapter, final_milestone):
+@pytest.mark.parametrize("batch_size", [3, 8])
+def test_loglikelihood_matches_a_direct_computation(adapter, final_milestone, batch_size):
+    """Batch 3: each question's choices share its context alone; batch 8: both questions'
+    contexts share one left-padded forward."""
     model, _ = load(final_milestone)
+    if batch_size != adapter.batch_size:
+        adapter = LabkitLM(checkpoint=str(final_milestone), batch_size=batch_size)
     got = adapter.loglikelihood(_ll_requests(PAIRS), disable_tqdm=True)
     tok = adapter.tokenizer
     for (context, continuation), (logp, greedy) in zip(PAIRS, got, strict=True):

@@ -345,3 +345,29 @@ def test_rope_tables_are_fp32_buffers_outside_the_state_dict():
     assert model.rope_cos.dtype == torch.float32 and torch.equal(model.rope_cos[10:30], want_cos)
     empty = LabModel(cfg).to_empty(device="cpu")
     assert torch.equal(empty.rope_sin[10:30], want_sin)
+
+
+@pytest.mark.parametrize("preset", ["tiny-mla", "tiny-gqa"])
+def test_left_padded_rows_with_masked_keys_score_as_they_would_alone(preset):
+    """KVCache.mask_keys: sequences of different lengths left-padded into one cache (prefill,
+    then a continuation on top) give each row's logits as that sequence alone: RoPE scores see
+    only distances, and no query sees a padded key."""
+    torch.manual_seed(0)
+    model = LabModel(ModelConfig.preset(preset).replace(max_seq_len=64)).eval()
+    seqs = [torch.randint(0, model.cfg.vocab_size, (n,)) for n in (9, 5)]
+    more = torch.randint(0, model.cfg.vocab_size, (2, 3))
+    width = max(len(s) for s in seqs)
+    batch = torch.zeros(2, width, dtype=torch.long)
+    valid = torch.ones(2, width + 3, dtype=torch.bool)
+    for r, s in enumerate(seqs):
+        batch[r, width - len(s) :] = s
+        valid[r, : width - len(s)] = False
+    cache = KVCache(model.cfg, 2, width + 3)
+    cache.mask_keys(valid)
+    with torch.no_grad():
+        first = model(batch, cache=cache)[:, -1]
+        then = model(more, cache=cache)
+        for r, s in enumerate(seqs):
+            alone = model(torch.cat([s, more[r]])[None])[0]
+            torch.testing.assert_close(first[r], alone[len(s) - 1], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(then[r], alone[len(s) :], atol=1e-4, rtol=1e-4)

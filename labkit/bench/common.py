@@ -16,9 +16,14 @@ from pathlib import Path
 
 import torch
 
+from labkit.parallel import keep_freed_memory_on_cpu
 from labkit.resources import checkout, configs_dir
 from labkit.run import trainer_command
 from labkit.run.layout import METRICS
+
+# Every candidate of a benchmark process runs under the allocator setting the trainer uses, so a
+# peer measured here is not slowed by page faults that labkit's own runs avoid.
+keep_freed_memory_on_cpu()
 
 # Benchmarks record into a checkout's benchmarks/RESULTS.md (from a wheel: under the cwd).
 ROOT = checkout() or Path.cwd()

@@ -21,18 +21,24 @@ from lm_eval.api.instance import Instance
 from labkit.bench.common import ROOT, command_line, interleaved_timing, machine, record
 
 
-def _requests(tasks_dir: Path, n: int) -> list[Instance]:
-    """(context, continuation) pairs of the suite's loglikelihood tasks, round robin over tasks."""
+def _requests(tasks_dir: Path, n: int, fewshot: int = 0) -> list[Instance]:
+    """(context, continuation) pairs of the suite's loglikelihood tasks, round robin over tasks.
+    With `fewshot` k, each context follows the k questions before it in its task, each with
+    its gold answer (lm-eval's `num_fewshot`): longer contexts shared by every choice."""
     per_task = []
     for name in ("labkit_completion", "labkit_hellaswag", "labkit_qa", "labkit_siqa",
                  "labkit_association", "labkit_piqa", "labkit_lambada"):  # fmt: skip
         rows = [json.loads(x) for x in (tasks_dir / f"{name}.jsonl").read_text().splitlines()]
-        pairs = []
+        pairs, shots = [], []
         for r in rows:
+            context = "\n\n".join([*shots[-fewshot:], r["context"]]) if fewshot else r["context"]
             if "choices" in r:
-                pairs += [(r["context"], " " + c) for c in r["choices"]]
+                pairs += [(context, " " + c) for c in r["choices"]]
+                gold = r["choices"][r["label"]]
             else:
-                pairs.append((r["context"], " " + r["target"]))
+                pairs.append((context, " " + r["target"]))
+                gold = r["target"]
+            shots.append(f"{r['context']} {gold}")
         per_task.append(pairs)
     mixed = [p for group in zip(*per_task, strict=False) for p in group][:n]
     return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(mixed)]
@@ -44,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", default=str(ROOT / "data" / "demo"), help="suite source")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--fewshot", type=int, default=0, help="earlier questions per context")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
@@ -64,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit("no checkpoint: pass --checkpoint or run `make paper` first")
         checkpoint = found[-1].path
     tasks_dir = build_tasks(args.data, tmp / "tasks")
-    requests = _requests(tasks_dir, args.requests)
+    requests = _requests(tasks_dir, args.requests, args.fewshot)
     ours = LabkitLM(checkpoint=str(checkpoint), batch_size=args.batch_size)
     hf_dir = to_hf(ours.model, tmp / "hf", tokenizer=checkpoint_tokenizer(checkpoint))
     theirs = HFLM(pretrained=str(hf_dir), device="cpu", dtype="float32",
@@ -82,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
     table = "\n".join([
         f"Checkpoint `{checkpoint.relative_to(ROOT) if checkpoint.is_relative_to(ROOT) else checkpoint}` "
         f"({ours.model.cfg.attention.upper()}, {ours.model.cfg.num_params():,} parameters), "
-        f"{len(requests)} loglikelihood requests of the offline suite, batch {args.batch_size}, fp32, "
+        f"{len(requests)} loglikelihood requests of the offline suite"
+        f"{f', each context after {args.fewshot} solved questions' if args.fewshot else ''}, batch {args.batch_size}, fp32, "
         f"min of {args.rounds} interleaved rounds:",
         "",
         "| model | requests/s |",

@@ -206,8 +206,9 @@ class LabkitLM(TemplateLM):
     def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """(sum of log p(continuation | context), whether greedy decoding reproduces it) for each
         (context tokens, continuation tokens) pair, in the given order. Continuations that share a
-        context (the choices of a multiple-choice question) encode it once: the context runs
-        through the model once into a KV cache, then every continuation runs on top of it."""
+        context (the choices of a multiple-choice question) encode it once: the contexts of a
+        batch of questions run through the model once, left-padded into one KV cache, then every
+        continuation runs on top of its question's rows of it."""
         for _, cont in pairs:
             if not cont:
                 raise ValueError("a continuation encodes to no tokens")
@@ -223,9 +224,9 @@ class LabkitLM(TemplateLM):
         out: list[tuple[float, bool] | None] = [None] * len(pairs)
         bar = tqdm(total=len(pairs), desc="loglikelihood", disable=len(pairs) < 64, leave=False)
         self._score_rows(pairs, alone, out, bar)
-        for ctx, idx in shared.items():
-            self._score_shared(list(ctx), [pairs[i][1] for i in idx], idx, out)
-            bar.update(len(idx))
+        for batch in self._shared_batches(shared, pairs):
+            self._score_shared(batch, pairs, out)
+            bar.update(sum(len(ix) for _, ix in batch))
         bar.close()
         return out  # type: ignore[return-value]
 
@@ -246,28 +247,58 @@ class LabkitLM(TemplateLM):
             self._assign(rows, torch.cat(picks), conts, out)
             bar.update(len(rows))
 
-    def _score_shared(self, ctx: list[int], conts: list[list[int]], idx: list[int], out) -> None:
-        """Continuations of one context: the context once into a KV cache, the continuations (all
-        but their last token) as one batch on a copy of that cache per continuation."""
-        model, k = self.model, len(conts)
+    def _shared_batches(self, shared: dict[tuple[int, ...], list[int]], pairs) -> list[list]:
+        """Questions (context, request indices) in batches of at most `batch_size`
+        continuations, longest context first, each batch short enough to fit max_length once
+        its contexts are left-padded to the longest of them."""
+        batches: list[list] = []
+        longest_ctx = longest_cont = 0
+        by_cont = {ctx: max(len(pairs[i][1]) for i in idx) for ctx, idx in shared.items()}
+        for ctx, idx in sorted(shared.items(), key=lambda kv: (-by_cont[kv[0]], -len(kv[0]))):
+            cont = by_cont[ctx]
+            rows = sum(len(ix) for _, ix in batches[-1]) if batches else 0
+            fits = batches and rows + len(idx) <= self.batch_size
+            if fits and max(longest_ctx, len(ctx)) + max(longest_cont, cont) <= self.max_length + 1:
+                batches[-1].append((ctx, idx))
+                longest_ctx, longest_cont = max(longest_ctx, len(ctx)), max(longest_cont, cont)
+            else:
+                batches.append([(ctx, idx)])
+                longest_ctx, longest_cont = len(ctx), cont
+        return batches
+
+    def _score_shared(self, batch: list, pairs, out) -> None:
+        """Questions of one batch: their contexts left-padded into one KV cache in one forward
+        (padding hidden from attention), then every continuation (all but its last token) on its
+        question's row of that cache, in a second forward."""
+        model, n_layers = self.model, self.model.cfg.n_layers
+        width = max(len(ctx) for ctx, _ in batch)
+        conts = [pairs[i][1] for _, idx in batch for i in idx]
         longest = max(len(c) for c in conts)
-        cache = KVCache(model.cfg, 1, len(ctx) + longest)
+        contexts = torch.zeros(len(batch), width, dtype=torch.long)
+        valid = torch.ones(len(batch), width + longest, dtype=torch.bool)
+        for g, (ctx, _) in enumerate(batch):
+            contexts[g, width - len(ctx) :] = torch.tensor(ctx)
+            valid[g, : width - len(ctx)] = False
+        cache = KVCache(model.cfg, len(batch), width + longest)
+        cache.mask_keys(valid.to(self._device))
         with self._amp():
-            h_ctx = model(torch.tensor([ctx], device=self._device), cache=cache,
-                          stop_at_layer=model.cfg.n_layers)[0, -1]  # fmt: skip
-        rows = [h_ctx.expand(k, -1)]  # the context's last position predicts every first token
+            h_ctx = model(contexts.to(self._device), cache=cache, stop_at_layer=n_layers)[:, -1]
+        group = torch.tensor([g for g, (_, idx) in enumerate(batch) for _ in idx])
+        rows = [
+            h_ctx[group.to(self._device)]
+        ]  # a context's last position predicts each first token
         if longest > 1:
-            body = torch.zeros(k, longest - 1, dtype=torch.long)
+            body = torch.zeros(len(conts), longest - 1, dtype=torch.long)
             for r, c in enumerate(conts):
-                body[r, : len(c) - 1] = torch.tensor(c[:-1])
+                body[r, : len(c) - 1] = torch.tensor(c[:-1])  # right padding: never read
             with self._amp():
-                h_body = model(body.to(self._device), cache=_repeat_cache(cache, k),
-                               stop_at_layer=model.cfg.n_layers)  # fmt: skip
+                h_body = model(body.to(self._device), cache=_select_rows(cache, group),
+                               stop_at_layer=n_layers)  # fmt: skip
             rows.append(h_body)
         picks = [rows[0][r : r + 1] if len(c) == 1 else
                  torch.cat([rows[0][r : r + 1], rows[1][r, : len(c) - 1]])
                  for r, c in enumerate(conts)]  # fmt: skip
-        self._assign(idx, torch.cat(picks), conts, out)
+        self._assign([i for _, idx in batch for i in idx], torch.cat(picks), conts, out)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **_: Any):
         results = self._score([(ctx, cont) for _, ctx, cont in requests])
@@ -342,14 +373,16 @@ class LabkitLM(TemplateLM):
         return out
 
 
-def _repeat_cache(cache: KVCache, k: int) -> KVCache:
-    """A copy of a one-row KV cache with `k` rows (every row the same context)."""
+def _select_rows(cache: KVCache, rows: torch.Tensor) -> KVCache:
+    """A copy of a KV cache holding its rows `rows` (repeats allowed: one per continuation)."""
     out = copy.copy(cache)
     out.layers = []
     for layer in cache.layers:
         new = copy.copy(layer)
-        new.batch_size = k
-        new.buffers = [b.expand(k, *b.shape[1:]).contiguous() for b in layer.buffers]
+        index = rows.to(layer.buffers[0].device)
+        new.batch_size = len(rows)
+        new.buffers = [b.index_select(0, index) for b in layer.buffers]
+        new.key_mask = layer.key_mask.index_select(0, index) if layer.key_mask is not None else None
         out.layers.append(new)
     return out
 
