@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) pretrain/run.py --config pretrain/configs/demo.toml
 
-# The miniature study (pretrain/configs/paper-mini/study.toml): trains whichever of its four runs
+# The miniature study (pretrain/configs/paper-mini/study.toml): trains whichever of its runs
 # is missing, resumes unfinished ones, then regenerates figures/. SCALE=gpu: seed 002's small
 # presets on a GPU; SCALE=1.3b: seed 000's configuration (a cluster and a corpus of your own).
 SCALE ?= cpu

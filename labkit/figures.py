@@ -54,7 +54,7 @@ STYLE: dict[str, Any] = {
     "svg.hashsalt": "labkit",
     "path.simplify": True,
 }
-# The four runs of the study keep one colour and one line style each in every figure.
+# Each cell of the study ({MLA, GQA} x {dense, control}) keeps one colour and one line style.
 RUN_COLORS = {"mla": "#1f77b4", "gqa": "#d62728"}
 MIX_STYLES = {"dense": "-", "control": "--"}
 

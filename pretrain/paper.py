@@ -2,7 +2,8 @@
 
     python pretrain/paper.py [--scale cpu|gpu|1.3b] [--runs mla-dense ...] [--no-figures]
 
-The study is pretrain/configs/paper-mini/study.toml: four runs, {MLA, GQA} x {dense, control}.
+The study is pretrain/configs/paper-mini/study.toml: {MLA, GQA} x {dense, control} with two
+seeds each, a third MLA-dense seed, and two KV-cache variants (eleven runs at the cpu scale).
 A run whose directory holds `final.json` is finished and skipped; an unfinished one resumes from
 its latest resume state; a missing one starts. Then `labkit figures --runs <runs_dir>` rebuilds
 figures/.
