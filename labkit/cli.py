@@ -379,6 +379,57 @@ def cmd_latent(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_sae(sub) -> None:
+    """`labkit sae train`."""
+    from labkit.analysis.sae import ACTIVATIONS, SAE_SITES, SAEConfig
+
+    sae = sub.add_parser("sae", help="sparse autoencoders (sparsify) on a site across milestones")
+    sae_sub = sae.add_subparsers(dest="sae_command", metavar="SUBCOMMAND")
+    sae_sub.required = True
+    tr = sae_sub.add_parser(
+        "train",
+        help="train an SAE per milestone at one site and layer; measure it spliced in; read its "
+        "features against the corpus's labels",
+    )
+    _run_args(tr)
+    tr.add_argument("--site", required=True, choices=SAE_SITES)
+    tr.add_argument("--layer", required=True, type=int)
+    d = SAEConfig()
+    tr.add_argument("--activation", choices=ACTIVATIONS, default=d.activation)
+    tr.add_argument("--width-multiple", type=int, default=d.width_multiple,
+                    help="features per dimension of the site")  # fmt: skip
+    tr.add_argument("--k", type=int, default=d.k, help="active features per token")
+    tr.add_argument("--epochs", type=int, default=d.epochs)
+    tr.add_argument("--documents", type=int, default=64, help="held-out documents (general)")
+    tr.add_argument("--train-docs", type=int, default=1000, help="training documents read")
+    tr.add_argument("--no-labels", action="store_true", help="skip the label alignment")
+    tr.set_defaults(func=cmd_sae_train)
+
+
+def cmd_sae_train(args: argparse.Namespace) -> int:
+    from labkit.analysis.sae import SAEConfig
+    from labkit.study import sae_dir, sae_over_milestones
+
+    cfg = SAEConfig(activation=args.activation, width_multiple=args.width_multiple, k=args.k,
+                    epochs=args.epochs)  # fmt: skip
+    milestones = _milestones(args)
+    result = sae_over_milestones(
+        milestones, args.site, args.layer, cfg, args.documents, args.train_docs,
+        labels=not args.no_labels, progress=True,
+    )  # fmt: skip
+    for m, row in zip(milestones, result["milestones"], strict=True):
+        lo, hi = row["ce_loss_recovered_ci"]
+        line = (f"{row['milestone']} {args.site}.{args.layer}: explained variance "
+                f"{row['explained_variance']:.3f}, L0 {row['l0']:.1f}, dead "
+                f"{row['dead_fraction']:.0%}, CE loss recovered {row['ce_loss_recovered']:.3f} "
+                f"[{lo:.3f}, {hi:.3f}]")  # fmt: skip
+        if "label_aligned_fraction" in row:
+            line += f", label-aligned features {row['label_aligned_fraction']:.0%}"
+        print(f"{line}\n  saved {sae_dir(m, args.site, args.layer)}")
+    _write_json(args.json, result)
+    return 0
+
+
 def figures_out(runs: list[str], out: str | None) -> str:
     """Where `labkit figures` writes: --out, else `labkit.figures.figures_dir_for(runs)` (the
     committed figures/ only for the committed study runs/paper-mini)."""
@@ -722,8 +773,8 @@ class DefaultsHelp(argparse.HelpFormatter):
 
 
 # One `add_<command>(sub)` beside each command; this is the order of `labkit --help`.
-COMMANDS = (add_models, add_data, add_probe, add_induction, add_cka, add_latent, add_figures,
-            add_eval, add_export, add_lm_eval, add_baselines, add_report, add_sweep,
+COMMANDS = (add_models, add_data, add_probe, add_induction, add_cka, add_latent, add_sae,
+            add_figures, add_eval, add_export, add_lm_eval, add_baselines, add_report, add_sweep,
             add_kernels)  # fmt: skip
 
 

@@ -719,3 +719,186 @@ __all__ = [
     "probe_measure",
     "probe_over_milestones",
 ]
+
+
+# ------------------------------------------------------------------------ sparse autoencoders
+# Ground-truth labels an SAE's features are read against: token facts (a digit, seen before in
+# the text, distance to its last occurrence, bracket depth), an entity's attribute at its
+# mention, the document's format and domain at every token; each token's position is added.
+SAE_LABEL_TARGETS = ("digit", "seen_before", "since_last", "code_bracket_depth",
+                     "person_occupation", "format", "domain")  # fmt: skip
+POSITION_BUCKETS = (1, 4, 16, 64)  # position 0, 1-3, 4-15, 16-63, 64 and later
+
+
+def train_sequences(data_dir: str | Path, n_docs: int, max_len: int, bos: int | None = None):
+    """Token sequences of the first `n_docs` training documents of a built data set (after
+    `bos` when given, `max_len` tokens at most); only those lines are read."""
+    from labkit.data.build import load_data_tokenizer
+
+    path = Path(data_dir) / "text" / "train.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {data_dir} a built data set?")
+    docs = []
+    with path.open() as f:
+        for line in f:
+            docs.append(json.loads(line)["text"])
+            if len(docs) == n_docs:
+                break
+    start = [] if bos is None else [bos]
+    encoded = (start + e.ids for e in load_data_tokenizer(data_dir).encode_batch(docs))
+    return [ids[:max_len] for ids in encoded if len(ids) - len(start) >= 4]
+
+
+def sae_label_data(
+    data_dir: str | Path, max_len: int, bos: int | None, targets=SAE_LABEL_TARGETS
+) -> dict[str, Any]:
+    """The ProbeData of each label target (built once per data set; a target the data set
+    cannot give is left out and said why)."""
+    import sys
+
+    from labkit.analysis.probe_tasks import build_probe_data, load_probe_spec, with_bos
+    from labkit.data.build import load_data_tokenizer, load_manifest
+
+    manifest = load_manifest(data_dir)
+    tok = load_data_tokenizer(data_dir, manifest)
+    out = {}
+    for name in targets:
+        try:
+            spec = load_probe_spec(name)
+            out[name] = with_bos(build_probe_data(spec, tok, manifest, Path(data_dir),
+                                                  max_len - (bos is not None)), bos)  # fmt: skip
+        except ValueError as err:
+            print(f"note: SAE labels: {name} left out ({err})", file=sys.stderr)
+    return out
+
+
+def _label_values(labels: np.ndarray) -> np.ndarray:
+    """Categorical values of a label: a numeric label with many values in quartiles."""
+    if labels.dtype.kind in "fiu" and len(np.unique(labels)) > 8:
+        return np.searchsorted(np.quantile(labels, [0.25, 0.5, 0.75]), labels)
+    return labels
+
+
+def sae_dir(milestone: Milestone, site: str, layer: int) -> Path:
+    """runs/<id>/sae/<milestone>/<site>.<layer>/: sparsify's own files (cfg.json,
+    sae.safetensors; `SparseCoder.load_from_disk` reads them) and labkit.json (the SAE's config,
+    the checkpoint's SHA-256, the training text's digest, the measures)."""
+    from labkit.run.layout import SAES
+
+    return milestone.path.parent.parent / SAES / milestone.name / f"{site}.{layer}"
+
+
+def sae_measure(
+    at: LoadedMilestone,
+    site: str,
+    layer: int,
+    cfg: Any,
+    train_docs: int = 1000,
+    label_data: dict[str, Any] | None = None,
+    save: bool = True,
+) -> dict[str, Any]:
+    """Train an SAE on `site` at `layer` (sparsify; `labkit.analysis.sae.SAEConfig` `cfg`) from
+    the activations of the first `train_docs` training documents, then on the held-out text
+    `at.text`: reconstruction (MSE, explained variance, L0, dead and dense shares), the CE loss
+    recovered when it is spliced in (bootstrap over documents) and, with `label_data`, the share
+    of its features aligned with a ground-truth label. Saved beside the milestone (`sae_dir`)."""
+    from labkit.analysis.activations import hook_name
+    from labkit.analysis.sae import (
+        LabelSet,
+        ce_loss_recovered,
+        encode_dense,
+        label_alignment,
+        reconstruction,
+        train_sae,
+    )
+    from labkit.run.cache import digest
+
+    model, m = at.model, at.milestone
+    bos, max_len = model.cfg.bos_token_id, model.cfg.max_seq_len
+    train_text = train_sequences(m.data_path, train_docs, max_len, bos)
+    acts = at.activations(train_text, [site], [layer])[site, layer]
+    sae, log = train_sae(acts, cfg)
+    held_out = at.activations(at.text, [site], [layer])[site, layer]
+    rec = reconstruction(sae, held_out)
+    ce = ce_loss_recovered(model, at.text, sae, hook_name(site, layer))
+    row: dict[str, Any] = {
+        "site": site, "layer": layer, "width": sae.num_latents, "k": sae.cfg.k,
+        "activation": sae.cfg.activation, "train_tokens": int(len(acts)),
+        "eval_tokens": int(len(held_out)), "final_train_fvu": log[-1]["fvu"],
+        "mse": rec.mse, "explained_variance": rec.explained_variance, "l0": rec.l0,
+        "dead_fraction": rec.dead_fraction, "dense_fraction": rec.dense_fraction,
+        "loss_clean": ce.clean, "loss_zero_ablated": ce.zero_ablated, "loss_spliced": ce.spliced,
+        "ce_loss_recovered": ce.fraction, "ce_loss_recovered_ci": list(ce.ci),
+    }  # fmt: skip
+    if label_data:
+        sets = []
+        for name, data in label_data.items():
+            x = at.activations(data.sequences, [site], [layer])[site, layer]
+            starts = np.concatenate([[0], np.cumsum([len(s) for s in data.sequences])])
+            rows = np.concatenate([starts[i] + np.asarray(p, dtype=np.int64)
+                                   for i, p in enumerate(data.positions)])  # fmt: skip
+            fires = (encode_dense(sae, torch.as_tensor(x[rows])) > 0).numpy()
+            positions = np.concatenate([np.asarray(p) for p in data.positions])
+            buckets = np.searchsorted(POSITION_BUCKETS, positions, side="right")
+            labels = {name: _label_values(np.asarray(data.labels)), "position": buckets}
+            sets.append(LabelSet(fires, labels, np.asarray(data.groups)))
+        al = label_alignment(sets)
+        row.update(label_aligned_fraction=al.aligned_fraction, label_aligned_ci=list(al.ci),
+                   label_null_f1=al.null_threshold,
+                   top_features=_top_aligned(al, n=10))  # fmt: skip
+    if save:
+        out = sae_dir(m, site, layer)
+        out.mkdir(parents=True, exist_ok=True)
+        sae.save_to_disk(out)
+        meta = {"config": cfg.to_dict(), "checkpoint_sha256": m.model_sha256,
+                "milestone": m.name, "train_text_digest": digest(train_text),
+                "eval_text_digest": digest(at.text), "log": log, "measures": row}  # fmt: skip
+        (out / "labkit.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return row
+
+
+def _top_aligned(al: Any, n: int) -> list[dict[str, Any]]:
+    order = np.argsort(-al.best_f1)[:n]
+    return [{"feature": int(i), "label": al.best_label[i], "f1": float(al.best_f1[i]),
+             "precision": float(al.precision[i]), "recall": float(al.recall[i])}
+            for i in order if al.best_label[i]]  # fmt: skip
+
+
+def sae_over_milestones(
+    milestones: Sequence[Milestone],
+    site: str,
+    layer: int,
+    cfg: Any = None,
+    documents: int = 64,
+    train_docs: int = 1000,
+    labels: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """`sae_measure` at every milestone (held-out: the first `documents` of the general split),
+    and each SAE's features matched to the previous milestone's (decoder cosine, Hungarian):
+    `matched_cosine` (median), `new_features` (share whose pair's cosine is below 0.7)."""
+    from labkit.analysis.activations import check_site_layers
+    from labkit.analysis.sae import SAEConfig, match_features
+
+    cfg = cfg or SAEConfig()
+    cfg.check()
+    first = milestones[0]
+    check_site_layers(first.model_config, site, [layer])
+    mcfg = first.model_config
+    label_data = sae_label_data(first.data_path, mcfg.max_seq_len, mcfg.bos_token_id) if labels \
+        else None  # fmt: skip
+    measure = functools.partial(sae_measure, site=site, layer=layer, cfg=cfg,
+                                train_docs=train_docs, label_data=label_data)  # fmt: skip
+    rows = over_milestones(milestones, measure, HeldOut("general", documents),
+                           progress and f"sae {site}.{layer}")  # fmt: skip
+    from labkit.analysis.sae import load_sae
+
+    previous = None
+    for m, row in zip(milestones, rows, strict=True):
+        sae = load_sae(sae_dir(Milestone.read(m), site, layer))
+        if previous is not None:
+            _, cos = match_features(previous, sae)
+            row["matched_cosine"] = float(np.median(cos))
+            row["new_features"] = float((cos < 0.7).mean())
+        previous = sae
+    return {"site": site, "layer": layer, "config": cfg.to_dict(), "milestones": rows}

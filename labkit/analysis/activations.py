@@ -35,6 +35,8 @@ SITES = {
     "kv_latent": "blocks.{i}.attn.hook_kv_latent",
     "q_latent": "blocks.{i}.attn.hook_q_latent",
     "k_rope": "blocks.{i}.attn.hook_k_rope",
+    "k": "blocks.{i}.attn.hook_k",  # [pos, head, d_head], flattened over heads when collected
+    "v": "blocks.{i}.attn.hook_v",
 }
 
 

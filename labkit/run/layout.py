@@ -12,6 +12,8 @@
     runs/<id>/resume/step_<N>/           a milestone's files plus optimizer.pt and trainer.json
     runs/<id>/evals/          `labkit eval` results, one JSON per milestone
     runs/<id>/cache/<milestone>/         activations the analyses computed, by weights and inputs
+    runs/<id>/sae/<milestone>/<site>.<layer>/   a sparse autoencoder in sparsify's format
+                              (cfg.json, sae.safetensors) and labkit.json (config, hashes, measures)
     runs/<id>/final.json      the marker of a finished run (also appended to runs/index.jsonl)
 
 A milestone is named by the tokens seen when it was written (`tokens_000002048000`), so the
@@ -32,6 +34,7 @@ INDEX = "index.jsonl"  # in the runs root: one record per finished run (and eval
 EVALS = "evals"
 BEST = "best"
 CACHE = "cache"  # analysis results kept beside each milestone (labkit.run.cache)
+SAES = "sae"  # sparse autoencoders trained on a milestone (labkit.study.sae_over_milestones)
 
 # inside a checkpoint directory
 META = "meta.json"
@@ -67,6 +70,7 @@ __all__ = [
     "MODEL_CONFIG",
     "OPTIMIZER",
     "RESUME",
+    "SAES",
     "SUMS",
     "TENSORBOARD",
     "TOKENIZER",
