@@ -189,7 +189,8 @@ def probe_features(
         X = np.asarray(acts[layer]) if every_token else np.asarray(acts[layer])[index]
         if data.document_mean:  # float64 sums, one document at a time (20x np.add.reduceat)
             X = X if in_order else X[order]
-            sums = [X[a:b].sum(0, dtype=np.float64) for a, b in zip(starts, starts + counts)]
+            ends = starts + counts
+            sums = [X[a:b].sum(0, dtype=np.float64) for a, b in zip(starts, ends, strict=True)]
             X = (np.stack(sums) / counts[:, None]).astype(np.float32)
         features[layer] = X
     return features, keep
