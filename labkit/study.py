@@ -814,7 +814,7 @@ def sae_measure(
     from labkit.run.cache import digest
 
     model, m = at.model, at.milestone
-    bos, max_len = model.cfg.bos_token_id, model.cfg.max_seq_len
+    bos, max_len = model.cfg.bos_token_id, m.trained_context or model.cfg.max_seq_len
     train_text = train_sequences(m.data_path, train_docs, max_len, bos)
     acts = at.activations(train_text, [site], [layer])[site, layer]
     sae, log = train_sae(acts, cfg)
@@ -874,8 +874,9 @@ def sae_over_milestones(
     labels: bool = True,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """`sae_measure` at every milestone (held-out: the first `documents` of the general split),
-    and each SAE's features matched to the previous milestone's (decoder cosine, Hungarian):
+    """`sae_measure` at every milestone (held-out: the first `documents` of the general split;
+    every text cut to the context the run trained on, `Milestone.trained_context`), and each
+    SAE's features matched to the previous milestone's (decoder cosine, Hungarian):
     `matched_cosine` (median), `new_features` (share whose pair's cosine is below 0.7)."""
     from labkit.analysis.activations import check_site_layers
     from labkit.analysis.sae import SAEConfig, match_features
@@ -885,11 +886,12 @@ def sae_over_milestones(
     first = milestones[0]
     check_site_layers(first.model_config, site, [layer])
     mcfg = first.model_config
-    label_data = sae_label_data(first.data_path, mcfg.max_seq_len, mcfg.bos_token_id) if labels \
-        else None  # fmt: skip
+    # every text cut to the context the run trained on: later positions the model never saw
+    context = first.trained_context or mcfg.max_seq_len
+    label_data = sae_label_data(first.data_path, context, mcfg.bos_token_id) if labels else None
     measure = functools.partial(sae_measure, site=site, layer=layer, cfg=cfg,
                                 train_docs=train_docs, label_data=label_data)  # fmt: skip
-    rows = over_milestones(milestones, measure, HeldOut("general", documents),
+    rows = over_milestones(milestones, measure, HeldOut("general", documents, context),
                            progress and f"sae {site}.{layer}")  # fmt: skip
     from labkit.analysis.sae import load_sae
 

@@ -116,6 +116,12 @@ def test_labkit_sae_train_over_two_milestones(reference, tmp_path, capsys, label
         for key in keys:
             assert key in row, key
     assert "matched_cosine" in last and "matched_cosine" not in first
+    # texts cut to the context the run trained on (ci.toml: 64), not the model's max_seq_len
+    from labkit.run import list_milestones
+
+    milestone = list_milestones(reference)[-1]
+    assert milestone.trained_context == 64 < milestone.model_config.max_seq_len
+    assert last["eval_tokens"] <= 16 * 64
     saved = reference / "sae" / last["milestone"] / "kv_latent.1"
     meta = json.loads((saved / "labkit.json").read_text())
     assert meta["checkpoint_sha256"] and meta["train_text_digest"]

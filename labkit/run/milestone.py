@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from labkit.errors import CheckpointError, RunDirError
 from labkit.run.checkpoint import verify
 from labkit.run.layout import BEST, CHECKPOINTS, META, MODEL, MODEL_CONFIG, TOKENIZER
+from labkit.run.layout import CONFIG as RUN_CONFIG  # the run's pinned config, beside checkpoints/
 
 if TYPE_CHECKING:
     import torch
@@ -116,6 +117,19 @@ class Milestone:
     def data_path(self) -> Path | None:
         """The data set the checkpoint was trained on (the trainer records it absolute)."""
         return Path(self.data_dir) if self.data_dir else None
+
+    @property
+    def trained_context(self) -> int | None:
+        """The longest sequence the run trained on (`train.seq_len`, or the largest of its
+        `seq_len_schedule`), from the run's pinned config; None for a milestone outside a run.
+        A model's `max_seq_len` may be longer: positions past this one it has never seen."""
+        try:
+            cfg = json.loads((self.path.parent.parent / RUN_CONFIG).read_text())["train"]["train"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        lengths = [cfg.get("seq_len")] + [s for _, s in cfg.get("seq_len_schedule") or []]
+        lengths = [int(x) for x in lengths if x]
+        return max(lengths) if lengths else None
 
     @property
     def val_mean(self) -> float:
