@@ -785,7 +785,10 @@ def sae_dir(milestone: Milestone, site: str, layer: int) -> Path:
     the checkpoint's SHA-256, the training text's digest, the measures)."""
     from labkit.run.layout import SAES
 
-    return milestone.path.parent.parent / SAES / milestone.name / f"{site}.{layer}"
+    if milestone.run_dir is None:
+        raise ValueError(f"{milestone.path} is not inside a run directory: SAEs are kept beside "
+                         "a run's milestones (give --run)")  # fmt: skip
+    return milestone.run_dir / SAES / milestone.name / f"{site}.{layer}"
 
 
 def sae_measure(
@@ -885,6 +888,8 @@ def sae_over_milestones(
     cfg.check()
     first = milestones[0]
     check_site_layers(first.model_config, site, [layer])
+    for m in milestones:  # where each SAE will be saved, before any is trained
+        sae_dir(Milestone.read(m), site, layer)
     mcfg = first.model_config
     # every text cut to the context the run trained on: later positions the model never saw
     context = first.trained_context or mcfg.max_seq_len

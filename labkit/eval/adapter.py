@@ -284,9 +284,8 @@ class LabkitLM(TemplateLM):
         with self._amp():
             h_ctx = model(contexts.to(self._device), cache=cache, stop_at_layer=n_layers)[:, -1]
         group = torch.tensor([g for g, (_, idx) in enumerate(batch) for _ in idx])
-        rows = [
-            h_ctx[group.to(self._device)]
-        ]  # a context's last position predicts each first token
+        # a context's last position predicts the first token of each of its continuations
+        rows = [h_ctx[group.to(self._device)]]
         if longest > 1:
             body = torch.zeros(len(conts), longest - 1, dtype=torch.long)
             for r, c in enumerate(conts):

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from labkit.run.layout import CACHE, CHECKPOINTS
+from labkit.run.layout import CACHE
 from labkit.run.milestone import Milestone
 
 DONE = "complete"  # the last file an entry gets: an entry without it is a killed write
@@ -56,9 +56,9 @@ class MilestoneCache:
 
     def __init__(self, milestone: Milestone) -> None:
         self.weights = (milestone.model_sha256 or "")[:16]
-        inside_run = milestone.path.parent.name == CHECKPOINTS
-        off = os.environ.get("LABKIT_NO_CACHE") == "1" or not self.weights or not inside_run
-        self.root = None if off else milestone.path.parent.parent / CACHE / milestone.name
+        run_dir = milestone.run_dir
+        off = os.environ.get("LABKIT_NO_CACHE") == "1" or not self.weights or run_dir is None
+        self.root = None if off else run_dir / CACHE / milestone.name
         if self.root is not None and self.root.is_dir():
             for kind in self.root.iterdir():  # entries of weights this milestone no longer has
                 for entry in kind.iterdir() if kind.is_dir() else ():

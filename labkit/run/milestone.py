@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from labkit.errors import CheckpointError, RunDirError
 from labkit.run.checkpoint import verify
 from labkit.run.layout import BEST, CHECKPOINTS, META, MODEL, MODEL_CONFIG, TOKENIZER
-from labkit.run.layout import CONFIG as RUN_CONFIG  # the run's pinned config, beside checkpoints/
+from labkit.run.layout import CONFIG as RUN_CONFIG
 
 if TYPE_CHECKING:
     import torch
@@ -119,12 +119,20 @@ class Milestone:
         return Path(self.data_dir) if self.data_dir else None
 
     @property
+    def run_dir(self) -> Path | None:
+        """The run directory holding this milestone (`runs/<id>` of `runs/<id>/checkpoints/<name>`),
+        None for a checkpoint copied outside a run."""
+        return self.path.parent.parent if self.path.parent.name == CHECKPOINTS else None
+
+    @property
     def trained_context(self) -> int | None:
         """The longest sequence the run trained on (`train.seq_len`, or the largest of its
         `seq_len_schedule`), from the run's pinned config; None for a milestone outside a run.
         A model's `max_seq_len` may be longer: positions past this one it has never seen."""
+        if self.run_dir is None:
+            return None
         try:
-            cfg = json.loads((self.path.parent.parent / RUN_CONFIG).read_text())["train"]["train"]
+            cfg = json.loads((self.run_dir / RUN_CONFIG).read_text())["train"]["train"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
         lengths = [cfg.get("seq_len")] + [s for _, s in cfg.get("seq_len_schedule") or []]
