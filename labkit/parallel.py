@@ -94,7 +94,7 @@ def keep_compile_cache() -> Path:
 def keep_freed_memory_on_cpu() -> bool:
     """Let glibc's malloc keep freed blocks (up to 32 MiB each, up to 2 GiB in all) for reuse
     instead of handing each back to the kernel, which a training step then page-faults in again
-    at every step. A compiled CPU step allocates its buffers anew per call and loses ~30 % of
+    at every step. A compiled CPU step allocates its buffers anew per call and loses ~15 % of
     its speed to that (benchmarks/RESULTS.md, labkit.bench.train). Skipped where malloc is not
     glibc's or the user already tuned it (GLIBC_TUNABLES, LD_PRELOAD of another allocator).
     Returns whether the setting was applied."""

@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
+    if args.fewshot < 0:
+        parser.error(f"--fewshot must be >= 0, got {args.fewshot}")
     from lm_eval.models.huggingface import HFLM
 
     from labkit.eval.adapter import LabkitLM, checkpoint_tokenizer
