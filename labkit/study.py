@@ -39,7 +39,8 @@ from labkit.run.cache import MilestoneCache
 @dataclass(frozen=True)
 class HeldOut:
     """The first `documents` documents of a held-out split of the data set a milestone trained
-    on, each cut to `max_len` tokens (None: the model's context); shorter than 4 tokens dropped.
+    on, each cut to `max_len` tokens (None: the context the run trained on, else the model's);
+    shorter than 4 tokens dropped.
     A model trained with a first token (`bos_token_id`) gets it before every document, within
     `max_len`."""
 
@@ -121,7 +122,8 @@ def over_milestones(
         model, m = load(m)
         seqs = None
         if text is not None:
-            max_len, bos = text.max_len or model.cfg.max_seq_len, model.cfg.bos_token_id
+            max_len = text.max_len or _context(m, model)
+            bos = model.cfg.bos_token_id
             key = (str(m.data_path), text.split, text.documents, max_len, bos)
             if key not in texts:
                 texts[key] = eval_sequences(m.data_path, text.split, text.documents, max_len, bos)
@@ -132,6 +134,12 @@ def over_milestones(
             for row in result if isinstance(result, list) else [result]:
                 rows[name].append({"milestone": m.name, "tokens": m.tokens, **row})
     return rows if isinstance(measure, Mapping) else rows[""]
+
+
+def _context(milestone: Milestone, model: Any) -> int:
+    """The longest text an analysis feeds the model: the context its run trained on, else the
+    model's `max_seq_len` (a RoPE model has never seen the positions past its training context)."""
+    return milestone.trained_context or model.cfg.max_seq_len
 
 
 # ------------------------------------------------------------------------------------- induction
@@ -148,7 +156,7 @@ def induction_measure(at: LoadedMilestone, seq_len: int = 32, batch: int = 8) ->
     )
 
     model, bos = at.model, at.model.cfg.bos_token_id
-    n = min(seq_len, (model.cfg.max_seq_len - (bos is not None)) // 2)
+    n = min(seq_len, (_context(at.milestone, model) - (bos is not None)) // 2)
     tokens = repeated_random_tokens(model.cfg.vocab_size, n, batch, bos=bos)
     rep = repeated_tokens_test(model, tokens, n)
     text = torch.tensor(at.text[0])
@@ -206,7 +214,7 @@ def induction_mechanism_at(
 
     model, milestone = load(milestone)
     bos = model.cfg.bos_token_id
-    n = min(seq_len, (model.cfg.max_seq_len - (bos is not None)) // 2)
+    n = min(seq_len, (_context(milestone, model) - (bos is not None)) // 2)
     tokens = repeated_random_tokens(model.cfg.vocab_size, n, batch, seed=seed, bos=bos)
     return {"milestone": milestone.name, "tokens": milestone.tokens,
             **induction_mechanism(model, tokens, n)}  # fmt: skip
@@ -252,7 +260,7 @@ def icl_measure(
     longer than the last of them, with a bootstrap interval over documents."""
     from labkit.analysis.induction import in_context_learning_curve
 
-    cap = at.model.cfg.max_seq_len - 1
+    cap = _context(at.milestone, at.model) - 1
     positions = sorted({min(p, cap) for p in late})
     long = [s[: positions[-1] + 1] for s in at.text if len(s) > positions[-1]][:documents]
     if not long:
@@ -601,7 +609,8 @@ def probe_over_milestones(
     if warning:
         print(warning, file=sys.stderr)
     model_cfg = milestones[0].model_config
-    bos, context = model_cfg.bos_token_id, model_cfg.max_seq_len
+    bos = model_cfg.bos_token_id
+    context = milestones[0].trained_context or model_cfg.max_seq_len
     tok = load_data_tokenizer(root, manifest)
     data = with_bos(build_probe_data(spec, tok, manifest, root, context - (bos is not None)), bos)
     measure = functools.partial(probe_measure, spec=spec, data=data, site=site, layers=layers,

@@ -109,10 +109,10 @@ _sets: dict = {}
 
 
 def sets_for(run, names):
-    key = (str(run.data_path), run.model.max_seq_len, run.model.bos_token_id)
+    key = (str(run.data_path), run.context, run.model.bos_token_id)
     if key not in _sets:
         _sets[key] = {
-            t: probe_set(specs[t], run.data_path, run.model.max_seq_len, bos=run.model.bos_token_id)
+            t: probe_set(specs[t], run.data_path, run.context, bos=run.model.bos_token_id)
             for t in targets
         }
     return {t: _sets[key][t] for t in names}

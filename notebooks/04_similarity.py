@@ -74,8 +74,12 @@ from labkit.study import (
 runs, figures_dir = notebook_inputs(runs, figures_dir)
 every_run = find_runs(runs)
 study = main_runs(every_run)
-documents, max_len = (8, 32) if smoke else (256, 128)  # >= 30k tokens
-sequences = eval_sequences(study[0].data_path, "general", documents, max_len)
+# texts no longer than the runs trained on (positions past it the models never saw), each after
+# the runs' first token as in training; >= 30k tokens
+max_len = 32 if smoke else min(128, study[0].context)
+documents = 8 if smoke else 256 * 128 // max_len
+sequences = eval_sequences(study[0].data_path, "general", documents, max_len,
+                           study[0].model.bos_token_id)  # fmt: skip
 print(f"{len(sequences)} documents, {sum(map(len, sequences)) - len(sequences):,} tokens "
       "(first tokens left out)")  # fmt: skip
 SITES = ("resid_post", BLOCK_OUT)

@@ -54,7 +54,9 @@ every_mla = [r for r in find_runs(runs) if r.attention == "mla"]
 if not every_mla:
     raise ValueError(f"no MLA run among {runs}: the latent exists only in MLA models")
 mla_runs = [r for r in main_runs(every_mla)]  # one per corpus, at the preset's kv_lora_rank
-documents, max_len = (4, 32) if smoke else (32, 128)
+# texts no longer than the runs trained on (positions past it the models never saw), ~4k tokens
+max_len = 32 if smoke else min(128, mla_runs[0].context)
+documents = 4 if smoke else 32 * 128 // max_len
 chosen = {r.name: pick_milestones(r.trained, 2 if smoke else 6) for r in mla_runs}
 latent = {
     r.name: latent_over_milestones(chosen[r.name], "general", documents, max_len, True)

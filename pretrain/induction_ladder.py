@@ -2,6 +2,7 @@
 head, in minutes of CPU rather than a whole study?
 
     python pretrain/induction_ladder.py [--steps a|b|all] [--train-steps 6000] [--figures figures]
+                                        [--name KEY]
 
 Each rung trains the study's model (pretrain/configs/paper-mini/cpu.toml: its preset, depth,
 init, optimizer, clipping, bf16 autocast and token batch) for MLA and GQA side by side
@@ -176,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context", type=int, default=64)
     p.add_argument("--attention", nargs="+", default=["mla", "gqa"], choices=["mla", "gqa"])
     p.add_argument("--figures", default=str(REPO / "figures"), help="where results.json lives")
+    p.add_argument("--name", help="the key of a single rung's result (default: its letter), e.g. "
+                   "a_long for rung a with more --train-steps, kept beside a")  # fmt: skip
     p.add_argument("--data", help="data set directory (default: the config's, built if missing)")
     p.add_argument("--config", default=str(STUDY_CONFIG),
                    help="the training config whose model and optimizer are calibrated")  # fmt: skip
@@ -199,13 +202,15 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = Path(TrainConfig.load(args.config).data.dir)
         data_dir = data_dir if data_dir.is_absolute() else REPO / data_dir
     rungs = list(RUNGS) if args.steps == "all" else [args.steps]
+    if args.name and len(rungs) > 1:
+        p.error("--name names one rung: give --steps a or --steps b")
     section = load_results(args.figures).get("induction_ladder", {})
     for rung in rungs:
         jobs = [(rung, a, args.train_steps, args.every, args.context, Path(args.config), data_dir)
                 for a in args.attention]  # fmt: skip
         with mp.get_context("spawn").Pool(min(2, len(jobs))) as pool:
             results = pool.map(_run, jobs)
-        section[rung] = {r["attention"]: r for r in results}
+        section[args.name or rung] = {r["attention"]: r for r in results}
         save_results(args.figures, "induction_ladder", section)  # each rung kept as it lands
         for r in results:
             m = r["mechanism"]

@@ -335,6 +335,35 @@ def test_the_ladder_trains_each_rung_for_both_attentions_and_keeps_its_section(c
             assert r["mechanism"]["head"][0] >= 1 and 0 < r["uniform_score"] < 1
             assert ("text_loss" in r["curve"][0]) == (rung == "b")
     assert "induction_ladder" in KEPT_SECTIONS
-    with pytest.raises(SystemExit) as bad:
-        induction_ladder.main(["--train-steps", "0"])
-    assert bad.value.code == 2
+    # a longer run of one rung under its own key, beside the others
+    assert induction_ladder.main([*args, "--steps", "a", "--attention", "gqa", "--name", "a_long",
+                                  "--train-steps", "4"]) == 0  # fmt: skip
+    ladder = load_results(tmp_path)["induction_ladder"]
+    assert set(ladder) == {"a", "b", "a_long"} and ladder["a_long"]["gqa"]["steps"] == 4
+    for bad_args in (["--train-steps", "0"], ["--steps", "all", "--name", "x"]):
+        with pytest.raises(SystemExit) as bad:
+            induction_ladder.main(bad_args)
+        assert bad.value.code == 2
+
+
+def test_analyses_read_no_further_than_the_context_the_run_trained_on(reference):
+    """ci.toml trains at 64 tokens in a 256-position model: held-out texts, the repeated random
+    tokens and the ICL positions stay within the 64 positions the model has seen."""
+    from labkit.run import open_run
+    from labkit.study import HeldOut, icl_measure, induction_measure, over_milestones
+
+    run = open_run(reference)
+    assert run.context == 64 < run.model.max_seq_len
+    rows = over_milestones(
+        run.milestones[-1:],
+        {
+            "longest": lambda at: {"longest": max(map(len, at.text))},
+            "induction": induction_measure,
+            "icl": lambda at: icl_measure(at, "general", 4, 8, [16, 200], n_bootstrap=10),
+        },
+        HeldOut("general", 16),
+    )
+    assert rows["longest"][0]["longest"] == 64
+    repeated = rows["induction"][0]
+    assert repeated["offset"] + 2 * repeated["seq_len"] <= 64
+    assert max(rows["icl"][0]["positions"]) == 63

@@ -79,6 +79,13 @@ class Run:
         return [m for m in self.milestones if not m.is_init]
 
     @property
+    def context(self) -> int:
+        """The longest sequence the run trained on (`Milestone.trained_context`), else the
+        model's `max_seq_len`: the text length analyses read, since positions past it are ones
+        the model never saw."""
+        return self.milestones[-1].trained_context or self.model.max_seq_len
+
+    @property
     def data_path(self) -> Path:
         """The data set the run trained on (as its last milestone records it)."""
         return self.milestones[-1].data_path
