@@ -425,6 +425,9 @@ def cmd_sae_train(args: argparse.Namespace) -> int:
                 f"[{lo:.3f}, {hi:.3f}]")  # fmt: skip
         if "label_aligned_fraction" in row:
             line += f", label-aligned features {row['label_aligned_fraction']:.0%}"
+        if "matched_cosine" in row:
+            line += f", matched to the previous milestone at cosine {row['matched_cosine']:.2f}"
+        line += f" (two seeds here: {row['seed_matched_cosine']:.2f})"
         print(f"{line}\n  saved {sae_dir(m, args.site, args.layer)}")
     _write_json(args.json, result)
     return 0

@@ -17,6 +17,7 @@ Runs and milestones themselves (`find_runs`, `main_runs`, `pick_milestones`, ...
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -698,38 +699,6 @@ def probe_layers_over_milestones(
     return rows
 
 
-__all__ = [
-    "HeldOut",
-    "LoadedMilestone",
-    "Measure",
-    "activations_measure",
-    "attention_on_repeat",
-    "cka_to_final",
-    "compare_runs",
-    "eval_sequences",
-    "icl_measure",
-    "icl_over_milestones",
-    "induction_mechanism_at",
-    "seed_layer_identification",
-    "token_documents",
-    "induction_measure",
-    "induction_over_milestones",
-    "induction_summary",
-    "kv_patching",
-    "latent_measure",
-    "latent_over_milestones",
-    "layer_activations",
-    "logit_lens_measure",
-    "logit_lens_over_milestones",
-    "over_milestones",
-    "probe_against_baselines",
-    "probe_features_measure",
-    "probe_layers_over_milestones",
-    "probe_measure",
-    "probe_over_milestones",
-]
-
-
 # ------------------------------------------------------------------------ sparse autoencoders
 # Ground-truth labels an SAE's features are read against: token facts (a digit, seen before in
 # the text, distance to its last occurrence, bracket depth), an entity's attribute at its
@@ -737,6 +706,8 @@ __all__ = [
 SAE_LABEL_TARGETS = ("digit", "seen_before", "since_last", "code_bracket_depth",
                      "person_occupation", "format", "domain")  # fmt: skip
 POSITION_BUCKETS = (1, 4, 16, 64)  # position 0, 1-3, 4-15, 16-63, 64 and later
+NEW_FEATURE_COSINE = 0.7  # a feature whose matched decoder direction is below this is new
+SECOND_SEED = "second_seed"  # the seed-baseline SAE, inside its milestone's SAE directory
 
 
 def train_sequences(data_dir: str | Path, n_docs: int, max_len: int, bos: int | None = None):
@@ -808,30 +779,38 @@ def sae_measure(
     train_docs: int = 1000,
     label_data: dict[str, Any] | None = None,
     save: bool = True,
+    seed_baseline: bool = True,
 ) -> dict[str, Any]:
     """Train an SAE on `site` at `layer` (sparsify; `labkit.analysis.sae.SAEConfig` `cfg`) from
     the activations of the first `train_docs` training documents, then on the held-out text
     `at.text`: reconstruction (MSE, explained variance, L0, dead and dense shares), the CE loss
     recovered when it is spliced in (bootstrap over documents) and, with `label_data`, the share
-    of its features aligned with a ground-truth label. Saved beside the milestone (`sae_dir`)."""
+    of its features aligned with a ground-truth label. With `seed_baseline`, a second SAE (the
+    next seed, same activations) is matched to it: how far two SAEs of one milestone agree
+    (`seed_matched_cosine`, `seed_new_features`), the floor for reading drift between
+    milestones. Saved beside the milestone (`sae_dir`; the second seed's in its
+    `second_seed/`)."""
     from labkit.analysis.activations import hook_name
     from labkit.analysis.sae import (
         LabelSet,
         ce_loss_recovered,
         encode_dense,
         label_alignment,
+        match_features,
         reconstruction,
         train_sae,
     )
+    from labkit.data.build import load_data_tokenizer
     from labkit.run.cache import digest
 
     model, m = at.model, at.milestone
-    bos, max_len = model.cfg.bos_token_id, m.trained_context or model.cfg.max_seq_len
+    bos, max_len = model.cfg.bos_token_id, _context(m, model)
     train_text = train_sequences(m.data_path, train_docs, max_len, bos)
     acts = at.activations(train_text, [site], [layer])[site, layer]
     sae, log = train_sae(acts, cfg)
     held_out = at.activations(at.text, [site], [layer])[site, layer]
     rec = reconstruction(sae, held_out)
+    contexts = feature_contexts(sae, held_out, at.text, load_data_tokenizer(m.data_path))
     ce = ce_loss_recovered(model, at.text, sae, hook_name(site, layer))
     row: dict[str, Any] = {
         "site": site, "layer": layer, "width": sae.num_latents, "k": sae.cfg.k,
@@ -842,6 +821,11 @@ def sae_measure(
         "loss_clean": ce.clean, "loss_zero_ablated": ce.zero_ablated, "loss_spliced": ce.spliced,
         "ce_loss_recovered": ce.fraction, "ce_loss_recovered_ci": list(ce.ci),
     }  # fmt: skip
+    if seed_baseline:
+        other, _ = train_sae(acts, dataclasses.replace(cfg, seed=cfg.seed + 1))
+        _, cos = match_features(sae, other)
+        row.update(seed_matched_cosine=float(np.median(cos)),
+                   seed_new_features=float((cos < NEW_FEATURE_COSINE).mean()))  # fmt: skip
     if label_data:
         sets = []
         for name, data in label_data.items():
@@ -856,24 +840,58 @@ def sae_measure(
             sets.append(LabelSet(fires, labels, np.asarray(data.groups)))
         al = label_alignment(sets)
         row.update(label_aligned_fraction=al.aligned_fraction, label_aligned_ci=list(al.ci),
+                   label_aligned_raw=al.raw_aligned_fraction,
                    label_null_f1=al.null_threshold,
-                   top_features=_top_aligned(al, n=10))  # fmt: skip
+                   top_features=_top_aligned(al, 10, contexts))  # fmt: skip
     if save:
         out = sae_dir(m, site, layer)
         out.mkdir(parents=True, exist_ok=True)
         sae.save_to_disk(out)
+        if seed_baseline:
+            other.save_to_disk(out / SECOND_SEED)
         meta = {"config": cfg.to_dict(), "checkpoint_sha256": m.model_sha256,
                 "milestone": m.name, "train_text_digest": digest(train_text),
-                "eval_text_digest": digest(at.text), "log": log, "measures": row}  # fmt: skip
+                "eval_text_digest": digest(at.text), "log": log, "measures": row,
+                "feature_contexts": contexts}  # fmt: skip
         (out / "labkit.json").write_text(json.dumps(meta, indent=2) + "\n")
     return row
 
 
-def _top_aligned(al: Any, n: int) -> list[dict[str, Any]]:
+def _top_aligned(al: Any, n: int, contexts: list[list[dict]]) -> list[dict[str, Any]]:
     order = np.argsort(-al.best_f1)[:n]
     return [{"feature": int(i), "label": al.best_label[i], "f1": float(al.best_f1[i]),
-             "precision": float(al.precision[i]), "recall": float(al.recall[i])}
+             "precision": float(al.precision[i]), "recall": float(al.recall[i]),
+             "top": contexts[i][:3]}
             for i in order if al.best_label[i]]  # fmt: skip
+
+
+def feature_contexts(
+    sae: Any, acts: np.ndarray, sequences: Sequence[Sequence[int]], tokenizer: Any,
+    n: int = 5, before: int = 8,
+) -> list[list[dict[str, Any]]]:  # fmt: skip
+    """Each feature's `n` top activating tokens on `sequences` (whose activations, concatenated,
+    are `acts`), strongest first, each with the `before` tokens that precede it in its document:
+    {"activation", "token", "context", "document", "position"}; only where the feature fires."""
+    from labkit.analysis.sae import top_activations
+
+    rows, values = top_activations(sae, acts, n)
+    lengths = [len(s) for s in sequences]
+    starts = np.cumsum([0, *lengths])
+    document = np.repeat(np.arange(len(sequences)), lengths)
+    out = []
+    for feature_rows, feature_values in zip(rows, values, strict=True):
+        items = []
+        for row, value in zip(feature_rows, feature_values, strict=True):
+            if value <= 0:
+                break
+            d = int(document[row])
+            p, seq = int(row - starts[d]), sequences[d]
+            items.append({"activation": float(value), "document": d, "position": p,
+                          "token": tokenizer.decode([seq[p]], skip_special_tokens=False),
+                          "context": tokenizer.decode(list(seq[max(0, p - before):p]),
+                                                      skip_special_tokens=False)})  # fmt: skip
+        out.append(items)
+    return out
 
 
 def sae_over_milestones(
@@ -885,11 +903,15 @@ def sae_over_milestones(
     train_docs: int = 1000,
     labels: bool = True,
     progress: bool = False,
+    seed_baseline: bool = True,
 ) -> dict[str, Any]:
     """`sae_measure` at every milestone (held-out: the first `documents` of the general split;
     every text cut to the context the run trained on, `Milestone.trained_context`), and each
     SAE's features matched to the previous milestone's (decoder cosine, Hungarian):
-    `matched_cosine` (median), `new_features` (share whose pair's cosine is below 0.7)."""
+    `matched_cosine` (median), `new_features` (share whose pair's cosine is below 0.7); each
+    milestone's `seed_matched_cosine` is the same measure between two seeds of one milestone.
+    With `seed_baseline`, the previous milestone's SAE is matched to this one's second seed, so
+    that neither comparison pairs two SAEs that started from the same initialisation."""
     from labkit.analysis.activations import check_site_layers
     from labkit.analysis.sae import SAEConfig, match_features
 
@@ -904,17 +926,64 @@ def sae_over_milestones(
     context = first.trained_context or mcfg.max_seq_len
     label_data = sae_label_data(first.data_path, context, mcfg.bos_token_id) if labels else None
     measure = functools.partial(sae_measure, site=site, layer=layer, cfg=cfg,
-                                train_docs=train_docs, label_data=label_data)  # fmt: skip
+                                train_docs=train_docs, label_data=label_data,
+                                seed_baseline=seed_baseline)  # fmt: skip
     rows = over_milestones(milestones, measure, HeldOut("general", documents, context),
                            progress and f"sae {site}.{layer}")  # fmt: skip
     from labkit.analysis.sae import load_sae
 
     previous = None
     for m, row in zip(milestones, rows, strict=True):
-        sae = load_sae(sae_dir(Milestone.read(m), site, layer))
+        where = sae_dir(Milestone.read(m), site, layer)
+        sae = load_sae(where)
+        # matched against this milestone's second seed: SAEs of one seed share their
+        # initialisation, which makes consecutive milestones look more alike than they are
+        current = load_sae(where / SECOND_SEED) if seed_baseline else sae
         if previous is not None:
-            _, cos = match_features(previous, sae)
+            _, cos = match_features(previous, current)
             row["matched_cosine"] = float(np.median(cos))
-            row["new_features"] = float((cos < 0.7).mean())
+            row["new_features"] = float((cos < NEW_FEATURE_COSINE).mean())
         previous = sae
     return {"site": site, "layer": layer, "config": cfg.to_dict(), "milestones": rows}
+
+
+__all__ = [
+    "HeldOut",
+    "LoadedMilestone",
+    "Measure",
+    "NEW_FEATURE_COSINE",
+    "POSITION_BUCKETS",
+    "SAE_LABEL_TARGETS",
+    "SECOND_SEED",
+    "activations_measure",
+    "attention_on_repeat",
+    "cka_to_final",
+    "compare_runs",
+    "eval_sequences",
+    "feature_contexts",
+    "icl_measure",
+    "icl_over_milestones",
+    "induction_measure",
+    "induction_mechanism_at",
+    "induction_over_milestones",
+    "induction_summary",
+    "kv_patching",
+    "latent_measure",
+    "latent_over_milestones",
+    "layer_activations",
+    "logit_lens_measure",
+    "logit_lens_over_milestones",
+    "over_milestones",
+    "probe_against_baselines",
+    "probe_features_measure",
+    "probe_layers_over_milestones",
+    "probe_measure",
+    "probe_over_milestones",
+    "sae_dir",
+    "sae_label_data",
+    "sae_measure",
+    "sae_over_milestones",
+    "seed_layer_identification",
+    "token_documents",
+    "train_sequences",
+]
