@@ -107,6 +107,7 @@ def millions(rs):
 
 def token_axis(ax):
     ax.set_xscale("symlog", linthresh=0.1)  # step 0 sits at 0
+    ax.set_xlim(left=-0.02)
     ax.set_xlabel("tokens (millions; 0 = step 0)")
 
 
@@ -118,8 +119,9 @@ layer_color = {layer: plt.cm.viridis(layer / max(1, n_layers - 1) * 0.85) for la
 # Left to right: explained variance of held-out `c_kv`; the share of dead features; the CE loss
 # recovered with its 95 % bootstrap interval (1 = the SAE costs nothing, 0 = as bad as zeroing the
 # latent; milestones where zeroing costs under 0.01 nats are left out, the ratio of two near-equal
-# losses means nothing there); and what zeroing the latent costs, in nats above the clean loss:
-# how much the model relies on `c_kv` at all.
+# losses means nothing there); and what zeroing the latent costs, in nats above the clean loss
+# (symmetric log scale, linear within 0.01; below zero, zeroing helped): how much the model relies
+# on `c_kv` at all.
 
 # %%
 fig, axes = plt.subplots(1, 4, figsize=(15, 3.5), layout="constrained")
@@ -139,15 +141,16 @@ for r in mla_runs:
         ci = np.array([row["ce_loss_recovered_ci"] for row in rs])
         yerr = np.clip([ce[ok] - ci[ok, 0], ci[ok, 1] - ce[ok]], 0, None)
         ax_ce.errorbar(x[ok], ce[ok], yerr=yerr, capsize=2, **kw)
-        ax_loss.plot(x, np.maximum(gap, 1e-4), **kw)
+        ax_loss.plot(x, gap, **kw)
 ax_ev.set_title("explained variance (held out)")
 ax_dead.set_title("dead features")
 ax_ce.set_title("CE loss recovered (95 % CI)")
 ax_ce.axhline(1, color="black", lw=0.8, ls=":")
 ax_ce.set_ylim(-0.5, 2)  # intervals past these limits are cut
 ax_loss.set_title("loss added by zeroing c_kv (nats)")
-ax_loss.set_yscale("log")
+ax_loss.set_yscale("symlog", linthresh=MIN_GAP)  # linear within +-0.01: zero and below drawn
 ax_loss.axhline(MIN_GAP, color="black", lw=0.8, ls=":")
+ax_loss.axhline(0, color="black", lw=0.5)
 for ax in axes:
     token_axis(ax)
 ax_ev.legend(fontsize=6)
@@ -229,7 +232,7 @@ ax_cos.set_title("median matched decoder cosine: previous milestone (●), other
 ax_new.set_title(f"features matched below cosine {NEW_FEATURE_COSINE}")
 for ax in (ax_cos, ax_new):
     token_axis(ax)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.03)  # room for the markers at 1
 ax_cos.legend(fontsize=6)
 save_figure(fig, "07_sae_drift", figures_dir, sources=sources)
 
