@@ -149,6 +149,9 @@ def add_probe(sub) -> None:
     probe.add_argument("--json", help="write the result rows here")
     probe.add_argument("--data", help="the data set (default: the one the run trained on)")
     probe.add_argument("--max-documents", type=int, help="cap the spec's number of documents")
+    probe.add_argument("--max-len", type=int, help="tokens of each document the probe reads "
+                       "(default: the context the run trained on; positions past it are ones "
+                       "the model never saw)")  # fmt: skip
     probe.add_argument(
         "--probes-dir",
         default=str(probes_dir()),
@@ -168,7 +171,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     spec = load_probe_spec(args.target, args.probes_dir, args.max_documents)
     milestones = _milestones(args)
     rows = probe_over_milestones(
-        milestones, spec, args.site, layers, args.probe, args.data, progress=True
+        milestones, spec, args.site, layers, args.probe, args.data, True, args.max_len
     )
     first = rows[0]
     metric = "R^2" if first["task"] == "regression" else "accuracy"

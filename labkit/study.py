@@ -595,9 +595,12 @@ def probe_over_milestones(
     kind: str = "linear",
     data_dir: str | Path | None = None,
     progress: bool = False,
+    max_len: int | None = None,
 ) -> list[dict[str, Any]]:
     """Probe rows for every layer x milestone. The probe data are built once, from the data set
-    of the first milestone unless given; rows keep the layer-first order of each milestone."""
+    of the first milestone unless given, each document cut to `max_len` tokens (None: the
+    context the run trained on, else the model's); rows keep the layer-first order of each
+    milestone."""
     import sys
 
     from labkit.analysis.probe_tasks import build_probe_data, unseen_text_warning, with_bos
@@ -611,7 +614,10 @@ def probe_over_milestones(
         print(warning, file=sys.stderr)
     model_cfg = milestones[0].model_config
     bos = model_cfg.bos_token_id
-    context = milestones[0].trained_context or model_cfg.max_seq_len
+    context = max_len or milestones[0].trained_context or model_cfg.max_seq_len
+    if context > model_cfg.max_seq_len:
+        raise ValueError(f"max_len {context} exceeds the model's max_seq_len "
+                         f"{model_cfg.max_seq_len}")  # fmt: skip
     tok = load_data_tokenizer(root, manifest)
     data = with_bos(build_probe_data(spec, tok, manifest, root, context - (bos is not None)), bos)
     measure = functools.partial(probe_measure, spec=spec, data=data, site=site, layers=layers,

@@ -91,7 +91,7 @@ def test_parameters_are_injected_after_the_parameters_cell():
 
 # ----------------------------------------------------------------------------- notebooks
 def test_notebooks_are_paired_and_follow_the_conventions():
-    assert [p.stem[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05", "06"]
+    assert [p.stem[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05", "06", "07"]
     for path in NOTEBOOKS:
         py = jupytext.read(path)
         paired = path.with_suffix(".ipynb")

@@ -262,6 +262,10 @@ def test_every_shipped_probe_spec_runs(reference, spec, tmp_path):
                 str(out),
                 "--max-documents",
                 "80",
+                # the CI corpus's four code documents vary in string and bracket labels only
+                # past the 64 tokens the reference trained on: read the model's whole context
+                "--max-len",
+                "256",
             ]
         )
         == 0
@@ -269,6 +273,16 @@ def test_every_shipped_probe_spec_runs(reference, spec, tmp_path):
     rows = json.loads(out.read_text())
     assert [r["layer"] for r in rows] == [0, 1]
     assert all(np.isfinite(r["accuracy"]) for r in rows)
+
+
+def test_probe_reads_the_trained_context_unless_told_and_never_past_the_model(reference, capsys):
+    last = str(sorted((reference / "checkpoints").glob("tokens_*"))[-1])
+    argv = ["probe", "--layer", "0", "--target", "code_bracket_depth", "--checkpoint", last,
+            "--max-documents", "80"]  # fmt: skip
+    assert main(argv) == 2  # 64 tokens of four code documents: one bracket depth only
+    assert "single class" in capsys.readouterr().err
+    assert main([*argv, "--max-len", "512"]) == 2
+    assert "max_len 512 exceeds the model's max_seq_len 256" in capsys.readouterr().err
 
 
 def test_probe_errors_list_the_valid_choices(reference, capsys):
