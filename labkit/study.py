@@ -123,7 +123,7 @@ def over_milestones(
         model, m = load(m)
         seqs = None
         if text is not None:
-            max_len = text.max_len or _context(m, model)
+            max_len = text.max_len or m.context
             bos = model.cfg.bos_token_id
             key = (str(m.data_path), text.split, text.documents, max_len, bos)
             if key not in texts:
@@ -135,12 +135,6 @@ def over_milestones(
             for row in result if isinstance(result, list) else [result]:
                 rows[name].append({"milestone": m.name, "tokens": m.tokens, **row})
     return rows if isinstance(measure, Mapping) else rows[""]
-
-
-def _context(milestone: Milestone, model: Any) -> int:
-    """The longest text an analysis feeds the model: the context its run trained on, else the
-    model's `max_seq_len` (a RoPE model has never seen the positions past its training context)."""
-    return milestone.trained_context or model.cfg.max_seq_len
 
 
 # ------------------------------------------------------------------------------------- induction
@@ -157,7 +151,7 @@ def induction_measure(at: LoadedMilestone, seq_len: int = 32, batch: int = 8) ->
     )
 
     model, bos = at.model, at.model.cfg.bos_token_id
-    n = min(seq_len, (_context(at.milestone, model) - (bos is not None)) // 2)
+    n = min(seq_len, (at.milestone.context - (bos is not None)) // 2)
     tokens = repeated_random_tokens(model.cfg.vocab_size, n, batch, bos=bos)
     rep = repeated_tokens_test(model, tokens, n)
     text = torch.tensor(at.text[0])
@@ -215,7 +209,7 @@ def induction_mechanism_at(
 
     model, milestone = load(milestone)
     bos = model.cfg.bos_token_id
-    n = min(seq_len, (_context(milestone, model) - (bos is not None)) // 2)
+    n = min(seq_len, (milestone.context - (bos is not None)) // 2)
     tokens = repeated_random_tokens(model.cfg.vocab_size, n, batch, seed=seed, bos=bos)
     return {"milestone": milestone.name, "tokens": milestone.tokens,
             **induction_mechanism(model, tokens, n)}  # fmt: skip
@@ -261,7 +255,7 @@ def icl_measure(
     longer than the last of them, with a bootstrap interval over documents."""
     from labkit.analysis.induction import in_context_learning_curve
 
-    cap = _context(at.milestone, at.model) - 1
+    cap = at.milestone.context - 1
     positions = sorted({min(p, cap) for p in late})
     long = [s[: positions[-1] + 1] for s in at.text if len(s) > positions[-1]][:documents]
     if not long:
@@ -614,7 +608,7 @@ def probe_over_milestones(
         print(warning, file=sys.stderr)
     model_cfg = milestones[0].model_config
     bos = model_cfg.bos_token_id
-    context = max_len or milestones[0].trained_context or model_cfg.max_seq_len
+    context = max_len or milestones[0].context
     if context > model_cfg.max_seq_len:
         raise ValueError(f"max_len {context} exceeds the model's max_seq_len "
                          f"{model_cfg.max_seq_len}")  # fmt: skip
@@ -810,7 +804,7 @@ def sae_measure(
     from labkit.run.cache import digest
 
     model, m = at.model, at.milestone
-    bos, max_len = model.cfg.bos_token_id, _context(m, model)
+    bos, max_len = model.cfg.bos_token_id, m.context
     train_text = train_sequences(m.data_path, train_docs, max_len, bos)
     acts = at.activations(train_text, [site], [layer])[site, layer]
     sae, log = train_sae(acts, cfg)
@@ -929,7 +923,7 @@ def sae_over_milestones(
         sae_dir(Milestone.read(m), site, layer)
     mcfg = first.model_config
     # every text cut to the context the run trained on: later positions the model never saw
-    context = first.trained_context or mcfg.max_seq_len
+    context = first.context
     label_data = sae_label_data(first.data_path, context, mcfg.bos_token_id) if labels else None
     measure = functools.partial(sae_measure, site=site, layer=layer, cfg=cfg,
                                 train_docs=train_docs, label_data=label_data,

@@ -385,17 +385,20 @@ def label_alignment(
             shifted.append((f.T @ y_null, f.sum(0), y_null.sum(0), cols))
         null.append(_best_over_sets(shifted)[0])
     threshold = float(np.percentile(np.concatenate(null), 95))
+
+    def share(f1_: np.ndarray) -> float:  # of the features that fire on all documents
+        return float((f1_[alive] > threshold).mean()) if alive.any() else 0.0
+
     boots = []
     for _ in range(n_boot):
         resampled = []
         for c in counts:
             weights = np.bincount(rng.integers(0, len(c.tp), len(c.tp)), minlength=len(c.tp))
             resampled.append((*c.summed(weights.astype(np.float32)), c.names))
-        f1_b = _best_over_sets(resampled, best)[0]
-        boots.append(float((f1_b[alive] > threshold).mean()) if alive.any() else 0.0)
-    raw = float((f1[alive] > threshold).mean()) if alive.any() else 0.0
-    lo, hi = np.nanpercentile(boots, [2.5, 97.5])
-    bias = float(np.nanmean(boots)) - raw
+        boots.append(share(_best_over_sets(resampled, best)[0]))
+    raw = share(f1)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    bias = float(np.mean(boots)) - raw
     return LabelAlignment(
         best_label=[name if a else "" for name, a in zip(names, alive, strict=True)],
         best_f1=f1,

@@ -80,10 +80,10 @@ class Run:
 
     @property
     def context(self) -> int:
-        """The longest sequence the run trained on (`Milestone.trained_context`), else the
-        model's `max_seq_len`: the text length analyses read, since positions past it are ones
-        the model never saw."""
-        return self.milestones[-1].trained_context or self.model.max_seq_len
+        """The text length analyses read (`Milestone.context` of the last milestone): the
+        longest sequence the run trained on, else the model's `max_seq_len`; positions past it
+        are ones the model never saw."""
+        return self.milestones[-1].context
 
     @property
     def data_path(self) -> Path:

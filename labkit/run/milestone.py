@@ -140,6 +140,12 @@ class Milestone:
         return max(lengths) if lengths else None
 
     @property
+    def context(self) -> int:
+        """The longest text analyses feed this milestone's model: the context its run trained on
+        (`trained_context`), else the model's `max_seq_len`."""
+        return self.trained_context or self.model_config.max_seq_len
+
+    @property
     def val_mean(self) -> float:
         """Mean validation loss over the eval splits; inf when it was not evaluated."""
         return sum(self.val.values()) / len(self.val) if self.val else math.inf
