@@ -608,6 +608,8 @@ def probe_over_milestones(
         print(warning, file=sys.stderr)
     model_cfg = milestones[0].model_config
     bos = model_cfg.bos_token_id
+    if max_len is not None and max_len < 2:
+        raise ValueError(f"max_len must be >= 2 tokens, got {max_len}")
     context = max_len or milestones[0].context
     if context > model_cfg.max_seq_len:
         raise ValueError(f"max_len {context} exceeds the model's max_seq_len "

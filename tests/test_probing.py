@@ -283,6 +283,8 @@ def test_probe_reads_the_trained_context_unless_told_and_never_past_the_model(re
     assert "single class" in capsys.readouterr().err
     assert main([*argv, "--max-len", "512"]) == 2
     assert "max_len 512 exceeds the model's max_seq_len 256" in capsys.readouterr().err
+    assert main([*argv, "--max-len", "0"]) == 2
+    assert "max_len must be >= 2 tokens, got 0" in capsys.readouterr().err
 
 
 def test_probe_errors_list_the_valid_choices(reference, capsys):
